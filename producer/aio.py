@@ -1,0 +1,66 @@
+"""The asyncio producer SDK for web apps: same methods as ``RerankClient``, as coroutines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+
+from producer.client import RerankClient
+from producer.contract import RankedDocument
+from producer.jobs import AsyncJobHandle
+from producer.settings import Settings
+
+
+class AsyncRerankClient:
+    """Waiting for results uses redis.asyncio; publishing (one short LPUSH through kombu, which
+    has no asyncio API) runs in a worker thread, so the event loop never blocks."""
+
+    def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None) -> None:
+        self._sync = RerankClient(redis_url, settings=settings)
+        self.settings = self._sync.settings
+        self._redis = aioredis.Redis.from_url(self.settings.redis_url)
+
+    async def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        model: str | None = None,
+        top_n: int | None = None,
+        return_documents: bool = False,
+        normalize: bool = True,
+        timeout: float = 60.0,
+    ) -> list[RankedDocument]:
+        handle = await self.submit(
+            query, documents, model=model, top_n=top_n, return_documents=return_documents, normalize=normalize
+        )
+        return (await handle.result(timeout=timeout)).results
+
+    async def submit(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        model: str | None = None,
+        top_n: int | None = None,
+        return_documents: bool = False,
+        normalize: bool = True,
+    ) -> AsyncJobHandle:
+        job = self._sync.build(query, documents, model, top_n, return_documents, normalize)
+        await asyncio.to_thread(self._sync.send, job)
+        return self.job(job.job_id)
+
+    def job(self, job_id: str) -> AsyncJobHandle:
+        return AsyncJobHandle(self._sync.app, self._redis, job_id)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+        await asyncio.to_thread(self._sync.close)
+
+    async def __aenter__(self) -> AsyncRerankClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,109 @@
+"""The blocking producer SDK: validate, enqueue on the model's queue, wait for the ranked answer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from celery import states
+
+from producer.constants import TASK_RERANK, queue_name
+from producer.contract import RankedDocument, RerankJob, RerankResult, build_job
+from producer.jobs import JobHandle
+from producer.settings import Settings, get_settings
+from producer.transport import make_celery
+
+
+class RerankClient:
+    """Rerank documents against a query on rerankq workers.
+
+    >>> client = RerankClient()                      # RERANKQ_REDIS_URL or redis://localhost:6379/0
+    >>> client.rank("what is AI", ["AI is ...", "apples are ..."], top_n=1)
+    [RankedDocument(index=0, score=0.97, document=None)]
+    """
+
+    def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None) -> None:
+        settings = settings or get_settings()
+        if redis_url is not None:
+            settings = settings.model_copy(update={"redis_url": redis_url})
+        self.settings = settings
+        self.app = make_celery(settings, main="rerankq-producer")
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        model: str | None = None,
+        top_n: int | None = None,
+        return_documents: bool = False,
+        normalize: bool = True,
+        timeout: float = 60.0,
+    ) -> list[RankedDocument]:
+        """Scores sorted highest first; ``.index`` is the document's position in ``documents``."""
+        handle = self.submit(
+            query, documents, model=model, top_n=top_n, return_documents=return_documents, normalize=normalize
+        )
+        return handle.result(timeout=timeout).results
+
+    def submit(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        model: str | None = None,
+        top_n: int | None = None,
+        return_documents: bool = False,
+        normalize: bool = True,
+    ) -> JobHandle:
+        """Enqueue a job and return its handle at once. Raises ``InvalidRequest`` before enqueueing."""
+        job = self.build(query, documents, model, top_n, return_documents, normalize)
+        self.send(job)
+        return self.job(job.job_id)
+
+    def job(self, job_id: str) -> JobHandle:
+        """A handle for a job submitted earlier, by this or any other process."""
+        return JobHandle(self.app, job_id)
+
+    def build(
+        self,
+        query: str,
+        documents: Sequence[str],
+        model: str | None,
+        top_n: int | None,
+        return_documents: bool,
+        normalize: bool,
+    ) -> RerankJob:
+        return build_job(
+            query,
+            documents,
+            model=model or self.settings.default_model,
+            top_n=top_n,
+            return_documents=return_documents,
+            normalize=normalize,
+            settings=self.settings,
+        )
+
+    def send(self, job: RerankJob) -> None:
+        """Publish the job; a job with no documents is answered in place without touching a queue."""
+        if not job.documents:
+            empty = RerankResult(job_id=job.job_id, model=job.model, device="none", results=[])
+            self.app.backend.store_result(job.job_id, empty.model_dump(), states.SUCCESS)
+            return
+        self.app.send_task(
+            TASK_RERANK,
+            args=[job.model_dump()],
+            task_id=job.job_id,
+            queue=queue_name(job.model),
+            # task events (Flower) show this instead of the arguments: no document text leaves
+            argsrepr=f"<{job.model}: {len(job.documents)} documents>",
+            kwargsrepr="{}",
+        )
+
+    def close(self) -> None:
+        self.app.close()
+
+    def __enter__(self) -> RerankClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

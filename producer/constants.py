@@ -1,0 +1,26 @@
+"""Names shared by producers and workers: task names, queue names, Redis key prefixes."""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+TASK_RERANK: Final = "rerankq.rerank"
+
+Lane = Literal["interactive", "bulk", "cpu"]
+LANES: Final[tuple[Lane, ...]] = ("interactive", "bulk", "cpu")
+DEFAULT_LANE: Final[Lane] = "interactive"
+
+KEY_PREFIX: Final = "rerankq"
+DELIVERIES_KEY_PREFIX: Final = f"{KEY_PREFIX}:deliveries:"
+
+# Model names become part of Redis queue names; keep them to a safe alphabet.
+MODEL_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+def queue_name(model: str, lane: Lane = DEFAULT_LANE) -> str:
+    """The Redis queue one model's jobs of one lane travel on, e.g. ``rerankq.bge-reranker-v2-m3.interactive``."""
+    return f"{KEY_PREFIX}.{model}.{lane}"
+
+
+def deliveries_key(job_id: str) -> str:
+    return f"{DELIVERIES_KEY_PREFIX}{job_id}"

@@ -1,0 +1,159 @@
+"""The wire contract: job and result schemas and the input rules both sides enforce.
+
+Producers validate before enqueueing (nothing is sent for a rejected request); workers validate
+again, because a queue accepts messages from anyone.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from producer.constants import MODEL_NAME_PATTERN
+from producer.errors import InvalidRequest
+from producer.settings import Settings
+
+
+class RerankJob(BaseModel):
+    """One query against N documents, as it travels on the queue (JSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    model: str
+    query: str
+    documents: list[str]
+    top_n: int | None = None
+    return_documents: bool = False
+    normalize: bool = True
+    max_length: int | None = None
+    enqueued_at: float = Field(default_factory=time.time)
+
+
+class RankedDocument(BaseModel):
+    """One document's place in the answer: its input position, its score, its text when asked."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    score: float
+    document: str | None = None
+
+
+class JobStats(BaseModel):
+    """Where the job's time went, and which forward passes (batch ids) its pairs rode in."""
+
+    pairs: int = 0
+    queue_ms: float = 0.0
+    tokenize_ms: float = 0.0
+    infer_ms: float = 0.0
+    batches: list[str] = []
+
+
+class RerankResult(BaseModel):
+    """What a finished job returns: ranked documents plus who served it and how long it took."""
+
+    job_id: str
+    model: str
+    device: str
+    results: list[RankedDocument]
+    stats: JobStats = JobStats()
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def build_job(
+    query: Any,
+    documents: Any,
+    *,
+    model: str,
+    top_n: Any = None,
+    return_documents: bool = False,
+    normalize: bool = True,
+    settings: Settings,
+) -> RerankJob:
+    """Check every rule and build the job; raises ``InvalidRequest`` naming the field and the limit."""
+    check_model_name(model)
+    check_query(query, settings)
+    docs = check_documents(documents, settings)
+    check_top_n(top_n)
+    return RerankJob(
+        job_id=new_job_id(),
+        model=model,
+        query=query,
+        documents=docs,
+        top_n=top_n,
+        return_documents=bool(return_documents),
+        normalize=bool(normalize),
+    )
+
+
+def check_job(job: RerankJob, settings: Settings) -> None:
+    """The worker's re-check of a job that arrived on the queue."""
+    check_model_name(job.model)
+    check_query(job.query, settings)
+    check_documents(job.documents, settings)
+    check_top_n(job.top_n)
+
+
+def check_model_name(model: Any) -> None:
+    if not isinstance(model, str) or not re.match(MODEL_NAME_PATTERN, model):
+        raise InvalidRequest("model", "must match " + MODEL_NAME_PATTERN, f"got {model!r}")
+
+
+def check_query(query: Any, settings: Settings) -> None:
+    if not isinstance(query, str) or not query.strip():
+        raise InvalidRequest("query", "must be a non-empty string", f"got {_kind(query)}")
+    _check_text("query", query, settings.max_query_chars)
+
+
+def check_documents(documents: Any, settings: Settings) -> list[str]:
+    if isinstance(documents, str | bytes) or not isinstance(documents, Sequence):
+        raise InvalidRequest("documents", "must be a list of strings", f"got {_kind(documents)}")
+    if len(documents) > settings.max_documents:
+        raise InvalidRequest(
+            "documents", f"at most {settings.max_documents} documents per job", f"got {len(documents)}"
+        )
+    for i, doc in enumerate(documents):
+        if not isinstance(doc, str):
+            raise InvalidRequest(f"documents[{i}]", "must be a string", f"got {_kind(doc)}")
+        _check_text(f"documents[{i}]", doc, settings.max_document_chars)
+    return list(documents)
+
+
+def check_top_n(top_n: Any) -> None:
+    if top_n is None:
+        return
+    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
+        raise InvalidRequest("top_n", "must be a positive integer or None", f"got {top_n!r}")
+
+
+def _check_text(field: str, text: str, max_chars: int) -> None:
+    if len(text) > max_chars:
+        raise InvalidRequest(field, f"at most {max_chars} characters", f"got {len(text)}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidRequest(field, "must be valid Unicode text", f"unpaired surrogate at {e.start}") from e
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def rank_scores(
+    scores: Sequence[float], top_n: int | None, documents: Sequence[str] | None = None
+) -> list[RankedDocument]:
+    """Sort by score, highest first (ties keep input order), cut to ``top_n``, attach text if given."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])[:top_n]
+    return [
+        RankedDocument(index=i, score=scores[i], document=documents[i] if documents is not None else None)
+        for i in order
+    ]

@@ -1,0 +1,115 @@
+"""Job handles: follow one job by id, from the process that submitted it or any other."""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any
+
+import celery.exceptions
+import redis.asyncio as aioredis
+from celery import Celery, states
+from celery.result import AsyncResult
+
+from producer.contract import RerankResult
+from producer.errors import JobFailed, JobTimeout
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"  # queued (or unknown id: Celery cannot tell the two apart)
+    STARTED = "started"  # a worker is scoring it
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+_STATUS_OF_STATE = {
+    states.STARTED: JobStatus.STARTED,
+    states.SUCCESS: JobStatus.SUCCEEDED,
+    states.FAILURE: JobStatus.FAILED,
+    states.REVOKED: JobStatus.FAILED,
+}
+
+
+def status_of(state: str) -> JobStatus:
+    return _STATUS_OF_STATE.get(state, JobStatus.PENDING)
+
+
+def outcome(job_id: str, state: str, payload: Any) -> RerankResult:
+    """Turn a finished job's backend state into a result, or raise ``JobFailed`` with the worker's reason."""
+    if state == states.SUCCESS:
+        return RerankResult.model_validate(payload)
+    reason = f"{type(payload).__name__}: {payload}" if isinstance(payload, BaseException) else str(payload)
+    raise JobFailed(job_id, reason)
+
+
+class JobHandle:
+    """A submitted job. ``result()`` blocks until the worker answers or the timeout passes."""
+
+    def __init__(self, app: Celery, job_id: str) -> None:
+        self.id = job_id
+        self._async_result = AsyncResult(job_id, app=app)
+
+    def status(self) -> JobStatus:
+        return status_of(self._async_result.state)
+
+    def result(self, timeout: float = 60.0) -> RerankResult:
+        try:
+            payload = self._async_result.get(timeout=timeout, propagate=False)
+        except celery.exceptions.TimeoutError as e:
+            raise JobTimeout(self.id, timeout, self.status()) from e
+        return outcome(self.id, self._async_result.state, payload)
+
+    def __repr__(self) -> str:
+        return f"JobHandle(id={self.id!r})"
+
+
+class AsyncJobHandle:
+    """The asyncio twin of ``JobHandle``: waiting never blocks the event loop.
+
+    Celery's result API is blocking, so this reads Celery's own result key and listens on the
+    channel Celery's Redis backend publishes to when a job finishes, through redis.asyncio;
+    key naming and decoding stay Celery's (``backend.get_key_for_task`` / ``decode_result``).
+    """
+
+    def __init__(self, app: Celery, redis: aioredis.Redis, job_id: str) -> None:
+        self.id = job_id
+        self._backend = app.backend
+        self._redis = redis
+        self._key = self._backend.get_key_for_task(job_id)
+
+    async def status(self) -> JobStatus:
+        meta = await self._read_meta()
+        return status_of(meta["status"]) if meta else JobStatus.PENDING
+
+    async def result(self, timeout: float = 60.0) -> RerankResult:
+        deadline = time.monotonic() + timeout
+        async with self._redis.pubsub() as pubsub:
+            await pubsub.subscribe(self._key)  # subscribe first, then read: no lost wake-up
+            meta = await self._read_meta()
+            while not _is_ready(meta):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    status = status_of(meta["status"]) if meta else JobStatus.PENDING
+                    raise JobTimeout(self.id, timeout, status)
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, 1.0))
+                meta = self._decode(message["data"]) if message else await self._read_meta()
+        assert meta is not None
+        payload = meta["result"]
+        if meta["status"] != states.SUCCESS:
+            payload = self._backend.exception_to_python(payload)
+        return outcome(self.id, meta["status"], payload)
+
+    async def _read_meta(self) -> dict[str, Any] | None:
+        raw = await self._redis.get(self._key)
+        return self._decode(raw) if raw else None
+
+    def _decode(self, raw: bytes) -> dict[str, Any]:
+        meta: dict[str, Any] = self._backend.decode_result(raw)
+        return meta
+
+    def __repr__(self) -> str:
+        return f"AsyncJobHandle(id={self.id!r})"
+
+
+def _is_ready(meta: dict[str, Any] | None) -> bool:
+    return meta is not None and meta["status"] in states.READY_STATES

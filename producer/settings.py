@@ -1,0 +1,53 @@
+"""One typed settings object for both sides, read from ``RERANKQ_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_REPO_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+class Settings(BaseSettings):
+    """Every knob rerankq reads. Environment: ``RERANKQ_<FIELD>`` (e.g. ``RERANKQ_REDIS_URL``)."""
+
+    model_config = SettingsConfigDict(env_prefix="RERANKQ_", extra="ignore")
+
+    redis_url: str = "redis://localhost:6379/0"
+    default_model: str = "bge-reranker-v2-m3"
+    models_dir: Path = _REPO_MODELS_DIR
+
+    # Input limits, enforced by the producer before anything is enqueued and again by the worker.
+    max_documents: int = Field(1000, ge=1)
+    max_query_chars: int = Field(20_000, ge=1)
+    max_document_chars: int = Field(100_000, ge=1)
+
+    # Delivery guarantees. The visibility timeout must exceed the job time limit, or Redis
+    # would hand a still-running job to a second worker.
+    job_time_limit_s: int = Field(300, ge=1)
+    visibility_timeout_s: int = Field(3600, ge=1)
+    max_deliveries: int = Field(3, ge=1)
+    result_ttl_s: int = Field(86_400, ge=1)
+
+    # Worker-side batching (see worker.batcher.Batcher for what each knob does).
+    token_budget: int = Field(16_384, ge=1)
+    max_batch_pairs: int = Field(128, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    max_length: int = Field(512, ge=8)
+
+    @model_validator(mode="after")
+    def _visibility_outlasts_jobs(self) -> Settings:
+        if self.visibility_timeout_s <= self.job_time_limit_s:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must be larger than "
+                f"job_time_limit_s ({self.job_time_limit_s})"
+            )
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""The ``rerankq`` command line. The SDK lives in ``producer``; the worker in ``worker``."""

@@ -1,0 +1,50 @@
+"""``rerankq``: start workers, run the demo. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from producer.errors import ModelLoadError
+
+app = typer.Typer(help="rerankq: cross-encoder reranking behind a Celery queue on Redis.", no_args_is_help=True)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+
+
+@app.command()
+def worker(
+    model: Annotated[str, typer.Option(help="Registry name, Hugging Face id or local folder.")] = "",
+    device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs held at once; their pairs share batches.")] = 8,
+    name: Annotated[str | None, typer.Option(help="Serve under this model name (default: folder name).")] = None,
+) -> None:
+    """Serve one model: load it once, then consume its queue."""
+    _setup_logging()
+    from producer.settings import get_settings
+    from worker.main import run_worker
+
+    try:
+        run_worker(model or get_settings().default_model, device, concurrency, name)
+    except ModelLoadError as e:
+        typer.echo(f"rerankq worker: {e}", err=True)
+        raise typer.Exit(2) from e
+
+
+@app.command()
+def demo(
+    model: Annotated[str | None, typer.Option(help="Model to try first (default: the configured default).")] = None,
+) -> None:
+    """Start a worker, rerank English and Chinese samples, print the ranking, shut down."""
+    from rerankq.demo import run_demo
+
+    raise typer.Exit(run_demo(model))
+
+
+def main() -> None:
+    app()

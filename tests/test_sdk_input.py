@@ -1,0 +1,76 @@
+"""The SDK rejects bad input with a clear error naming the field and the limit, and enqueues nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+
+from producer import InvalidRequest, RerankClient
+from producer.constants import queue_name
+from producer.contract import rank_scores
+
+MODEL = "no-worker-model"  # nobody consumes this queue, so its length shows what was enqueued
+
+
+def _queued(client: RerankClient) -> int:
+    return int(redis.Redis.from_url(client.settings.redis_url).llen(queue_name(MODEL)))
+
+
+@pytest.mark.parametrize(
+    ("query", "documents", "kwargs", "field", "limit_words"),
+    [
+        ("", ["a"], {}, "query", "non-empty"),
+        ("   ", ["a"], {}, "query", "non-empty"),
+        (None, ["a"], {}, "query", "non-empty"),
+        ("q", "not a list", {}, "documents", "list of strings"),
+        ("q", ["ok", 3], {}, "documents[1]", "must be a string"),
+        ("q", ["ok", None], {}, "documents[1]", "must be a string"),
+        ("q", ["x"] * 1001, {}, "documents", "at most 1000 documents"),
+        ("q", ["ok", "x" * 100_001], {}, "documents[1]", "at most 100000 characters"),
+        ("q" * 20_001, ["a"], {}, "query", "at most 20000 characters"),
+        ("q", ["bad \ud800 surrogate"], {}, "documents[0]", "valid Unicode"),
+        ("q", ["a"], {"top_n": 0}, "top_n", "positive integer"),
+        ("q", ["a"], {"top_n": "3"}, "top_n", "positive integer"),
+        ("q", ["a"], {"model": "../etc"}, "model", "must match"),
+    ],
+)
+def test_bad_input_names_field_and_limit_and_enqueues_nothing(
+    client: RerankClient, query: Any, documents: Any, kwargs: dict[str, Any], field: str, limit_words: str
+) -> None:
+    kwargs = {"model": MODEL, **kwargs}
+    before = _queued(client)
+    with pytest.raises(InvalidRequest) as info:
+        client.submit(query, documents, **kwargs)
+    assert info.value.field == field
+    assert limit_words in str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert _queued(client) == before
+
+
+def test_a_valid_job_is_enqueued(client: RerankClient) -> None:
+    """The positive control for the test above: the queue length does move when a job is sent."""
+    before = _queued(client)
+    client.submit("q", ["a", "b"], model=MODEL)
+    assert _queued(client) == before + 1
+
+
+def test_document_limit_comes_from_settings(client: RerankClient) -> None:
+    small = RerankClient(settings=client.settings.model_copy(update={"max_documents": 2}))
+    with pytest.raises(InvalidRequest, match="at most 2 documents"):
+        small.submit("q", ["a", "b", "c"], model=MODEL)
+
+
+def test_empty_document_list_is_an_empty_result_without_enqueueing(client: RerankClient) -> None:
+    before = _queued(client)
+    handle = client.submit("q", [], model=MODEL)
+    assert handle.result(timeout=5).results == []
+    assert client.rank("q", [], model=MODEL) == []
+    assert client.job(handle.id).status() == "succeeded"
+    assert _queued(client) == before
+
+
+def test_rank_scores_sorts_descending_keeps_ties_in_input_order_and_cuts() -> None:
+    ranked = rank_scores([0.1, 0.9, 0.5, 0.9], top_n=3, documents=["a", "b", "c", "d"])
+    assert [(r.index, r.score, r.document) for r in ranked] == [(1, 0.9, "b"), (3, 0.9, "d"), (2, 0.5, "c")]

@@ -1,0 +1,88 @@
+"""A worker refuses a missing or broken model at start, with a message instead of a stack trace."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from producer import ModelLoadError
+from producer.settings import get_settings
+from worker.loading import load_backend, resolve_model
+
+
+def _set_config(folder: Path, **changes: object) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda p: (p / "config.json").unlink(), "config.json is missing"),
+        (lambda p: (p / "config.json").write_text("{not json"), "not valid JSON"),
+        (lambda p: (p / "tokenizer.json").unlink(), "no tokenizer files"),
+        (lambda p: (p / "model.safetensors").unlink(), "no weights"),
+        (lambda p: _set_config(p, intermediate_size=48), "weights do not match the architecture"),
+        (lambda p: _set_config(p, id2label={"0": "a", "1": "b", "2": "c"}), "num_labels=3"),
+    ],
+    ids=["no-config", "bad-config", "no-tokenizer", "no-weights", "weights-mismatch", "three-labels"],
+)
+def test_broken_folder_is_named(model_dirs: dict[str, Path], tmp_path: Path, breakage, message: str) -> None:
+    folder = _copy(model_dirs["tiny-xlmr"], tmp_path / "broken")
+    breakage(folder)
+    with pytest.raises(ModelLoadError, match=message):
+        load_backend(resolve_model(str(folder), None, get_settings()), "cpu")
+
+
+def test_folder_serves_under_its_name_unless_renamed(model_dirs: dict[str, Path]) -> None:
+    settings = get_settings()
+    assert resolve_model(str(model_dirs["tiny-bert"]), None, settings).name == "tiny-bert"
+    assert resolve_model(str(model_dirs["tiny-bert"]), "custom", settings).name == "custom"
+    assert resolve_model("bge-reranker-v2-m3", None, settings).source == "BAAI/bge-reranker-v2-m3"
+    assert resolve_model("BAAI/bge-reranker-v2-m3", None, settings).name == "bge-reranker-v2-m3"
+
+
+@pytest.mark.slow
+def test_cli_exits_with_a_message_for_a_missing_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "my_custom_model"
+    result = subprocess.run(
+        [sys.executable, "-m", "rerankq", "worker", "--model", str(missing), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"model folder {missing} does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_names_the_missing_tokenizer(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    folder = _copy(model_dirs["tiny-bert"], tmp_path / "no-tokenizer")
+    for name in ("tokenizer.json", "vocab.txt"):
+        (folder / name).unlink(missing_ok=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "rerankq", "worker", "--model", str(folder), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "no tokenizer files" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_hub_model_that_cannot_be_fetched_is_explained() -> None:
+    manifest = resolve_model("rerankq-test/does-not-exist", None, get_settings())
+    with pytest.raises(ModelLoadError, match="neither in the local Hugging Face cache"):
+        load_backend(manifest, "cpu")

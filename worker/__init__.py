@@ -1,0 +1,1 @@
+"""rerankq's worker side: Celery app, rerank task, batcher, model backends. Imports torch."""

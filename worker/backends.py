@@ -1,0 +1,132 @@
+"""Model backends: tokenize on the job's thread (pre), one padded forward pass per batch (forward).
+
+Pairs are tokenized once, unpadded, when a job arrives; the batcher pads them per batch. That
+way token lengths are known for packing and no text is tokenized twice.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from sentence_transformers import CrossEncoder, SentenceTransformer
+
+Features = dict[str, list[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPair:
+    """One (query, document) pair, tokenized. ``length`` is what padding costs per pair."""
+
+    features: tuple[Features, ...]
+    length: int
+
+
+class Backend(ABC):
+    """One loaded model on one device."""
+
+    kind: str
+
+    def __init__(self, device: str, max_length: int) -> None:
+        self.device = device
+        self.max_length = max_length
+
+    @abstractmethod
+    def encode(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
+        """Tokenize one job's pairs, truncated to ``max_length`` tokens."""
+
+    @abstractmethod
+    def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
+        """Raw scores for one batch, in batch order."""
+
+    @abstractmethod
+    def normalize(self, raw: float) -> float:
+        """Map a raw score into [0, 1]."""
+
+    def warm_up(self) -> None:
+        self.forward(self.encode("warm-up query", ["warm-up document"], self.max_length))
+
+
+class CrossEncoderBackend(Backend):
+    """A sentence-transformers ``CrossEncoder`` with one logit per pair; normalised by sigmoid."""
+
+    kind = "cross-encoder"
+
+    def __init__(self, model: CrossEncoder, device: str, max_length: int) -> None:
+        super().__init__(device, max_length)
+        self.model = model.eval()
+        self.tokenizer = model.tokenizer
+
+    def encode(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
+        encoded = self.tokenizer(
+            [query] * len(documents), list(documents), truncation="longest_first", max_length=max_length
+        )
+        return [EncodedPair(features=(features,), length=len(features["input_ids"])) for features in _unbatch(encoded)]
+
+    @torch.inference_mode()
+    def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
+        features = _pad(self.tokenizer, [pair.features[0] for pair in batch], self.device)
+        scores: torch.Tensor = self.model({**features, "modality": "text"})["scores"]
+        values: list[float] = scores.float().reshape(len(batch), -1)[:, 0].tolist()
+        return values
+
+    def normalize(self, raw: float) -> float:
+        return _sigmoid(raw)
+
+
+class BiEncoderBackend(Backend):
+    """A sentence-transformers bi-encoder scored by cosine similarity of the two embeddings.
+
+    Not a reranker: it never sees query and document together. Served so that an offline
+    model can stand behind the same worker interface, and labelled as such everywhere.
+    """
+
+    kind = "bi-encoder"
+
+    def __init__(self, model: SentenceTransformer, device: str, max_length: int) -> None:
+        super().__init__(device, max_length)
+        self.model = model.eval()
+        self.tokenizer = model.tokenizer
+
+    def encode(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
+        encoded = _unbatch(self.tokenizer([query, *documents], truncation=True, max_length=max_length))
+        query_features = encoded[0]
+        return [
+            EncodedPair(features=(query_features, doc), length=len(query_features["input_ids"]) + len(doc["input_ids"]))
+            for doc in encoded[1:]
+        ]
+
+    @torch.inference_mode()
+    def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
+        sequences = [pair.features[0] for pair in batch] + [pair.features[1] for pair in batch]
+        features = _pad(self.tokenizer, sequences, self.device)
+        embeddings = self.model({**features, "modality": "text"})["sentence_embedding"].float()
+        embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
+        queries, documents = embeddings[: len(batch)], embeddings[len(batch) :]
+        values: list[float] = (queries * documents).sum(dim=-1).tolist()
+        return values
+
+    def normalize(self, raw: float) -> float:
+        return min(1.0, max(0.0, (raw + 1.0) / 2.0))
+
+
+def _unbatch(encoded: Any) -> list[Features]:
+    keys = list(encoded.keys())
+    return [dict(zip(keys, values, strict=True)) for values in zip(*(encoded[k] for k in keys), strict=True)]
+
+
+def _pad(tokenizer: Any, features: list[Features], device: str) -> dict[str, torch.Tensor]:
+    padded = tokenizer.pad(features, padding=True, return_tensors="pt")
+    return {name: tensor.to(device) for name, tensor in padded.items()}
+
+
+def _sigmoid(x: float) -> float:
+    # float64 and overflow-safe; equals torch.sigmoid on float32 logits within float32 precision
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)

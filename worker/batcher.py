@@ -1,0 +1,170 @@
+"""The in-process batcher: pairs from every job this worker holds share forward passes.
+
+Celery's pool hands each reserved job to its own thread; each thread tokenizes its pairs and
+submits them here. One batcher thread owns the model. It sorts pending pairs by token length,
+cuts batches by a padded-token budget and a pair cap, runs one forward pass per batch and routes
+every score back to its job. Written by hand because celery-batches couples batching to prefetch
+(it waits for N messages), while we need token-aware packing of work that is already reserved.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from worker.backends import Backend, EncodedPair
+
+log = logging.getLogger("rerankq.batcher")
+
+
+@dataclass(frozen=True)
+class ScoredJob:
+    """Raw scores for one submission, in submission order, and the batches that computed them."""
+
+    scores: list[float]
+    batch_ids: list[str]
+
+
+@dataclass(eq=False)
+class _Submission:
+    pairs: Sequence[EncodedPair]
+    future: Future[ScoredJob]
+    scores: list[float] = field(init=False)
+    remaining: int = field(init=False)
+    batch_ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.scores = [0.0] * len(self.pairs)
+        self.remaining = len(self.pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    submission: _Submission
+    position: int
+
+    @property
+    def length(self) -> int:
+        return self.submission.pairs[self.position].length
+
+
+def plan_batches(items: Sequence[_Item], token_budget: int, max_batch_pairs: int) -> list[list[_Item]]:
+    """Longest first; a batch closes when one more pair would exceed the padded-token budget
+    (pairs x longest pair) or the pair cap. A pair longer than the budget runs alone."""
+    batches: list[list[_Item]] = []
+    current: list[_Item] = []
+    for item in sorted(items, key=lambda it: it.length, reverse=True):
+        longest = current[0].length if current else item.length
+        if current and ((len(current) + 1) * longest > token_budget or len(current) >= max_batch_pairs):
+            batches.append(current)
+            current = []
+        current.append(item)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class Batcher:
+    """Cross-job batching over one backend.
+
+    Tuning knobs (also settings ``RERANKQ_TOKEN_BUDGET`` etc.):
+
+    ``token_budget``
+        Most padded tokens (pairs x longest pair in the batch) one forward pass may hold.
+    ``max_batch_pairs``
+        Most pairs in one forward pass, whatever their length.
+    ``max_wait_ms``
+        How long to wait for more work when the pending pairs would make a small batch.
+    """
+
+    def __init__(self, backend: Backend, token_budget: int, max_batch_pairs: int, max_wait_ms: float) -> None:
+        self.backend = backend
+        self.token_budget = token_budget
+        self.max_batch_pairs = max_batch_pairs
+        self.max_wait_ms = max_wait_ms
+        self._pending: list[_Item] = []
+        self._cond = threading.Condition()
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self._batch_seq = itertools.count(1)
+        self._batch_prefix = f"{socket.gethostname()}:{os.getpid()}"
+
+    def start(self) -> None:
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="rerankq-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._running = False
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def submit(self, pairs: Sequence[EncodedPair]) -> Future[ScoredJob]:
+        """Queue one job's pairs; the future resolves when all of them are scored."""
+        submission = _Submission(pairs, Future())
+        if not pairs:
+            submission.future.set_result(ScoredJob([], []))
+            return submission.future
+        with self._cond:
+            self._pending.extend(_Item(submission, i) for i in range(len(pairs)))
+            self._cond.notify_all()
+        return submission.future
+
+    def _loop(self) -> None:
+        while True:
+            items = self._collect()
+            if items is None:
+                return
+            for batch in plan_batches(items, self.token_budget, self.max_batch_pairs):
+                self._run(batch)
+
+    def _collect(self) -> list[_Item] | None:
+        """Wait for work, give a small backlog ``max_wait_ms`` to grow, then take all of it."""
+        with self._cond:
+            while self._running and not self._pending:
+                self._cond.wait()
+            if not self._running:
+                return None
+            deadline = time.monotonic() + self.max_wait_ms / 1000
+            while self._is_small(self._pending) and (remaining := deadline - time.monotonic()) > 0:
+                self._cond.wait(remaining)
+            items, self._pending = self._pending, []
+            return items
+
+    def _is_small(self, items: Sequence[_Item]) -> bool:
+        if len(items) >= self.max_batch_pairs:
+            return False
+        return len(items) * max(item.length for item in items) < self.token_budget
+
+    def _run(self, batch: list[_Item]) -> None:
+        # The one place a forward pass happens: out-of-memory splitting hooks in here.
+        batch_id = f"{self._batch_prefix}:{next(self._batch_seq)}"
+        try:
+            scores = self.backend.forward([item.submission.pairs[item.position] for item in batch])
+        except Exception as e:  # a failed forward pass fails its jobs, never the batcher
+            log.exception("forward pass %s failed (%d pairs)", batch_id, len(batch))
+            for submission in {item.submission for item in batch}:
+                if not submission.future.done():
+                    submission.future.set_exception(e)
+            return
+        self._route(batch, scores, batch_id)
+
+    @staticmethod
+    def _route(batch: list[_Item], scores: list[float], batch_id: str) -> None:
+        for item, score in zip(batch, scores, strict=True):
+            submission = item.submission
+            submission.scores[item.position] = score
+            submission.remaining -= 1
+            if batch_id not in submission.batch_ids:
+                submission.batch_ids.append(batch_id)
+            if submission.remaining == 0 and not submission.future.done():
+                submission.future.set_result(ScoredJob(submission.scores, submission.batch_ids))

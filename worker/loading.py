@@ -1,0 +1,138 @@
+"""Resolve ``--model NAME_OR_PATH`` to a manifest, check a local folder, load it on a device.
+
+Every failure is a ``ModelLoadError`` whose message names the missing file or the mismatch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import torch
+from sentence_transformers import CrossEncoder, SentenceTransformer
+
+from producer.constants import MODEL_NAME_PATTERN
+from producer.errors import ModelLoadError
+from producer.registry import ModelManifest, find_manifest
+from producer.settings import Settings
+from worker.backends import Backend, BiEncoderBackend, CrossEncoderBackend
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "vocab.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def resolve_model(spec: str, name: str | None, settings: Settings) -> ModelManifest:
+    """A registry name or HF id with a manifest, a local folder, or a bare Hugging Face id."""
+    manifest = find_manifest(settings.models_dir, spec)
+    if manifest is not None:
+        return manifest.model_copy(update={"name": name or manifest.name})
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return ModelManifest(name=_checked_name(name or path.resolve().name), source=str(path.resolve()))
+    if _looks_like_path(spec):
+        raise ModelLoadError(f"model folder {spec} does not exist")
+    return ModelManifest(name=_checked_name(name or spec.rsplit("/", 1)[-1]), source=spec)
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for but no CUDA GPU is visible to torch")
+    return device
+
+
+def load_backend(manifest: ModelManifest, device: str, max_length: int | None = None) -> Backend:
+    """Load the weights once; fp16 on CUDA, fp32 on CPU."""
+    source = _source_path(manifest.source)
+    if Path(source).is_dir():
+        check_model_folder(Path(source), manifest.kind)
+    length = min(max_length or manifest.max_length, manifest.model_max_length)
+    try:
+        backend = _load(manifest, source, device, length)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelLoadError(_explain_load_failure(manifest, e)) from e
+    if device.startswith("cuda"):
+        backend.model.half()  # type: ignore[attr-defined]
+    return backend
+
+
+def check_model_folder(folder: Path, kind: str = "cross-encoder") -> None:
+    """The files a model folder needs, checked before any loading starts."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(f"{folder}: config.json is missing; save the model with save_pretrained()")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{config_path} is not valid JSON: {e}") from e
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{folder}: no tokenizer files (expected one of {', '.join(_TOKENIZER_FILES)}); "
+            "save the tokenizer with tokenizer.save_pretrained() into the same folder"
+        )
+    if not any((folder / f).is_file() for f in _WEIGHT_FILES):
+        raise ModelLoadError(f"{folder}: no weights (expected one of {', '.join(_WEIGHT_FILES)})")
+    if "model_type" not in config:
+        raise ModelLoadError(f"{config_path} has no model_type; it is not a transformers config")
+    labels = len(config.get("id2label") or {}) or config.get("num_labels", 1)
+    if kind == "cross-encoder" and labels != 1:
+        raise ModelLoadError(
+            f"{config_path}: the classifier has num_labels={labels}; a reranker needs exactly one output "
+            "(num_labels=1). A multi-class model cannot rank."
+        )
+
+
+def _load(manifest: ModelManifest, source: str, device: str, max_length: int) -> Backend:
+    if manifest.kind == "bi-encoder":
+        bi_encoder = SentenceTransformer(source, device=device, revision=manifest.revision)
+        bi_encoder.max_seq_length = max_length
+        return BiEncoderBackend(bi_encoder, device, max_length)
+    cross_encoder = CrossEncoder(source, device=device, revision=manifest.revision, max_length=max_length)
+    if cross_encoder.num_labels != 1:
+        raise ModelLoadError(
+            f"{manifest.source}: the classifier has num_labels={cross_encoder.num_labels}; "
+            "a reranker needs exactly one output (num_labels=1)"
+        )
+    return CrossEncoderBackend(cross_encoder, device, max_length)
+
+
+def _source_path(source: str) -> str:
+    """``package:<pkg>/<subdir>`` points into an installed PyPI package; anything else is as given."""
+    if not source.startswith("package:"):
+        return source
+    package, _, subdir = source.removeprefix("package:").partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"{source}: the Python package {package!r} is not installed (pip install it)")
+    return str(Path(next(iter(spec.submodule_search_locations))) / subdir)
+
+
+def _explain_load_failure(manifest: ModelManifest, error: Exception) -> str:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if not Path(_source_path(manifest.source)).exists():
+        return (
+            f"cannot load {manifest.source!r}: the weights are neither in the local Hugging Face cache "
+            f"nor reachable on the hub ({first_line}). Download them where there is network, or put "
+            f"them in a folder and pass --model that/folder"
+        )
+    if "ignore_mismatched_sizes" in first_line:
+        first_line = "the weights do not match the architecture in config.json (tensor size mismatch)"
+    return f"cannot load {manifest.source}: {first_line}"
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1
+
+
+def _checked_name(name: str) -> str:
+    if not re.match(MODEL_NAME_PATTERN, name):
+        raise ModelLoadError(f"model name {name!r} must match {MODEL_NAME_PATTERN}; pass --name to choose one")
+    return name

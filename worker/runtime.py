@@ -1,0 +1,39 @@
+"""The one model this worker process serves, loaded before Celery starts consuming."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from producer.registry import ModelManifest
+from producer.settings import Settings
+from worker.backends import Backend
+from worker.batcher import Batcher
+
+
+@dataclass(frozen=True)
+class Runtime:
+    manifest: ModelManifest
+    backend: Backend
+    batcher: Batcher
+    settings: Settings
+    redis: redis.Redis
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest.name
+
+
+_current: Runtime | None = None
+
+
+def install(runtime: Runtime) -> None:
+    global _current
+    _current = runtime
+
+
+def current() -> Runtime:
+    if _current is None:
+        raise RuntimeError("no model loaded in this process; start workers with `rerankq worker`")
+    return _current
