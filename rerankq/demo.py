@@ -1,0 +1,172 @@
+"""``rerankq demo``: a Redis, a worker, English and Chinese sample jobs, a printed ranking, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from producer import RerankClient
+from producer.registry import find_manifest
+from producer.settings import get_settings
+
+OFFLINE_MODEL = "all-minilm-l6-v2"
+RUN_DIR = Path(".run")
+SAMPLES = [
+    (
+        "what is artificial intelligence",
+        [
+            "The apple is a sweet fruit that grows on trees; it is eaten raw or baked in pies.",
+            "Artificial intelligence is the field of building machines that learn, reason and solve problems.",
+            "Redis is an in-memory data store often used as a cache and a message broker.",
+        ],
+    ),
+    (
+        "什么是人工智能",
+        [
+            "苹果是一种生长在树上的甜味水果，可以生吃也可以做成派。",
+            "人工智能是研究如何让机器学习、推理和解决问题的学科。",
+        ],
+    ),
+    ("苹果手机", ["苹果是一种富含维生素的水果。", "苹果手机是苹果公司设计和销售的智能手机。"]),
+]
+
+console = Console()
+
+
+def run_demo(model: str | None = None) -> int:
+    model = model or get_settings().default_model
+    RUN_DIR.mkdir(exist_ok=True)
+    with _redis() as url:
+        os.environ["RERANKQ_REDIS_URL"] = url
+        get_settings.cache_clear()
+        model = model if _weights_reachable(model) else _fall_back(model)
+        with _worker(model) as served:
+            _rank_samples(RerankClient(url), served)
+    console.print("[green]demo finished; worker and Redis stopped[/green]")
+    return 0
+
+
+def _fall_back(model: str) -> str:
+    console.print(
+        f"[yellow]{model}: weights not in the local cache and the model hub is unreachable; "
+        f"using the offline model {OFFLINE_MODEL} (a bi-encoder scored by cosine similarity, English only)[/yellow]"
+    )
+    return OFFLINE_MODEL
+
+
+def _weights_reachable(model: str) -> bool:
+    """Cached weights, a local folder, or a hub we can reach; decided in seconds, not after retries."""
+    manifest = find_manifest(get_settings().models_dir, model)
+    source = manifest.source if manifest else model
+    if source.startswith("package:") or Path(source).is_dir():
+        return True
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source, "config.json"), str):
+        return True
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def _redis() -> Iterator[str]:
+    """RERANKQ_REDIS_URL when set, else a throwaway redis-server of our own."""
+    if "RERANKQ_REDIS_URL" in os.environ:
+        yield os.environ["RERANKQ_REDIS_URL"]
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server not found: install it or set RERANKQ_REDIS_URL")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as workdir:
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir]
+        server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            _wait(lambda: _pings(url), 10, "redis-server did not start")
+            console.print(f"started redis-server on {url}")
+            yield url
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+def _pings(url: str) -> bool:
+    with suppress(redis.ConnectionError):
+        return bool(redis.Redis.from_url(url).ping())
+    return False
+
+
+@contextmanager
+def _worker(model: str) -> Iterator[str]:
+    log_path = RUN_DIR / "demo-worker.log"
+    with log_path.open("wb") as log:
+        command = [sys.executable, "-m", "rerankq", "worker", "--model", model, "--concurrency", "8"]
+        worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    console.print(f"starting worker for {model} (log: {log_path})")
+    try:
+        _wait(lambda: _consuming(worker, log_path), 600, f"worker did not start; see {log_path}")
+        yield _served_name(model)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def _served_name(model: str) -> str:
+    manifest = find_manifest(get_settings().models_dir, model)
+    return manifest.name if manifest else Path(model.rstrip("/")).name
+
+
+def _consuming(worker: subprocess.Popen[bytes], log_path: Path) -> bool:
+    if worker.poll() is not None:
+        raise SystemExit(f"worker exited:\n{log_path.read_text(errors='replace')[-2000:]}")
+    return " ready." in log_path.read_text(errors="replace")
+
+
+def _wait(ready: Callable[[], bool], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise SystemExit(message)
+        time.sleep(0.1)
+
+
+def _rank_samples(client: RerankClient, model: str) -> None:
+    started = time.perf_counter()
+    handles = [client.submit(query, docs, model=model, return_documents=True) for query, docs in SAMPLES]
+    for (query, _), handle in zip(SAMPLES, handles, strict=True):
+        result = handle.result(timeout=120)
+        table = Table(title=f"{query}  ({result.model} on {result.device})", title_justify="left")
+        table.add_column("rank")
+        table.add_column("score")
+        table.add_column("document")
+        for rank, doc in enumerate(result.results, 1):
+            table.add_row(str(rank), f"{doc.score:.4f}", doc.document or "")
+        console.print(table)
+        stats = result.stats
+        console.print(
+            f"  queue {stats.queue_ms:.1f} ms, tokenize {stats.tokenize_ms:.1f} ms, "
+            f"inference {stats.infer_ms:.1f} ms, {stats.pairs} pairs in {len(stats.batches)} batch(es)"
+        )
+    console.print(f"all {len(SAMPLES)} jobs answered in {(time.perf_counter() - started) * 1000:.0f} ms end to end")
