@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     token_budget: int = Field(16_384, ge=1)
     max_batch_pairs: int = Field(128, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
-    max_length: int = Field(512, ge=8)
+    max_length: int | None = Field(None, ge=8)  # None: the model manifest's max_length
 
     @model_validator(mode="after")
     def _visibility_outlasts_jobs(self) -> Settings:

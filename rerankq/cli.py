@@ -23,6 +23,9 @@ def worker(
     device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
     concurrency: Annotated[int, typer.Option(min=1, help="Jobs held at once; their pairs share batches.")] = 8,
     name: Annotated[str | None, typer.Option(help="Serve under this model name (default: folder name).")] = None,
+    max_length: Annotated[
+        int | None, typer.Option(min=8, help="Tokens per pair (default RERANKQ_MAX_LENGTH), up to the model's limit.")
+    ] = None,
 ) -> None:
     """Serve one model: load it once, then consume its queue."""
     _setup_logging()
@@ -30,7 +33,7 @@ def worker(
     from worker.main import run_worker
 
     try:
-        run_worker(model or get_settings().default_model, device, concurrency, name)
+        run_worker(model or get_settings().default_model, device, concurrency, name, max_length)
     except ModelLoadError as e:
         typer.echo(f"rerankq worker: {e}", err=True)
         raise typer.Exit(2) from e

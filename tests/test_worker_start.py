@@ -86,3 +86,21 @@ def test_hub_model_that_cannot_be_fetched_is_explained() -> None:
     manifest = resolve_model("rerankq-test/does-not-exist", None, get_settings())
     with pytest.raises(ModelLoadError, match="neither in the local Hugging Face cache"):
         load_backend(manifest, "cpu")
+
+
+def test_max_length_truncates_like_the_reference_and_is_capped_by_the_model(model_dirs: dict[str, Path]) -> None:
+    import numpy as np
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    manifest = resolve_model(str(model_dirs["tiny-bert"]), None, get_settings())
+    backend = load_backend(manifest, "cpu", 16)
+    long_doc = "a cross-encoder reads the query and the document together " * 20
+    pairs = backend.encode("what is a reranker", [long_doc, "short"], backend.max_length)
+    assert backend.max_length == 16 and max(p.length for p in pairs) == 16
+    reference = CrossEncoder(str(model_dirs["tiny-bert"]), device="cpu", max_length=16)
+    expected = reference.predict(
+        [("what is a reranker", long_doc), ("what is a reranker", "short")], activation_fn=torch.nn.Identity()
+    )
+    np.testing.assert_allclose(backend.forward(pairs), expected, atol=1e-5)
+    assert load_backend(manifest, "cpu", 100_000).max_length == manifest.model_max_length

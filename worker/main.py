@@ -17,13 +17,13 @@ from worker.runtime import Runtime, install
 log = logging.getLogger("rerankq.worker")
 
 
-def load_runtime(model: str, device: str = "auto", name: str | None = None) -> Runtime:
+def load_runtime(model: str, device: str = "auto", name: str | None = None, max_length: int | None = None) -> Runtime:
     """Everything a worker process holds: one model instance, one batcher, one Redis client."""
     settings = get_settings()
     manifest = resolve_model(model, name, settings)
     device = pick_device(device)
     started = time.perf_counter()
-    backend = load_backend(manifest, device, settings.max_length)
+    backend = load_backend(manifest, device, max_length or settings.max_length)
     backend.warm_up()
     load_s = time.perf_counter() - started
     batcher = Batcher(backend, settings.token_budget, settings.max_batch_pairs, settings.max_wait_ms)
@@ -40,9 +40,11 @@ def load_runtime(model: str, device: str = "auto", name: str | None = None) -> R
     return Runtime(manifest, backend, batcher, settings, redis.Redis.from_url(settings.redis_url))
 
 
-def run_worker(model: str, device: str = "auto", concurrency: int = 8, name: str | None = None) -> None:
+def run_worker(
+    model: str, device: str = "auto", concurrency: int = 8, name: str | None = None, max_length: int | None = None
+) -> None:
     """Serve one model until stopped. Jobs are reserved by a thread pool so their pairs can share batches."""
-    runtime = load_runtime(model, device, name)
+    runtime = load_runtime(model, device, name, max_length)
     install(runtime)
     # Celery's own success line carries the return value (document text when asked for);
     # rerankq logs its own line per job instead.
