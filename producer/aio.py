@@ -6,9 +6,10 @@ import asyncio
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
+from typing_extensions import Unpack
 
 from producer.client import RerankClient
-from producer.contract import RankedDocument
+from producer.contract import JobOptions, RankedDocument
 from producer.jobs import AsyncJobHandle
 from producer.settings import Settings
 
@@ -23,32 +24,13 @@ class AsyncRerankClient:
         self._redis = aioredis.Redis.from_url(self.settings.redis_url)
 
     async def rank(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        model: str | None = None,
-        top_n: int | None = None,
-        return_documents: bool = False,
-        normalize: bool = True,
-        timeout: float = 60.0,
+        self, query: str, documents: Sequence[str], *, timeout: float = 60.0, **options: Unpack[JobOptions]
     ) -> list[RankedDocument]:
-        handle = await self.submit(
-            query, documents, model=model, top_n=top_n, return_documents=return_documents, normalize=normalize
-        )
+        handle = await self.submit(query, documents, **options)
         return (await handle.result(timeout=timeout)).results
 
-    async def submit(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        model: str | None = None,
-        top_n: int | None = None,
-        return_documents: bool = False,
-        normalize: bool = True,
-    ) -> AsyncJobHandle:
-        job = self._sync.build(query, documents, model, top_n, return_documents, normalize)
+    async def submit(self, query: str, documents: Sequence[str], **options: Unpack[JobOptions]) -> AsyncJobHandle:
+        job = self._sync.build(query, documents, **options)
         await asyncio.to_thread(self._sync.send, job)
         return self.job(job.job_id)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from celery import states
+from typing_extensions import Unpack
 
 from producer.constants import TASK_RERANK, queue_name
-from producer.contract import RankedDocument, RerankJob, RerankResult, build_job
+from producer.contract import JobOptions, RankedDocument, RerankJob, RerankResult, build_job
 from producer.jobs import JobHandle
 from producer.settings import Settings, get_settings
 from producer.transport import make_celery
@@ -29,34 +30,14 @@ class RerankClient:
         self.app = make_celery(settings, main="rerankq-producer")
 
     def rank(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        model: str | None = None,
-        top_n: int | None = None,
-        return_documents: bool = False,
-        normalize: bool = True,
-        timeout: float = 60.0,
+        self, query: str, documents: Sequence[str], *, timeout: float = 60.0, **options: Unpack[JobOptions]
     ) -> list[RankedDocument]:
         """Scores sorted highest first; ``.index`` is the document's position in ``documents``."""
-        handle = self.submit(
-            query, documents, model=model, top_n=top_n, return_documents=return_documents, normalize=normalize
-        )
-        return handle.result(timeout=timeout).results
+        return self.submit(query, documents, **options).result(timeout=timeout).results
 
-    def submit(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        model: str | None = None,
-        top_n: int | None = None,
-        return_documents: bool = False,
-        normalize: bool = True,
-    ) -> JobHandle:
+    def submit(self, query: str, documents: Sequence[str], **options: Unpack[JobOptions]) -> JobHandle:
         """Enqueue a job and return its handle at once. Raises ``InvalidRequest`` before enqueueing."""
-        job = self.build(query, documents, model, top_n, return_documents, normalize)
+        job = self.build(query, documents, **options)
         self.send(job)
         return self.job(job.job_id)
 
@@ -64,22 +45,15 @@ class RerankClient:
         """A handle for a job submitted earlier, by this or any other process."""
         return JobHandle(self.app, job_id)
 
-    def build(
-        self,
-        query: str,
-        documents: Sequence[str],
-        model: str | None,
-        top_n: int | None,
-        return_documents: bool,
-        normalize: bool,
-    ) -> RerankJob:
+    def build(self, query: str, documents: Sequence[str], **options: Unpack[JobOptions]) -> RerankJob:
+        """Validate and build a job without sending it."""
         return build_job(
             query,
             documents,
-            model=model or self.settings.default_model,
-            top_n=top_n,
-            return_documents=return_documents,
-            normalize=normalize,
+            model=options.get("model") or self.settings.default_model,
+            top_n=options.get("top_n"),
+            return_documents=options.get("return_documents", False),
+            normalize=options.get("normalize", True),
             settings=self.settings,
         )
 

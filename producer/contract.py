@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +33,15 @@ class RerankJob(BaseModel):
     normalize: bool = True
     max_length: int | None = None
     enqueued_at: float = Field(default_factory=time.time)
+
+
+class JobOptions(TypedDict, total=False):
+    """The per-job keyword arguments every SDK entry point takes."""
+
+    model: str | None  # None: the configured default model
+    top_n: int | None  # None: every document
+    return_documents: bool  # attach each document's text to its result
+    normalize: bool  # sigmoid into [0, 1] (default) or raw logits
 
 
 class RankedDocument(BaseModel):

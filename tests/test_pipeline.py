@@ -178,7 +178,7 @@ def test_a_malformed_message_fails_with_a_reason_and_the_worker_keeps_serving(
 
 
 def test_a_job_past_the_redelivery_cap_fails_instead_of_looping(workers: dict, client: RerankClient, settings) -> None:
-    job = client.build(QUERY, DOCS[:2], "tiny-bert", None, False, True)
+    job = client.build(QUERY, DOCS[:2], model="tiny-bert")
     # as if the job had already killed its worker max_deliveries times
     redis.Redis.from_url(settings.redis_url).set(deliveries_key(job.job_id), settings.max_deliveries)
     client.send(job)

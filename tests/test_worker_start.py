@@ -52,15 +52,15 @@ def test_folder_serves_under_its_name_unless_renamed(model_dirs: dict[str, Path]
     assert resolve_model("BAAI/bge-reranker-v2-m3", None, settings).name == "bge-reranker-v2-m3"
 
 
+def _start_worker_cli(model: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "rerankq", "worker", "--model", str(model), "--device", "cpu"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.slow
 def test_cli_exits_with_a_message_for_a_missing_folder(tmp_path: Path) -> None:
     missing = tmp_path / "my_custom_model"
-    result = subprocess.run(
-        [sys.executable, "-m", "rerankq", "worker", "--model", str(missing), "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _start_worker_cli(missing)
     assert result.returncode == 2
     assert f"model folder {missing} does not exist" in result.stderr
     assert "Traceback" not in result.stderr
@@ -71,12 +71,7 @@ def test_cli_names_the_missing_tokenizer(model_dirs: dict[str, Path], tmp_path: 
     folder = _copy(model_dirs["tiny-bert"], tmp_path / "no-tokenizer")
     for name in ("tokenizer.json", "vocab.txt"):
         (folder / name).unlink(missing_ok=True)
-    result = subprocess.run(
-        [sys.executable, "-m", "rerankq", "worker", "--model", str(folder), "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _start_worker_cli(folder)
     assert result.returncode == 2
     assert "no tokenizer files" in result.stderr
     assert "Traceback" not in result.stderr
