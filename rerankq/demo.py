@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-import redis
 from rich.console import Console
 from rich.table import Table
 
 from producer import RerankClient
 from producer.registry import find_manifest
 from producer.settings import get_settings
+from rerankq.local_redis import local_redis_server
 
 OFFLINE_MODEL = "all-minilm-l6-v2"
 RUN_DIR = Path(".run")
@@ -93,29 +91,12 @@ def _redis() -> Iterator[str]:
     if "RERANKQ_REDIS_URL" in os.environ:
         yield os.environ["RERANKQ_REDIS_URL"]
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server not found: install it or set RERANKQ_REDIS_URL")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as workdir:
-        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir]
-        server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            _wait(lambda: _pings(url), 10, "redis-server did not start")
-            console.print(f"started redis-server on {url}")
-            yield url
-        finally:
-            server.terminate()
-            server.wait(10)
-
-
-def _pings(url: str) -> bool:
-    with suppress(redis.ConnectionError):
-        return bool(redis.Redis.from_url(url).ping())
-    return False
+    try:
+        with local_redis_server() as server:
+            console.print(f"started redis-server on {server.url}")
+            yield server.url
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from e
 
 
 @contextmanager

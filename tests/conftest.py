@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,12 +22,7 @@ from tiny_models import build_tiny_bert, build_tiny_xlm_roberta
 
 from producer import RerankClient
 from producer.settings import Settings, get_settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from rerankq.local_redis import local_redis_server
 
 
 @dataclass
@@ -38,37 +32,14 @@ class RedisServer:
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def redis_server() -> Iterator[RedisServer]:
     """Our own redis-server on a free port when the binary exists (fault tests can kill it),
     else the server at RERANKQ_REDIS_URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        url = os.environ.get("RERANKQ_REDIS_URL", "redis://127.0.0.1:6379/15")
-        yield RedisServer(url, None)
+    if shutil.which("redis-server") is None:
+        yield RedisServer(os.environ.get("RERANKQ_REDIS_URL", "redis://127.0.0.1:6379/15"), None)
         return
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    _wait_for_redis(url)
-    yield RedisServer(url, process)
-    process.terminate()
-    process.wait(10)
-
-
-def _wait_for_redis(url: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            return
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    with local_redis_server() as server:
+        yield RedisServer(server.url, server.process)
 
 
 @pytest.fixture(scope="session", autouse=True)
