@@ -7,8 +7,17 @@ from collections.abc import Sequence
 from celery import states
 from typing_extensions import Unpack
 
+from producer.cache import ScoreCache
 from producer.constants import TASK_RERANK, queue_name
-from producer.contract import JobOptions, RankedDocument, RerankJob, RerankResult, build_job
+from producer.contract import (
+    JobOptions,
+    RankedDocument,
+    RerankJob,
+    RerankResult,
+    answer_from_cache,
+    build_job,
+    score_options,
+)
 from producer.jobs import JobHandle
 from producer.settings import Settings, get_settings
 from producer.transport import make_celery
@@ -28,6 +37,7 @@ class RerankClient:
             settings = settings.model_copy(update={"redis_url": redis_url})
         self.settings = settings
         self.app = make_celery(settings, main="rerankq-producer")
+        self.cache = ScoreCache(settings)
 
     def rank(
         self, query: str, documents: Sequence[str], *, timeout: float = 60.0, **options: Unpack[JobOptions]
@@ -54,14 +64,19 @@ class RerankClient:
             top_n=options.get("top_n"),
             return_documents=options.get("return_documents", False),
             normalize=options.get("normalize", True),
+            cache=options.get("cache", True),
             settings=self.settings,
         )
 
     def send(self, job: RerankJob) -> None:
-        """Publish the job; a job with no documents is answered in place without touching a queue."""
+        """Answer from the result cache when every document is cached; else publish the job,
+        carrying the cached scores so the worker computes only the misses."""
         if not job.documents:
-            empty = RerankResult(job_id=job.job_id, model=job.model, device="none", results=[])
-            self.app.backend.store_result(job.job_id, empty.model_dump(), states.SUCCESS)
+            self._store(RerankResult(job_id=job.job_id, model=job.model, device="none", results=[]))
+            return
+        job = self._with_cached_scores(job)
+        if len(job.cached_scores) == len(job.documents):
+            self._store(answer_from_cache(job))
             return
         self.app.send_task(
             TASK_RERANK,
@@ -73,8 +88,24 @@ class RerankClient:
             kwargsrepr="{}",
         )
 
+    def _with_cached_scores(self, job: RerankJob) -> RerankJob:
+        if not (job.cache and self.cache.enabled):
+            return job
+        identity = self.cache.identity(job.model)
+        if identity is None:  # no worker has served this model yet: nothing can be cached
+            return job
+        found = self.cache.lookup(job.model, identity, score_options(job), job.query, job.documents)
+        cached = {i: found[doc] for i, doc in enumerate(job.documents) if doc in found}
+        self.cache.count_hits(len(cached))
+        return job.model_copy(update={"cache_identity": identity, "cached_scores": cached})
+
+    def _store(self, result: RerankResult) -> None:
+        """Store an answer made without a worker under its job id, so any process can fetch it."""
+        self.app.backend.store_result(result.job_id, result.model_dump(), states.SUCCESS)
+
     def close(self) -> None:
         self.app.close()
+        self.cache.close()
 
     def __enter__(self) -> RerankClient:
         return self

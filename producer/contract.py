@@ -6,6 +6,7 @@ again, because a queue accepts messages from anyone.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import uuid
@@ -14,7 +15,7 @@ from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from producer.constants import MODEL_NAME_PATTERN
+from producer.constants import MODEL_NAME_PATTERN, SCORE_KEY_PREFIX
 from producer.errors import InvalidRequest
 from producer.settings import Settings
 
@@ -33,6 +34,12 @@ class RerankJob(BaseModel):
     normalize: bool = True
     max_length: int | None = None
     enqueued_at: float = Field(default_factory=time.time)
+    # Result cache (see producer.cache): ``cache=False`` neither reads nor writes it.
+    # ``cached_scores`` holds what the producer found under ``cache_identity``; the worker uses
+    # them only if that is its own model identity, so one result never mixes model versions.
+    cache: bool = True
+    cache_identity: str | None = None
+    cached_scores: dict[int, float] = {}
 
 
 class JobOptions(TypedDict, total=False):
@@ -42,6 +49,7 @@ class JobOptions(TypedDict, total=False):
     top_n: int | None  # None: every document
     return_documents: bool  # attach each document's text to its result
     normalize: bool  # sigmoid into [0, 1] (default) or raw logits
+    cache: bool  # read and write the result cache (default True)
 
 
 class RankedDocument(BaseModel):
@@ -57,7 +65,8 @@ class RankedDocument(BaseModel):
 class JobStats(BaseModel):
     """Where the job's time went, and which forward passes (batch ids) its pairs rode in."""
 
-    pairs: int = 0
+    pairs: int = 0  # pairs scored by the model for this job
+    cache_hits: int = 0  # documents answered from the result cache
     queue_ms: float = 0.0
     tokenize_ms: float = 0.0
     infer_ms: float = 0.0
@@ -71,7 +80,7 @@ class RerankResult(BaseModel):
     model: str
     device: str
     results: list[RankedDocument]
-    stats: JobStats = JobStats()
+    stats: JobStats = Field(default_factory=JobStats)
 
 
 def new_job_id() -> str:
@@ -86,6 +95,7 @@ def build_job(
     top_n: Any = None,
     return_documents: bool = False,
     normalize: bool = True,
+    cache: bool = True,
     settings: Settings,
 ) -> RerankJob:
     """Check every rule and build the job; raises ``InvalidRequest`` naming the field and the limit."""
@@ -101,6 +111,7 @@ def build_job(
         top_n=top_n,
         return_documents=bool(return_documents),
         normalize=bool(normalize),
+        cache=bool(cache),
     )
 
 
@@ -110,6 +121,8 @@ def check_job(job: RerankJob, settings: Settings) -> None:
     check_query(job.query, settings)
     check_documents(job.documents, settings)
     check_top_n(job.top_n)
+    if any(not 0 <= i < len(job.documents) for i in job.cached_scores):
+        raise InvalidRequest("cached_scores", f"indices must lie in 0..{len(job.documents) - 1}")
 
 
 def check_model_name(model: Any) -> None:
@@ -157,6 +170,23 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+def score_options(job: RerankJob) -> str:
+    """Every per-job option that changes a score, canonically. The worker's own settings that
+    change scores (weights, default max_length) are part of its model identity instead."""
+    return f"normalize={int(job.normalize)};max_length={job.max_length or 0};long_documents=truncate"
+
+
+def cache_key(model: str, identity: str, options: str, query: str, document: str) -> str:
+    """The result-cache key of one pair. Each field is length-prefixed before hashing, so no two
+    different (identity, options, query, document) tuples can feed the hash the same bytes."""
+    digest = hashlib.blake2b(digest_size=16)
+    for text in (identity, options, query, document):
+        data = text.encode("utf-8")
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return f"{SCORE_KEY_PREFIX}{model}:{digest.hexdigest()}"
+
+
 def rank_scores(
     scores: Sequence[float], top_n: int | None, documents: Sequence[str] | None = None
 ) -> list[RankedDocument]:
@@ -166,3 +196,15 @@ def rank_scores(
         RankedDocument(index=i, score=scores[i], document=documents[i] if documents is not None else None)
         for i in order
     ]
+
+
+def answer_from_cache(job: RerankJob) -> RerankResult:
+    """The result of a job whose every document was in the cache: no queue, no model."""
+    scores = [job.cached_scores[i] for i in range(len(job.documents))]
+    return RerankResult(
+        job_id=job.job_id,
+        model=job.model,
+        device="cache",
+        results=rank_scores(scores, job.top_n, job.documents if job.return_documents else None),
+        stats=JobStats(cache_hits=len(scores)),
+    )

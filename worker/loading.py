@@ -5,6 +5,7 @@ Every failure is a ``ModelLoadError`` whose message names the missing file or th
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -20,6 +21,8 @@ from producer.settings import Settings
 from worker.backends import Backend, BiEncoderBackend, CrossEncoderBackend
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "vocab.json")
+_SAMPLE_BYTES = 1 << 20
+_FINGERPRINTED = {"config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "pytorch_model.bin"}
 _WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -88,6 +91,44 @@ def check_model_folder(folder: Path, kind: str = "cross-encoder") -> None:
             f"{config_path}: the classifier has num_labels={labels}; a reranker needs exactly one output "
             "(num_labels=1). A multi-class model cannot rank."
         )
+
+
+def model_identity(manifest: ModelManifest, backend: Backend) -> str:
+    """What cached scores are keyed on: which weights, and the worker settings that change scores.
+
+    New weights, a new revision or another max_length give another identity, so a model change
+    can never serve stale scores."""
+    return f"{manifest.name}|{manifest.kind}|{weights_fingerprint(manifest)}|max_length={backend.max_length}"
+
+
+def weights_fingerprint(manifest: ModelManifest) -> str:
+    """A hash over the model folder's config, tokenizer and weight files: names, sizes, and the
+    first and last MiB of each (hashing whole multi-GB files would slow every start-up)."""
+    folder = _model_folder(manifest)
+    if folder is None:
+        return f"{manifest.source}@{manifest.revision or 'unresolved'}"
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(p for p in folder.iterdir() if p.name in _FINGERPRINTED or p.suffix == ".safetensors"):
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as f:
+            digest.update(f.read(_SAMPLE_BYTES))
+            f.seek(max(0, size - _SAMPLE_BYTES))
+            digest.update(f.read(_SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def _model_folder(manifest: ModelManifest) -> Path | None:
+    """The folder the weights were loaded from: a local folder, or the hub cache's snapshot."""
+    source = Path(_source_path(manifest.source))
+    if source.is_dir():
+        return source
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(manifest.source, revision=manifest.revision, local_files_only=True))
+    except Exception:  # not in the local cache in a form we can read: fall back to the id
+        return None
 
 
 def _load(manifest: ModelManifest, source: str, device: str, max_length: int) -> Backend:

@@ -8,10 +8,11 @@ import time
 
 import redis
 
+from producer.cache import ScoreCache
 from producer.constants import queue_name
 from producer.settings import get_settings
 from worker.batcher import Batcher
-from worker.loading import load_backend, pick_device, resolve_model
+from worker.loading import load_backend, model_identity, pick_device, resolve_model
 from worker.runtime import Runtime, install
 
 log = logging.getLogger("rerankq.worker")
@@ -26,6 +27,9 @@ def load_runtime(model: str, device: str = "auto", name: str | None = None, max_
     backend = load_backend(manifest, device, max_length or settings.max_length)
     backend.warm_up()
     load_s = time.perf_counter() - started
+    identity = model_identity(manifest, backend)
+    cache = ScoreCache(settings)
+    cache.publish_identity(manifest.name, identity)
     batcher = Batcher(backend, settings.token_budget, settings.max_batch_pairs, settings.max_wait_ms)
     batcher.start()
     log.info(
@@ -37,7 +41,7 @@ def load_runtime(model: str, device: str = "auto", name: str | None = None, max_
         load_s,
         backend.max_length,
     )
-    return Runtime(manifest, backend, batcher, settings, redis.Redis.from_url(settings.redis_url))
+    return Runtime(manifest, backend, batcher, settings, redis.Redis.from_url(settings.redis_url), cache, identity)
 
 
 def run_worker(

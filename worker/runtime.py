@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import redis
 
+from producer.cache import ScoreCache
 from producer.registry import ModelManifest
 from producer.settings import Settings
 from worker.backends import Backend
@@ -19,6 +20,8 @@ class Runtime:
     batcher: Batcher
     settings: Settings
     redis: redis.Redis
+    cache: ScoreCache
+    identity: str  # what the result cache keys on: weights fingerprint + score-changing settings
 
     @property
     def model_name(self) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from producer.constants import TASK_RERANK, deliveries_key
-from producer.contract import JobStats, RerankJob, RerankResult, check_job, rank_scores
+from producer.contract import JobStats, RerankJob, RerankResult, check_job, rank_scores, score_options
 from producer.errors import InvalidRequest, JobFailed
 from worker.app import app
 from worker.runtime import Runtime, current
@@ -54,24 +54,53 @@ def count_delivery(job_id: str, runtime: Runtime) -> None:
 
 
 def score_job(job: RerankJob, runtime: Runtime) -> RerankResult:
+    """Scores from the cache where present, the model for the rest (each distinct document once)."""
     started = time.time()
+    known, late_hits = known_scores(job, runtime)
+    missing = [doc for doc in dict.fromkeys(job.documents) if doc not in known]
+    computed, stats = compute_scores(job, missing, runtime)
+    if job.cache and runtime.cache.enabled and (computed or late_hits):
+        options = score_options(job)
+        runtime.cache.store(job.model, runtime.identity, options, job.query, computed, hits=late_hits)
+    scores = [known[doc] if doc in known else computed[doc] for doc in job.documents]
+    stats.queue_ms = max(0.0, (started - job.enqueued_at) * 1000)
+    stats.cache_hits = sum(1 for doc in job.documents if doc in known)
+    results = rank_scores(scores, job.top_n, job.documents if job.return_documents else None)
+    log_job(job, runtime, stats, results[0].score if results else None)
+    return RerankResult(job_id=job.job_id, model=job.model, device=runtime.backend.device, results=results, stats=stats)
+
+
+def known_scores(job: RerankJob, runtime: Runtime) -> tuple[dict[str, float], int]:
+    """What the producer found, if it used this worker's model identity, plus a second look for the
+    rest: a redelivered job finds what its crashed worker wrote. Returns (scores by text, late hits)."""
+    if not (job.cache and runtime.cache.enabled):
+        return {}, 0
+    known = {}
+    if job.cache_identity == runtime.identity:
+        known = {job.documents[i]: score for i, score in job.cached_scores.items()}
+    rest = [doc for doc in job.documents if doc not in known]
+    late = runtime.cache.lookup(job.model, runtime.identity, score_options(job), job.query, rest)
+    return known | late, sum(1 for doc in rest if doc in late)
+
+
+def compute_scores(job: RerankJob, documents: list[str], runtime: Runtime) -> tuple[dict[str, float], JobStats]:
+    """Tokenize here, score in the shared batcher; scores by document text."""
+    if not documents:
+        return {}, JobStats()
     backend = runtime.backend
+    tokenize_started = time.time()
     max_length = min(job.max_length or backend.max_length, runtime.manifest.model_max_length)
-    pairs = backend.encode(job.query, job.documents, max_length)
+    pairs = backend.encode(job.query, documents, max_length)
     tokenized = time.time()
     scored = runtime.batcher.submit(pairs).result(timeout=runtime.settings.job_time_limit_s)
-    finished = time.time()
     scores = [backend.normalize(s) for s in scored.scores] if job.normalize else scored.scores
     stats = JobStats(
         pairs=len(pairs),
-        queue_ms=max(0.0, (started - job.enqueued_at) * 1000),
-        tokenize_ms=(tokenized - started) * 1000,
-        infer_ms=(finished - tokenized) * 1000,
+        tokenize_ms=(tokenized - tokenize_started) * 1000,
+        infer_ms=(time.time() - tokenized) * 1000,
         batches=scored.batch_ids,
     )
-    results = rank_scores(scores, job.top_n, job.documents if job.return_documents else None)
-    log_job(job, runtime, stats, results[0].score if results else None)
-    return RerankResult(job_id=job.job_id, model=job.model, device=backend.device, results=results, stats=stats)
+    return dict(zip(documents, scores, strict=True)), stats
 
 
 def log_job(job: RerankJob, runtime: Runtime, stats: JobStats, top_score: float | None) -> None:
@@ -82,6 +111,7 @@ def log_job(job: RerankJob, runtime: Runtime, stats: JobStats, top_score: float 
         "model": job.model,
         "device": runtime.backend.device,
         "pairs": stats.pairs,
+        "cache_hits": stats.cache_hits,
         "batches": len(stats.batches),
         "queue_ms": round(stats.queue_ms, 2),
         "tokenize_ms": round(stats.tokenize_ms, 2),
