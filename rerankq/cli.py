@@ -49,5 +49,42 @@ def demo(
     raise typer.Exit(run_demo(model))
 
 
+cache_app = typer.Typer(help="Inspect or clear the result cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("stats")
+def cache_stats(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
+    """Hits, misses, cached pairs and memory of the cache Redis."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from producer.cache import ScoreCache
+    from producer.settings import get_settings
+
+    stats = ScoreCache(get_settings()).stats()
+    looked_up = stats["hits"] + stats["misses"]
+    stats_out: dict[str, float] = {**stats, "hit_ratio": stats["hits"] / looked_up if looked_up else 0.0}
+    if as_json:
+        typer.echo(json.dumps(stats_out))
+        return
+    table = Table("metric", "value", title="rerankq result cache")
+    for metric, value in stats_out.items():
+        table.add_row(metric, f"{value:.3f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+@cache_app.command("clear")
+def cache_clear(model: Annotated[str | None, typer.Option(help="Only this model's scores.")] = None) -> None:
+    """Delete cached scores (all, or one model's)."""
+    from producer.cache import ScoreCache
+    from producer.settings import get_settings
+
+    deleted = ScoreCache(get_settings()).clear(model)
+    typer.echo(f"deleted {deleted} cached scores" + (f" of {model}" if model else ""))
+
+
 def main() -> None:
     app()

@@ -99,3 +99,18 @@ def test_max_length_truncates_like_the_reference_and_is_capped_by_the_model(mode
     )
     np.testing.assert_allclose(backend.forward(pairs), expected, atol=1e-5)
     assert load_backend(manifest, "cpu", 100_000).max_length == manifest.model_max_length
+
+
+def test_model_identity_changes_with_weights_and_max_length(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    from tiny_models import build_tiny_bert
+
+    from worker.loading import model_identity
+
+    settings = get_settings()
+    manifest = resolve_model(str(model_dirs["tiny-bert"]), "same-name", settings)
+    retrained = resolve_model(str(build_tiny_bert(tmp_path / "retrained", seed=7)), "same-name", settings)
+    backend = load_backend(manifest, "cpu", 64)
+    identity = model_identity(manifest, backend)
+    assert identity == model_identity(manifest, load_backend(manifest, "cpu", 64))
+    assert identity != model_identity(retrained, load_backend(retrained, "cpu", 64))
+    assert identity != model_identity(manifest, load_backend(manifest, "cpu", 32))
