@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Final, Literal
 
 TASK_RERANK: Final = "rerankq.rerank"
+# Celery state of a job moved to its model's cpu lane, until a CPU worker starts it.
+STATE_REROUTED: Final = "REROUTED"
 
 Lane = Literal["interactive", "bulk", "cpu"]
 LANES: Final[tuple[Lane, ...]] = ("interactive", "bulk", "cpu")

@@ -40,6 +40,8 @@ class RerankJob(BaseModel):
     cache: bool = True
     cache_identity: str | None = None
     cached_scores: dict[int, float] = {}
+    # Set when a GPU worker ran out of memory and moved the job to the cpu lane.
+    rerouted_from: str | None = None
 
 
 class JobOptions(TypedDict, total=False):
@@ -81,6 +83,7 @@ class RerankResult(BaseModel):
     device: str
     results: list[RankedDocument]
     stats: JobStats = Field(default_factory=JobStats)
+    rerouted_from: str | None = None  # the device that ran out of memory before ``device`` served it
 
 
 def new_job_id() -> str:

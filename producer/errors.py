@@ -48,11 +48,13 @@ class JobFailed(RerankError):
 class JobTimeout(RerankError, TimeoutError):
     """No result arrived in time. The job is not cancelled; fetch it later by ``job_id``."""
 
-    def __init__(self, job_id: str, timeout: float, status: str) -> None:
+    def __init__(self, job_id: str, timeout: float, status: str, hint: str = "") -> None:
         self.job_id = job_id
         self.timeout = timeout
         self.status = status
-        super().__init__(job_id, timeout, status)
+        self.hint = hint
+        super().__init__(job_id, timeout, status, hint)
 
     def __str__(self) -> str:
-        return f"job {self.job_id} gave no result within {self.timeout:g}s (status: {self.status})"
+        message = f"job {self.job_id} gave no result within {self.timeout:g}s (status: {self.status})"
+        return f"{message}: {self.hint}" if self.hint else message

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from celery import Celery, states
 from celery.result import AsyncResult
 
+from producer.constants import STATE_REROUTED
 from producer.contract import RerankResult
 from producer.errors import JobFailed, JobTimeout
 
@@ -18,12 +19,14 @@ from producer.errors import JobFailed, JobTimeout
 class JobStatus(enum.StrEnum):
     PENDING = "pending"  # queued (or unknown id: Celery cannot tell the two apart)
     STARTED = "started"  # a worker is scoring it
+    WAITING_FOR_CPU = "waiting_for_cpu"  # moved to the cpu lane after GPU out-of-memory
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
 
 _STATUS_OF_STATE = {
     states.STARTED: JobStatus.STARTED,
+    STATE_REROUTED: JobStatus.WAITING_FOR_CPU,
     states.SUCCESS: JobStatus.SUCCEEDED,
     states.FAILURE: JobStatus.FAILED,
     states.REVOKED: JobStatus.FAILED,
@@ -32,6 +35,18 @@ _STATUS_OF_STATE = {
 
 def status_of(state: str) -> JobStatus:
     return _STATUS_OF_STATE.get(state, JobStatus.PENDING)
+
+
+def waiting_hint(info: Any) -> str:
+    """Why a job is still waiting, when its worker said so (a job moved to the cpu lane)."""
+    if not isinstance(info, dict) or info.get("lane") != "cpu":
+        return ""
+    model = info.get("model", "?")
+    return (
+        f"the job is waiting for a CPU worker of model {model} on queue {info.get('queue')} "
+        f"({info.get('reason', 'out of memory on the GPU')}); start one with "
+        f"`rerankq worker --model {model} --device cpu`"
+    )
 
 
 def outcome(job_id: str, state: str, payload: Any) -> RerankResult:
@@ -56,7 +71,7 @@ class JobHandle:
         try:
             payload = self._async_result.get(timeout=timeout, propagate=False)
         except celery.exceptions.TimeoutError as e:
-            raise JobTimeout(self.id, timeout, self.status()) from e
+            raise JobTimeout(self.id, timeout, self.status(), waiting_hint(self._async_result.info)) from e
         return outcome(self.id, self._async_result.state, payload)
 
     def __repr__(self) -> str:
@@ -90,7 +105,7 @@ class AsyncJobHandle:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     status = status_of(meta["status"]) if meta else JobStatus.PENDING
-                    raise JobTimeout(self.id, timeout, status)
+                    raise JobTimeout(self.id, timeout, status, waiting_hint(meta["result"] if meta else None))
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, 1.0))
                 meta = self._decode(message["data"]) if message else await self._read_meta()
         assert meta is not None

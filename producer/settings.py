@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0)
     max_length: int | None = Field(None, ge=8)  # None: the model manifest's max_length
 
+    # Out-of-memory handling (see worker.batcher / worker.oom).
+    max_consecutive_ooms: int = Field(16, ge=1)
+    # Fault injection, off unless set: the backend raises torch.OutOfMemoryError when a batch holds
+    # more padded tokens, or a pair more tokens, than these. For tests and drills without a GPU.
+    fault_oom_batch_tokens: int | None = Field(None, ge=1)
+    fault_oom_pair_tokens: int | None = Field(None, ge=1)
+
     @model_validator(mode="after")
     def _visibility_outlasts_jobs(self) -> Settings:
         if self.visibility_timeout_s <= self.job_time_limit_s:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
+from producer.constants import LANES, Lane
 from producer.errors import ModelLoadError
 
 app = typer.Typer(help="rerankq: cross-encoder reranking behind a Celery queue on Redis.", no_args_is_help=True)
@@ -26,17 +27,42 @@ def worker(
     max_length: Annotated[
         int | None, typer.Option(min=8, help="Tokens per pair (default RERANKQ_MAX_LENGTH), up to the model's limit.")
     ] = None,
+    lanes: Annotated[
+        str | None, typer.Option(help="Comma-separated lanes to consume (default: interactive, plus cpu on CPU).")
+    ] = None,
+    min_free_gpu_mb: Annotated[int, typer.Option(min=0, help="Refuse to start on a GPU with less free memory.")] = 0,
+    fallback_to_cpu: Annotated[bool, typer.Option(help="With too little free GPU memory, start on CPU.")] = False,
 ) -> None:
-    """Serve one model: load it once, then consume its queue."""
+    """Serve one model: load it once, then consume its queues."""
     _setup_logging()
     from producer.settings import get_settings
-    from worker.main import run_worker
+    from worker.main import WorkerOptions, run_worker
 
+    options = WorkerOptions(
+        model=model or get_settings().default_model,
+        device=device,
+        concurrency=concurrency,
+        name=name,
+        max_length=max_length,
+        lanes=_parse_lanes(lanes),
+        min_free_gpu_mb=min_free_gpu_mb,
+        fallback_to_cpu=fallback_to_cpu,
+    )
     try:
-        run_worker(model or get_settings().default_model, device, concurrency, name, max_length)
+        run_worker(options)
     except ModelLoadError as e:
         typer.echo(f"rerankq worker: {e}", err=True)
         raise typer.Exit(2) from e
+
+
+def _parse_lanes(lanes: str | None) -> tuple[Lane, ...] | None:
+    if lanes is None:
+        return None
+    parsed = tuple(lane.strip() for lane in lanes.split(",") if lane.strip())
+    unknown = [lane for lane in parsed if lane not in LANES]
+    if unknown or not parsed:
+        raise typer.BadParameter(f"lanes must be among {', '.join(LANES)}; got {lanes!r}", param_hint="--lanes")
+    return cast(tuple[Lane, ...], parsed)
 
 
 @app.command()

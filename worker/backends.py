@@ -47,6 +47,11 @@ class Backend(ABC):
     def normalize(self, raw: float) -> float:
         """Map a raw score into [0, 1]."""
 
+    def free_memory(self) -> None:
+        """Give cached device memory back after an out-of-memory error."""
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
     def warm_up(self) -> None:
         self.forward(self.encode("warm-up query", ["warm-up document"], self.max_length))
 
@@ -112,6 +117,32 @@ class BiEncoderBackend(Backend):
 
     def normalize(self, raw: float) -> float:
         return min(1.0, max(0.0, (raw + 1.0) / 2.0))
+
+
+class OomInjectingBackend(Backend):
+    """Fault injection for tests and drills, off unless configured: raises the real
+    ``torch.OutOfMemoryError`` that CUDA raises when a batch or a pair is larger than a limit."""
+
+    def __init__(self, inner: Backend, batch_tokens: int | None, pair_tokens: int | None) -> None:
+        super().__init__(inner.device, inner.max_length)
+        self.inner = inner
+        self.kind = inner.kind
+        self.batch_tokens = batch_tokens
+        self.pair_tokens = pair_tokens
+
+    def encode(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
+        return self.inner.encode(query, documents, max_length)
+
+    def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
+        longest = max(pair.length for pair in batch)
+        if self.pair_tokens is not None and longest > self.pair_tokens:
+            raise torch.OutOfMemoryError(f"injected: a pair of {longest} tokens > {self.pair_tokens}")
+        if self.batch_tokens is not None and len(batch) * longest > self.batch_tokens:
+            raise torch.OutOfMemoryError(f"injected: batch of {len(batch) * longest} tokens > {self.batch_tokens}")
+        return self.inner.forward(batch)
+
+    def normalize(self, raw: float) -> float:
+        return self.inner.normalize(raw)
 
 
 def _unbatch(encoded: Any) -> list[Features]:

@@ -19,7 +19,10 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+import torch
+
 from worker.backends import Backend, EncodedPair
+from worker.oom import AdaptiveBudget, PairTooLarge
 
 log = logging.getLogger("rerankq.batcher")
 
@@ -82,13 +85,27 @@ class Batcher:
         Most pairs in one forward pass, whatever their length.
     ``max_wait_ms``
         How long to wait for more work when the pending pairs would make a small batch.
+    ``max_consecutive_ooms``
+        Out-of-memory errors in a row after which the jobs involved give up on this device.
+
+    On out-of-memory the batcher frees cached device memory, halves its token budget (see
+    ``AdaptiveBudget``) and retries the batch in halves, down to single pairs. A pair that fails
+    alone fails its job with ``PairTooLarge``; the task then moves the job to the cpu lane.
     """
 
-    def __init__(self, backend: Backend, token_budget: int, max_batch_pairs: int, max_wait_ms: float) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        token_budget: int,
+        max_batch_pairs: int,
+        max_wait_ms: float,
+        max_consecutive_ooms: int = 16,
+    ) -> None:
         self.backend = backend
-        self.token_budget = token_budget
+        self.budget = AdaptiveBudget(token_budget)
         self.max_batch_pairs = max_batch_pairs
         self.max_wait_ms = max_wait_ms
+        self.max_consecutive_ooms = max_consecutive_ooms
         self._pending: list[_Item] = []
         self._cond = threading.Condition()
         self._running = False
@@ -124,7 +141,7 @@ class Batcher:
             items = self._collect()
             if items is None:
                 return
-            for batch in plan_batches(items, self.token_budget, self.max_batch_pairs):
+            for batch in plan_batches(items, self.budget.current, self.max_batch_pairs):
                 self._run(batch)
 
     def _collect(self) -> list[_Item] | None:
@@ -143,20 +160,39 @@ class Batcher:
     def _is_small(self, items: Sequence[_Item]) -> bool:
         if len(items) >= self.max_batch_pairs:
             return False
-        return len(items) * max(item.length for item in items) < self.token_budget
+        return len(items) * max(item.length for item in items) < self.budget.current
 
     def _run(self, batch: list[_Item]) -> None:
-        # The one place a forward pass happens: out-of-memory splitting hooks in here.
+        """The one place a forward pass happens."""
         batch_id = f"{self._batch_prefix}:{next(self._batch_seq)}"
         try:
             scores = self.backend.forward([item.submission.pairs[item.position] for item in batch])
+        except torch.OutOfMemoryError:
+            self._split_after_oom(batch)
+            return
         except Exception as e:  # a failed forward pass fails its jobs, never the batcher
             log.exception("forward pass %s failed (%d pairs)", batch_id, len(batch))
-            for submission in {item.submission for item in batch}:
-                if not submission.future.done():
-                    submission.future.set_exception(e)
+            self._fail(batch, e)
             return
+        self.budget.recover()
         self._route(batch, scores, batch_id)
+
+    def _split_after_oom(self, batch: list[_Item]) -> None:
+        self.backend.free_memory()
+        self.budget.shrink(len(batch), len(batch) * max(item.length for item in batch))
+        if len(batch) == 1 or self.budget.consecutive_ooms > self.max_consecutive_ooms:
+            reason = "a pair does not fit alone" if len(batch) == 1 else "too many out-of-memory errors in a row"
+            self._fail(batch, PairTooLarge(f"out of memory on {self.backend.device}: {reason}"))
+            return
+        half = len(batch) // 2
+        self._run(batch[:half])
+        self._run(batch[half:])
+
+    @staticmethod
+    def _fail(batch: list[_Item], error: Exception) -> None:
+        for submission in {item.submission for item in batch}:
+            if not submission.future.done():
+                submission.future.set_exception(error)
 
     @staticmethod
     def _route(batch: list[_Item], scores: list[float], batch_id: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from producer.settings import Settings
 from worker.backends import Backend, BiEncoderBackend, CrossEncoderBackend
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "vocab.json")
+log = logging.getLogger("rerankq.worker")
 _SAMPLE_BYTES = 1 << 20
 _FINGERPRINTED = {"config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "pytorch_model.bin"}
 _WEIGHT_FILES = (
@@ -44,11 +46,23 @@ def resolve_model(spec: str, name: str | None, settings: Settings) -> ModelManif
     return ModelManifest(name=_checked_name(name or spec.rsplit("/", 1)[-1]), source=spec)
 
 
-def pick_device(device: str) -> str:
+def pick_device(device: str, min_free_gpu_mb: int = 0, fallback_to_cpu: bool = False) -> str:
+    """``auto`` means CUDA when torch sees a GPU. With ``min_free_gpu_mb``, a GPU with less free
+    memory refuses to start, or starts the worker on CPU when ``fallback_to_cpu`` says so."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError("--device cuda was asked for but no CUDA GPU is visible to torch")
+    if device.startswith("cuda") and min_free_gpu_mb:
+        free_mb = torch.cuda.mem_get_info()[0] // (1 << 20)
+        if free_mb < min_free_gpu_mb:
+            if not fallback_to_cpu:
+                raise ModelLoadError(
+                    f"only {free_mb} MiB free on the GPU, {min_free_gpu_mb} MiB required "
+                    "(--min-free-gpu-mb); pass --fallback-to-cpu to start on CPU instead"
+                )
+            log.warning("only %d MiB free on the GPU (< %d MiB): starting as a CPU worker", free_mb, min_free_gpu_mb)
+            return "cpu"
     return device
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 import redis
 
 from producer.cache import ScoreCache
-from producer.constants import queue_name
-from producer.settings import get_settings
+from producer.constants import Lane, queue_name
+from producer.settings import Settings, get_settings
+from worker.backends import Backend, OomInjectingBackend
 from worker.batcher import Batcher
 from worker.loading import load_backend, model_identity, pick_device, resolve_model
 from worker.runtime import Runtime, install
@@ -18,19 +20,35 @@ from worker.runtime import Runtime, install
 log = logging.getLogger("rerankq.worker")
 
 
-def load_runtime(model: str, device: str = "auto", name: str | None = None, max_length: int | None = None) -> Runtime:
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What `rerankq worker` was asked for."""
+
+    model: str
+    device: str = "auto"
+    concurrency: int = 8
+    name: str | None = None
+    max_length: int | None = None
+    lanes: tuple[Lane, ...] | None = None  # None: interactive (+ cpu on a CPU worker)
+    min_free_gpu_mb: int = 0
+    fallback_to_cpu: bool = False
+
+
+def load_runtime(options: WorkerOptions) -> Runtime:
     """Everything a worker process holds: one model instance, one batcher, one Redis client."""
     settings = get_settings()
-    manifest = resolve_model(model, name, settings)
-    device = pick_device(device)
+    manifest = resolve_model(options.model, options.name, settings)
+    device = pick_device(options.device, options.min_free_gpu_mb, options.fallback_to_cpu)
     started = time.perf_counter()
-    backend = load_backend(manifest, device, max_length or settings.max_length)
+    backend = with_fault_injection(load_backend(manifest, device, options.max_length or settings.max_length), settings)
     backend.warm_up()
     load_s = time.perf_counter() - started
     identity = model_identity(manifest, backend)
     cache = ScoreCache(settings)
     cache.publish_identity(manifest.name, identity)
-    batcher = Batcher(backend, settings.token_budget, settings.max_batch_pairs, settings.max_wait_ms)
+    batcher = Batcher(
+        backend, settings.token_budget, settings.max_batch_pairs, settings.max_wait_ms, settings.max_consecutive_ooms
+    )
     batcher.start()
     log.info(
         "model %s ready: %s (%s) on %s in %.2fs, max_length %d",
@@ -41,28 +59,39 @@ def load_runtime(model: str, device: str = "auto", name: str | None = None, max_
         load_s,
         backend.max_length,
     )
-    return Runtime(manifest, backend, batcher, settings, redis.Redis.from_url(settings.redis_url), cache, identity)
+    lanes = options.lanes or (("interactive", "cpu") if device == "cpu" else ("interactive",))
+    redis_client = redis.Redis.from_url(settings.redis_url)
+    return Runtime(manifest, backend, batcher, settings, redis_client, cache, identity, lanes)
 
 
-def run_worker(
-    model: str, device: str = "auto", concurrency: int = 8, name: str | None = None, max_length: int | None = None
-) -> None:
+def with_fault_injection(backend: Backend, settings: Settings) -> Backend:
+    if settings.fault_oom_batch_tokens is None and settings.fault_oom_pair_tokens is None:
+        return backend
+    log.warning(
+        "FAULT INJECTION ON: out-of-memory above %s batch tokens / %s pair tokens",
+        settings.fault_oom_batch_tokens,
+        settings.fault_oom_pair_tokens,
+    )
+    return OomInjectingBackend(backend, settings.fault_oom_batch_tokens, settings.fault_oom_pair_tokens)
+
+
+def run_worker(options: WorkerOptions) -> None:
     """Serve one model until stopped. Jobs are reserved by a thread pool so their pairs can share batches."""
-    runtime = load_runtime(model, device, name, max_length)
+    runtime = load_runtime(options)
     install(runtime)
     # Celery's own success line carries the return value (document text when asked for);
     # rerankq logs its own line per job instead.
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
     from worker.app import app  # imported after install so tasks always find the model
 
-    queue = queue_name(runtime.model_name)
-    log.info("consuming %s with %d job threads", queue, concurrency)
+    queues = ",".join(queue_name(runtime.model_name, lane) for lane in runtime.lanes)
+    log.info("consuming %s with %d job threads", queues, options.concurrency)
     app.worker_main(
         [
             "worker",
             "--pool=threads",
-            f"--concurrency={concurrency}",
-            f"--queues={queue}",
+            f"--concurrency={options.concurrency}",
+            f"--queues={queues}",
             f"--hostname=rerankq-{runtime.model_name}-{os.getpid()}@%h",
             "--task-events",
             "--loglevel=INFO",

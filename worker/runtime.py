@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
 from producer.cache import ScoreCache
+from producer.constants import Lane
 from producer.registry import ModelManifest
 from producer.settings import Settings
 from worker.backends import Backend
 from worker.batcher import Batcher
 
 
-@dataclass(frozen=True)
+@dataclass
 class Runtime:
     manifest: ModelManifest
     backend: Backend
@@ -22,6 +23,8 @@ class Runtime:
     redis: redis.Redis
     cache: ScoreCache
     identity: str  # what the result cache keys on: weights fingerprint + score-changing settings
+    lanes: tuple[Lane, ...] = ("interactive",)
+    cpu_reroutes: int = field(default=0)
 
     @property
     def model_name(self) -> str:

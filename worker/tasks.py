@@ -7,25 +7,54 @@ import logging
 import time
 from typing import Any
 
+from celery import Task
 from pydantic import ValidationError
 
-from producer.constants import TASK_RERANK, deliveries_key
+from producer.constants import STATE_REROUTED, TASK_RERANK, deliveries_key, queue_name
 from producer.contract import JobStats, RerankJob, RerankResult, check_job, rank_scores, score_options
 from producer.errors import InvalidRequest, JobFailed
 from worker.app import app
+from worker.oom import PairTooLarge
 from worker.runtime import Runtime, current
 
 log = logging.getLogger("rerankq.jobs")
 
 
-@app.task(name=TASK_RERANK)  # type: ignore[untyped-decorator]
-def rerank(payload: dict[str, Any]) -> dict[str, Any]:
+@app.task(name=TASK_RERANK, bind=True)  # type: ignore[untyped-decorator]
+def rerank(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     runtime = current()
     job = parse_job(payload, runtime)
     count_delivery(job.job_id, runtime)
-    result = score_job(job, runtime)
+    try:
+        result = score_job(job, runtime)
+    except PairTooLarge as e:
+        if "cpu" in runtime.lanes or job.rerouted_from is not None:
+            raise JobFailed(job.job_id, f"{e}, and this is already the cpu fallback") from e
+        move_to_cpu_lane(self, job, runtime, str(e))  # raises celery.exceptions.Ignore
     runtime.redis.delete(deliveries_key(job.job_id))
     return result.model_dump()
+
+
+def move_to_cpu_lane(task: Task, job: RerankJob, runtime: Runtime, reason: str) -> None:
+    """Hand the job to the model's cpu lane under the same id: the producer's handle resolves as
+    before, with the CPU worker's answer. Until a CPU worker starts it, its state says why it waits."""
+    queue = queue_name(job.model, "cpu")
+    runtime.redis.delete(deliveries_key(job.job_id))  # a fresh delivery count for the CPU worker
+    runtime.cpu_reroutes += 1
+    log.warning(
+        json.dumps(
+            {
+                "event": "cpu_reroute",
+                "job_id": job.job_id,
+                "model": job.model,
+                "reason": reason,
+                "cpu_reroutes_total": runtime.cpu_reroutes,
+            }
+        )
+    )
+    task.update_state(state=STATE_REROUTED, meta={"lane": "cpu", "queue": queue, "model": job.model, "reason": reason})
+    moved = job.model_copy(update={"rerouted_from": runtime.backend.device})
+    task.replace(rerank.signature(args=[moved.model_dump()], queue=queue, argsrepr=f"<{job.model}: rerouted>"))
 
 
 def parse_job(payload: Any, runtime: Runtime) -> RerankJob:
@@ -67,7 +96,14 @@ def score_job(job: RerankJob, runtime: Runtime) -> RerankResult:
     stats.cache_hits = sum(1 for doc in job.documents if doc in known)
     results = rank_scores(scores, job.top_n, job.documents if job.return_documents else None)
     log_job(job, runtime, stats, results[0].score if results else None)
-    return RerankResult(job_id=job.job_id, model=job.model, device=runtime.backend.device, results=results, stats=stats)
+    return RerankResult(
+        job_id=job.job_id,
+        model=job.model,
+        device=runtime.backend.device,
+        results=results,
+        stats=stats,
+        rerouted_from=job.rerouted_from,
+    )
 
 
 def known_scores(job: RerankJob, runtime: Runtime) -> tuple[dict[str, float], int]:
@@ -117,5 +153,7 @@ def log_job(job: RerankJob, runtime: Runtime, stats: JobStats, top_score: float 
         "tokenize_ms": round(stats.tokenize_ms, 2),
         "infer_ms": round(stats.infer_ms, 2),
         "top_score": top_score,
+        "token_budget": runtime.batcher.budget.current,
+        "rerouted_from": job.rerouted_from,
     }
     log.info(json.dumps(line))
