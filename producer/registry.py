@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -47,6 +48,17 @@ def find_manifest(models_dir: Path, name_or_source: str) -> ModelManifest | None
         if name_or_source in (manifest.name, manifest.source):
             return manifest
     return None
+
+
+def source_path(source: str) -> str:
+    """``package:<pkg>/<subdir>`` points into an installed PyPI package; anything else is as given."""
+    if not source.startswith("package:"):
+        return source
+    package, _, subdir = source.removeprefix("package:").partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"{source}: the Python package {package!r} is not installed (pip install it)")
+    return str(Path(next(iter(spec.submodule_search_locations))) / subdir)
 
 
 def _read_manifest(path: Path) -> ModelManifest:

@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from producer import RerankClient
-from producer.registry import find_manifest
+from producer.errors import ModelLoadError
+from producer.registry import find_manifest, source_path
 from producer.settings import get_settings
 from rerankq.local_redis import local_redis_server
 
@@ -68,8 +69,11 @@ def _fall_back(model: str) -> str:
 def _weights_reachable(model: str) -> bool:
     """Cached weights, a local folder, or a hub we can reach; decided in seconds, not after retries."""
     manifest = find_manifest(get_settings().models_dir, model)
-    source = manifest.source if manifest else model
-    if source.startswith("package:") or Path(source).is_dir():
+    try:
+        source = source_path(manifest.source if manifest else model)
+    except ModelLoadError:  # weights package not installed
+        return False
+    if Path(source).is_dir():
         return True
     from huggingface_hub import constants, try_to_load_from_cache
 

@@ -6,7 +6,6 @@ Every failure is a ``ModelLoadError`` whose message names the missing file or th
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import re
@@ -17,7 +16,7 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from producer.constants import MODEL_NAME_PATTERN
 from producer.errors import ModelLoadError
-from producer.registry import ModelManifest, find_manifest
+from producer.registry import ModelManifest, find_manifest, source_path
 from producer.settings import Settings
 from worker.backends import Backend, BiEncoderBackend, CrossEncoderBackend
 
@@ -68,7 +67,7 @@ def pick_device(device: str, min_free_gpu_mb: int = 0, fallback_to_cpu: bool = F
 
 def load_backend(manifest: ModelManifest, device: str, max_length: int | None = None) -> Backend:
     """Load the weights once; fp16 on CUDA, fp32 on CPU."""
-    source = _source_path(manifest.source)
+    source = source_path(manifest.source)
     if Path(source).is_dir():
         check_model_folder(Path(source), manifest.kind)
     length = min(max_length or manifest.max_length, manifest.model_max_length)
@@ -134,7 +133,7 @@ def weights_fingerprint(manifest: ModelManifest) -> str:
 
 def _model_folder(manifest: ModelManifest) -> Path | None:
     """The folder the weights were loaded from: a local folder, or the hub cache's snapshot."""
-    source = Path(_source_path(manifest.source))
+    source = Path(source_path(manifest.source))
     if source.is_dir():
         return source
     from huggingface_hub import snapshot_download
@@ -159,20 +158,9 @@ def _load(manifest: ModelManifest, source: str, device: str, max_length: int) ->
     return CrossEncoderBackend(cross_encoder, device, max_length)
 
 
-def _source_path(source: str) -> str:
-    """``package:<pkg>/<subdir>`` points into an installed PyPI package; anything else is as given."""
-    if not source.startswith("package:"):
-        return source
-    package, _, subdir = source.removeprefix("package:").partition("/")
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"{source}: the Python package {package!r} is not installed (pip install it)")
-    return str(Path(next(iter(spec.submodule_search_locations))) / subdir)
-
-
 def _explain_load_failure(manifest: ModelManifest, error: Exception) -> str:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if not Path(_source_path(manifest.source)).exists():
+    if not Path(source_path(manifest.source)).exists():
         return (
             f"cannot load {manifest.source!r}: the weights are neither in the local Hugging Face cache "
             f"nor reachable on the hub ({first_line}). Download them where there is network, or put "
