@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     max_batch_pairs: int = Field(128, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
     max_length: int | None = Field(None, ge=8)  # None: the model manifest's max_length
+    # Off: each job gets its own forward pass (the common Celery recipe; for comparison only).
+    cross_job_batching: bool = True
+    torch_threads: int | None = Field(None, ge=1)  # None: torch's default (one per core)
 
     # Out-of-memory handling (see worker.batcher / worker.oom).
     max_consecutive_ooms: int = Field(16, ge=1)
@@ -51,6 +54,9 @@ class Settings(BaseSettings):
     # more padded tokens, or a pair more tokens, than these. For tests and drills without a GPU.
     fault_oom_batch_tokens: int | None = Field(None, ge=1)
     fault_oom_pair_tokens: int | None = Field(None, ge=1)
+
+    # Where `rerankq bench --shape` builds random-weight models of a real architecture.
+    shapes_dir: Path = Path.home() / ".cache" / "rerankq" / "shapes"
 
     @model_validator(mode="after")
     def _visibility_outlasts_jobs(self) -> Settings:

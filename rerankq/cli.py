@@ -32,6 +32,16 @@ def worker(
     ] = None,
     min_free_gpu_mb: Annotated[int, typer.Option(min=0, help="Refuse to start on a GPU with less free memory.")] = 0,
     fallback_to_cpu: Annotated[bool, typer.Option(help="With too little free GPU memory, start on CPU.")] = False,
+    torch_threads: Annotated[
+        int | None, typer.Option(min=1, help="Threads torch computes with (default RERANKQ_TORCH_THREADS or cores).")
+    ] = None,
+    cross_job_batching: Annotated[
+        bool | None,
+        typer.Option(
+            "--cross-job-batching/--no-cross-job-batching",
+            help="Share forward passes between jobs (default RERANKQ_CROSS_JOB_BATCHING, on). Off: one job per pass.",
+        ),
+    ] = None,
 ) -> None:
     """Serve one model: load it once, then consume its queues."""
     _setup_logging()
@@ -47,6 +57,8 @@ def worker(
         lanes=_parse_lanes(lanes),
         min_free_gpu_mb=min_free_gpu_mb,
         fallback_to_cpu=fallback_to_cpu,
+        torch_threads=torch_threads,
+        cross_job_batching=cross_job_batching,
     )
     try:
         run_worker(options)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,7 +17,7 @@ from producer import RerankClient
 from producer.errors import ModelLoadError
 from producer.registry import find_manifest, source_path
 from producer.settings import get_settings
-from rerankq.local_redis import local_redis_server
+from rerankq.fleet import redis_for_run, start_worker, stop_worker, wait_until_consuming
 
 OFFLINE_MODEL = "all-minilm-l6-v2"
 RUN_DIR = Path(".run")
@@ -48,7 +46,7 @@ console = Console()
 def run_demo(model: str | None = None) -> int:
     model = model or get_settings().default_model
     RUN_DIR.mkdir(exist_ok=True)
-    with _redis() as url:
+    with redis_for_run() as url:
         os.environ["RERANKQ_REDIS_URL"] = url
         get_settings.cache_clear()
         model = model if _weights_reachable(model) else _fall_back(model)
@@ -90,51 +88,24 @@ def _weights_reachable(model: str) -> bool:
 
 
 @contextmanager
-def _redis() -> Iterator[str]:
-    """RERANKQ_REDIS_URL when set, else a throwaway redis-server of our own."""
-    if "RERANKQ_REDIS_URL" in os.environ:
-        yield os.environ["RERANKQ_REDIS_URL"]
-        return
-    try:
-        with local_redis_server() as server:
-            console.print(f"started redis-server on {server.url}")
-            yield server.url
-    except FileNotFoundError as e:
-        raise SystemExit(str(e)) from e
-
-
-@contextmanager
 def _worker(model: str) -> Iterator[str]:
     log_path = RUN_DIR / "demo-worker.log"
-    with log_path.open("wb") as log:
-        command = [sys.executable, "-m", "rerankq", "worker", "--model", model, "--concurrency", "8"]
-        worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    worker = start_worker(model, log_path, "--concurrency", "8", device="auto")
     console.print(f"starting worker for {model} (log: {log_path})")
     try:
-        _wait(lambda: _consuming(worker, log_path), 600, f"worker did not start; see {log_path}")
+        wait_until_consuming(worker, timeout=600)
+    except (RuntimeError, TimeoutError) as e:
+        stop_worker(worker)
+        raise SystemExit(str(e)) from e
+    try:
         yield _served_name(model)
     finally:
-        worker.terminate()
-        worker.wait(30)
+        stop_worker(worker, timeout=30)
 
 
 def _served_name(model: str) -> str:
     manifest = find_manifest(get_settings().models_dir, model)
     return manifest.name if manifest else Path(model.rstrip("/")).name
-
-
-def _consuming(worker: subprocess.Popen[bytes], log_path: Path) -> bool:
-    if worker.poll() is not None:
-        raise SystemExit(f"worker exited:\n{log_path.read_text(errors='replace')[-2000:]}")
-    return " ready." in log_path.read_text(errors="replace")
-
-
-def _wait(ready: Callable[[], bool], timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise SystemExit(message)
-        time.sleep(0.1)
 
 
 def _rank_samples(client: RerankClient, model: str) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +15,12 @@ import redis
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import build_tiny_bert, build_tiny_xlm_roberta
 
 from producer import RerankClient
 from producer.settings import Settings, get_settings
+from rerankq.fleet import WorkerProcess, start_worker, stop_worker, wait_until_consuming
 from rerankq.local_redis import local_redis_server
+from rerankq.shapes import build_tiny_bert, build_tiny_xlm_roberta
 
 
 @dataclass
@@ -63,47 +61,6 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "tiny-bert": build_tiny_bert(root / "tiny-bert"),
         "tiny-xlmr": build_tiny_xlm_roberta(root / "tiny-xlmr"),
     }
-
-
-@dataclass
-class WorkerProcess:
-    model: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def start_worker(model: str, log_path: Path, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rerankq", "worker", "--model", model, "--device", "cpu", *args],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
-    return WorkerProcess(model, process, log_path)
-
-
-def wait_until_consuming(worker: WorkerProcess, timeout: float = 120) -> None:
-    """Ready means Celery logged that it is consuming (after the model loaded and warmed up)."""
-    deadline = time.monotonic() + timeout
-    while " ready." not in worker.log():
-        if worker.process.poll() is not None:
-            raise RuntimeError(f"worker for {worker.model} exited:\n{worker.log()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"worker for {worker.model} not ready:\n{worker.log()}")
-        time.sleep(0.1)
-
-
-def stop_worker(worker: WorkerProcess) -> None:
-    worker.process.terminate()
-    try:
-        worker.process.wait(20)
-    except subprocess.TimeoutExpired:
-        worker.process.kill()
-        worker.process.wait()
 
 
 @pytest.fixture(scope="session")

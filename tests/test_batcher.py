@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -40,7 +41,10 @@ def test_many_small_jobs_merge_into_one_forward_pass(backend: CrossEncoderBacken
     batcher = Batcher(backend, token_budget=100_000, max_batch_pairs=256, max_wait_ms=200)
     batcher.start()
     try:
-        futures = [batcher.submit(backend.encode(f"query {i}", [f"doc {j}" for j in range(5)], 512)) for i in range(20)]
+        with batcher.preparing():  # as a worker's job threads do while more jobs arrive
+            futures = [
+                batcher.submit(backend.encode(f"query {i}", [f"doc {j}" for j in range(5)], 512)) for i in range(20)
+            ]
         results: list[ScoredJob] = [f.result(timeout=30) for f in futures]
     finally:
         batcher.stop()
@@ -75,3 +79,63 @@ def test_a_failing_forward_pass_fails_its_jobs_not_the_batcher(backend: CrossEnc
         assert len(batcher.submit(backend.encode("q", ["still serving"], 512)).result(timeout=30).scores) == 1
     finally:
         batcher.stop()
+
+
+def _two_jobs(backend: CrossEncoderBackend) -> list[list[EncodedPair]]:
+    return [backend.encode(f"query {i}", [f"doc {j} of job {i}" for j in range(4)], 512) for i in range(2)]
+
+
+def test_a_lone_job_runs_at_once_without_waiting_for_company(backend: CrossEncoderBackend) -> None:
+    batcher = Batcher(backend, token_budget=100_000, max_batch_pairs=256, max_wait_ms=600_000)
+    batcher.start()
+    try:  # nothing else is being prepared, so the ten-minute wait must not apply
+        assert len(batcher.submit(_two_jobs(backend)[0]).result(timeout=30).scores) == 4
+    finally:
+        batcher.stop()
+
+
+def test_pending_pairs_wait_for_a_job_being_prepared(backend: CrossEncoderBackend) -> None:
+    batcher = Batcher(backend, token_budget=100_000, max_batch_pairs=256, max_wait_ms=600_000)
+    batcher.start()
+    try:
+        with batcher.preparing():
+            early = batcher.submit(_two_jobs(backend)[0])
+            time.sleep(0.5)  # ample time for the batcher to run it, were it not waiting
+            assert not early.done()
+        assert len(early.result(timeout=30).scores) == 4  # released once nothing is being prepared
+    finally:
+        batcher.stop()
+
+
+def test_jobs_prepared_together_share_one_forward_pass(backend: CrossEncoderBackend) -> None:
+    batcher = Batcher(backend, token_budget=100_000, max_batch_pairs=256, max_wait_ms=600_000)
+    batcher.start()
+    first, second = _two_jobs(backend)
+    try:
+        with batcher.preparing():
+            futures = [batcher.submit(first), batcher.submit(second)]
+        results = [f.result(timeout=30) for f in futures]
+    finally:
+        batcher.stop()
+    assert results[0].batch_ids == results[1].batch_ids and len(results[0].batch_ids) == 1
+    assert batcher.stats.batches == 1 and batcher.stats.pairs == 8
+
+
+def test_without_cross_job_batching_each_job_gets_its_own_forward_pass(backend: CrossEncoderBackend) -> None:
+    batcher = Batcher(backend, token_budget=100_000, max_batch_pairs=256, max_wait_ms=600_000, cross_job=False)
+    batcher.start()
+    jobs = [backend.encode(f"query {i}", [f"doc {j}" * (1 + j) for j in range(6)], 512) for i in range(5)]
+    try:
+        with batcher.preparing():
+            futures = [batcher.submit(pairs) for pairs in jobs]
+        results = [f.result(timeout=30) for f in futures]
+    finally:
+        batcher.stop()
+    batch_ids = [result.batch_ids for result in results]
+    assert all(len(ids) == 1 for ids in batch_ids) and len({ids[0] for ids in batch_ids}) == 5
+    for pairs, result in zip(jobs, results, strict=True):
+        assert result.scores == pytest.approx(backend.forward(pairs), abs=1e-5)
+    lengths = [[pair.length for pair in pairs] for pairs in jobs]
+    assert batcher.stats.real_tokens == sum(map(sum, lengths))
+    assert batcher.stats.padded_tokens == sum(len(job) * max(job) for job in lengths)
+    assert batcher.stats.padding_ratio > 1

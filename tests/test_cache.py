@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import WorkerProcess, start_worker, stop_worker, wait_until_consuming
-from tiny_models import build_tiny_bert
 from typer.testing import CliRunner
 
 from producer import RerankClient
@@ -18,7 +16,9 @@ from producer.cache import ScoreCache
 from producer.constants import SCORE_KEY_PREFIX, TASK_RERANK, queue_name
 from producer.contract import cache_key
 from rerankq.cli import app as cli
+from rerankq.fleet import WorkerProcess, start_worker, stop_worker, wait_until_consuming
 from rerankq.local_redis import free_port
+from rerankq.shapes import build_tiny_bert
 
 pytestmark = pytest.mark.slow
 

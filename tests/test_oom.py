@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import WorkerProcess, start_worker, stop_worker, wait_until_consuming
 from sentence_transformers import CrossEncoder
 
 from producer import JobTimeout, RerankClient
+from rerankq.fleet import WorkerProcess, start_worker, stop_worker, wait_until_consuming
 from worker.backends import CrossEncoderBackend, OomInjectingBackend
 from worker.batcher import Batcher
 from worker.oom import AdaptiveBudget, PairTooLarge

@@ -15,10 +15,10 @@ import pytest
 import redis
 import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
-from tiny_models import CORPUS
 
 from producer import JobFailed, JobTimeout, RerankClient
 from producer.constants import TASK_RERANK, deliveries_key, queue_name
+from rerankq.shapes import CORPUS
 
 pytestmark = pytest.mark.slow
 

@@ -102,8 +102,7 @@ def test_max_length_truncates_like_the_reference_and_is_capped_by_the_model(mode
 
 
 def test_model_identity_changes_with_weights_and_max_length(model_dirs: dict[str, Path], tmp_path: Path) -> None:
-    from tiny_models import build_tiny_bert
-
+    from rerankq.shapes import build_tiny_bert
     from worker.loading import model_identity
 
     settings = get_settings()

@@ -15,8 +15,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +34,26 @@ class ScoredJob:
 
     scores: list[float]
     batch_ids: list[str]
+
+
+@dataclass
+class BatchStats:
+    """Running totals over successful forward passes; padded tokens are pairs x longest pair."""
+
+    batches: int = 0
+    pairs: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+
+    @property
+    def padding_ratio(self) -> float:
+        return self.padded_tokens / self.real_tokens if self.real_tokens else 1.0
+
+    def add(self, lengths: Sequence[int]) -> None:
+        self.batches += 1
+        self.pairs += len(lengths)
+        self.real_tokens += sum(lengths)
+        self.padded_tokens += len(lengths) * max(lengths)
 
 
 @dataclass(eq=False)
@@ -84,7 +105,12 @@ class Batcher:
     ``max_batch_pairs``
         Most pairs in one forward pass, whatever their length.
     ``max_wait_ms``
-        How long to wait for more work when the pending pairs would make a small batch.
+        How long to wait for more work when the pending pairs would make a small batch. The
+        batcher waits only while another job is being prepared (see ``preparing``), so a lone
+        job on an idle worker runs at once.
+    ``cross_job``
+        Off: each job gets forward passes of its own, one job at a time (the common Celery
+        recipe, kept for comparison in the benchmarks).
     ``max_consecutive_ooms``
         Out-of-memory errors in a row after which the jobs involved give up on this device.
 
@@ -100,13 +126,17 @@ class Batcher:
         max_batch_pairs: int,
         max_wait_ms: float,
         max_consecutive_ooms: int = 16,
+        cross_job: bool = True,
     ) -> None:
         self.backend = backend
+        self.cross_job = cross_job
+        self.stats = BatchStats()
         self.budget = AdaptiveBudget(token_budget)
         self.max_batch_pairs = max_batch_pairs
         self.max_wait_ms = max_wait_ms
         self.max_consecutive_ooms = max_consecutive_ooms
         self._pending: list[_Item] = []
+        self._preparing = 0
         self._cond = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
@@ -124,6 +154,19 @@ class Batcher:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join()
+
+    @contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Wrap a job's work before ``submit`` (cache look-up, tokenizing): while any job is in
+        here, the batcher gives a small backlog up to ``max_wait_ms`` to grow."""
+        with self._cond:
+            self._preparing += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._preparing -= 1
+                self._cond.notify_all()
 
     def submit(self, pairs: Sequence[EncodedPair]) -> Future[ScoredJob]:
         """Queue one job's pairs; the future resolves when all of them are scored."""
@@ -145,17 +188,26 @@ class Batcher:
                 self._run(batch)
 
     def _collect(self) -> list[_Item] | None:
-        """Wait for work, give a small backlog ``max_wait_ms`` to grow, then take all of it."""
+        """Wait for work, give a small backlog ``max_wait_ms`` to grow while more is being
+        prepared, then take all of it (one job's worth without cross-job batching)."""
         with self._cond:
             while self._running and not self._pending:
                 self._cond.wait()
             if not self._running:
                 return None
+            if not self.cross_job:
+                return self._take_first_job()
             deadline = time.monotonic() + self.max_wait_ms / 1000
-            while self._is_small(self._pending) and (remaining := deadline - time.monotonic()) > 0:
+            while self._preparing and self._is_small(self._pending) and (remaining := deadline - time.monotonic()) > 0:
                 self._cond.wait(remaining)
             items, self._pending = self._pending, []
             return items
+
+    def _take_first_job(self) -> list[_Item]:
+        first = self._pending[0].submission
+        items = [item for item in self._pending if item.submission is first]
+        self._pending = [item for item in self._pending if item.submission is not first]
+        return items
 
     def _is_small(self, items: Sequence[_Item]) -> bool:
         if len(items) >= self.max_batch_pairs:
@@ -175,6 +227,7 @@ class Batcher:
             self._fail(batch, e)
             return
         self.budget.recover()
+        self.stats.add([item.length for item in batch])
         self._route(batch, scores, batch_id)
 
     def _split_after_oom(self, batch: list[_Item]) -> None:

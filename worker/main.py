@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import redis
+import torch
 
 from producer.cache import ScoreCache
 from producer.constants import Lane, queue_name
@@ -32,6 +34,8 @@ class WorkerOptions:
     lanes: tuple[Lane, ...] | None = None  # None: interactive (+ cpu on a CPU worker)
     min_free_gpu_mb: int = 0
     fallback_to_cpu: bool = False
+    torch_threads: int | None = None  # None: RERANKQ_TORCH_THREADS, else torch's default
+    cross_job_batching: bool | None = None  # None: RERANKQ_CROSS_JOB_BATCHING
 
 
 def load_runtime(options: WorkerOptions) -> Runtime:
@@ -39,6 +43,8 @@ def load_runtime(options: WorkerOptions) -> Runtime:
     settings = get_settings()
     manifest = resolve_model(options.model, options.name, settings)
     device = pick_device(options.device, options.min_free_gpu_mb, options.fallback_to_cpu)
+    if threads := options.torch_threads or settings.torch_threads:
+        torch.set_num_threads(threads)
     started = time.perf_counter()
     backend = with_fault_injection(load_backend(manifest, device, options.max_length or settings.max_length), settings)
     backend.warm_up()
@@ -46,18 +52,26 @@ def load_runtime(options: WorkerOptions) -> Runtime:
     identity = model_identity(manifest, backend)
     cache = ScoreCache(settings)
     cache.publish_identity(manifest.name, identity)
+    cross_job = settings.cross_job_batching if options.cross_job_batching is None else options.cross_job_batching
     batcher = Batcher(
-        backend, settings.token_budget, settings.max_batch_pairs, settings.max_wait_ms, settings.max_consecutive_ooms
+        backend,
+        settings.token_budget,
+        settings.max_batch_pairs,
+        settings.max_wait_ms,
+        settings.max_consecutive_ooms,
+        cross_job=cross_job,
     )
     batcher.start()
     log.info(
-        "model %s ready: %s (%s) on %s in %.2fs, max_length %d",
+        "model %s ready: %s (%s) on %s in %.2fs, max_length %d, %d torch threads, cross-job batching %s",
         manifest.name,
         manifest.source,
         backend.kind,
         device,
         load_s,
         backend.max_length,
+        torch.get_num_threads(),
+        "on" if cross_job else "off",
     )
     lanes = options.lanes or (("interactive", "cpu") if device == "cpu" else ("interactive",))
     redis_client = redis.Redis.from_url(settings.redis_url)
@@ -86,17 +100,27 @@ def run_worker(options: WorkerOptions) -> None:
 
     queues = ",".join(queue_name(runtime.model_name, lane) for lane in runtime.lanes)
     log.info("consuming %s with %d job threads", queues, options.concurrency)
-    app.worker_main(
-        [
-            "worker",
-            "--pool=threads",
-            f"--concurrency={options.concurrency}",
-            f"--queues={queues}",
-            f"--hostname=rerankq-{runtime.model_name}-{os.getpid()}@%h",
-            "--task-events",
-            "--loglevel=INFO",
-            "--without-mingle",
-            "--without-gossip",
-        ]
-    )
-    runtime.batcher.stop()
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                f"--concurrency={options.concurrency}",
+                f"--queues={queues}",
+                f"--hostname=rerankq-{runtime.model_name}-{os.getpid()}@%h",
+                "--task-events",
+                "--loglevel=INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ]
+        )
+    finally:
+        runtime.batcher.stop()
+        log_batcher_totals(runtime)
+
+
+def log_batcher_totals(runtime: Runtime) -> None:
+    """At shutdown: what the batcher did over the worker's life (the benchmarks read this line)."""
+    stats = runtime.batcher.stats
+    totals = {"event": "batcher_totals", "model": runtime.model_name, **asdict(stats)}
+    log.info(json.dumps(totals | {"padding_ratio": round(stats.padding_ratio, 4)}))

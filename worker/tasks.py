@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
@@ -14,6 +15,7 @@ from producer.constants import STATE_REROUTED, TASK_RERANK, deliveries_key, queu
 from producer.contract import JobStats, RerankJob, RerankResult, check_job, rank_scores, score_options
 from producer.errors import InvalidRequest, JobFailed
 from worker.app import app
+from worker.backends import EncodedPair
 from worker.oom import PairTooLarge
 from worker.runtime import Runtime, current
 
@@ -23,10 +25,12 @@ log = logging.getLogger("rerankq.jobs")
 @app.task(name=TASK_RERANK, bind=True)  # type: ignore[untyped-decorator]
 def rerank(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     runtime = current()
-    job = parse_job(payload, runtime)
-    count_delivery(job.job_id, runtime)
+    with runtime.batcher.preparing():  # the batcher may wait for these pairs to join a batch
+        job = parse_job(payload, runtime)
+        count_delivery(job.job_id, runtime)
+        work = prepare(job, runtime)
     try:
-        result = score_job(job, runtime)
+        result = finish(work, runtime)
     except PairTooLarge as e:
         if "cpu" in runtime.lanes or job.rerouted_from is not None:
             raise JobFailed(job.job_id, f"{e}, and this is already the cpu fallback") from e
@@ -82,17 +86,40 @@ def count_delivery(job_id: str, runtime: Runtime) -> None:
         raise JobFailed(job_id, f"delivered {deliveries} times (cap {cap}); it may be crashing its worker")
 
 
-def score_job(job: RerankJob, runtime: Runtime) -> RerankResult:
-    """Scores from the cache where present, the model for the rest (each distinct document once)."""
+@dataclass
+class PreparedJob:
+    """A job with its cached scores looked up and the rest tokenized, ready for the batcher."""
+
+    job: RerankJob
+    started: float
+    known: dict[str, float]  # scores by document text, from the cache
+    late_hits: int
+    missing: list[str]  # distinct documents to score
+    pairs: list[EncodedPair]
+    tokenize_ms: float
+
+
+def prepare(job: RerankJob, runtime: Runtime) -> PreparedJob:
+    """Scores from the cache where present; the rest (each distinct document once) tokenized."""
     started = time.time()
     known, late_hits = known_scores(job, runtime)
     missing = [doc for doc in dict.fromkeys(job.documents) if doc not in known]
-    computed, stats = compute_scores(job, missing, runtime)
-    if job.cache and runtime.cache.enabled and (computed or late_hits):
+    max_length = min(job.max_length or runtime.backend.max_length, runtime.manifest.model_max_length)
+    tokenize_started = time.perf_counter()
+    pairs = runtime.backend.encode(job.query, missing, max_length) if missing else []
+    tokenize_ms = (time.perf_counter() - tokenize_started) * 1000
+    return PreparedJob(job, started, known, late_hits, missing, pairs, tokenize_ms)
+
+
+def finish(work: PreparedJob, runtime: Runtime) -> RerankResult:
+    """Score the misses in the shared batcher, store them in the cache, rank, log one line."""
+    job, known = work.job, work.known
+    computed, stats = compute_scores(work, runtime)
+    if job.cache and runtime.cache.enabled and (computed or work.late_hits):
         options = score_options(job)
-        runtime.cache.store(job.model, runtime.identity, options, job.query, computed, hits=late_hits)
+        runtime.cache.store(job.model, runtime.identity, options, job.query, computed, hits=work.late_hits)
     scores = [known[doc] if doc in known else computed[doc] for doc in job.documents]
-    stats.queue_ms = max(0.0, (started - job.enqueued_at) * 1000)
+    stats.queue_ms = max(0.0, (work.started - job.enqueued_at) * 1000)
     stats.cache_hits = sum(1 for doc in job.documents if doc in known)
     results = rank_scores(scores, job.top_n, job.documents if job.return_documents else None)
     log_job(job, runtime, stats, results[0].score if results else None)
@@ -119,24 +146,21 @@ def known_scores(job: RerankJob, runtime: Runtime) -> tuple[dict[str, float], in
     return known | late, sum(1 for doc in rest if doc in late)
 
 
-def compute_scores(job: RerankJob, documents: list[str], runtime: Runtime) -> tuple[dict[str, float], JobStats]:
-    """Tokenize here, score in the shared batcher; scores by document text."""
-    if not documents:
+def compute_scores(work: PreparedJob, runtime: Runtime) -> tuple[dict[str, float], JobStats]:
+    """Score the tokenized pairs in the shared batcher; scores by document text."""
+    if not work.pairs:
         return {}, JobStats()
+    submitted = time.time()
+    scored = runtime.batcher.submit(work.pairs).result(timeout=runtime.settings.job_time_limit_s)
     backend = runtime.backend
-    tokenize_started = time.time()
-    max_length = min(job.max_length or backend.max_length, runtime.manifest.model_max_length)
-    pairs = backend.encode(job.query, documents, max_length)
-    tokenized = time.time()
-    scored = runtime.batcher.submit(pairs).result(timeout=runtime.settings.job_time_limit_s)
-    scores = [backend.normalize(s) for s in scored.scores] if job.normalize else scored.scores
+    scores = [backend.normalize(s) for s in scored.scores] if work.job.normalize else scored.scores
     stats = JobStats(
-        pairs=len(pairs),
-        tokenize_ms=(tokenized - tokenize_started) * 1000,
-        infer_ms=(time.time() - tokenized) * 1000,
+        pairs=len(work.pairs),
+        tokenize_ms=work.tokenize_ms,
+        infer_ms=(time.time() - submitted) * 1000,
         batches=scored.batch_ids,
     )
-    return dict(zip(documents, scores, strict=True)), stats
+    return dict(zip(work.missing, scores, strict=True)), stats
 
 
 def log_job(job: RerankJob, runtime: Runtime, stats: JobStats, top_score: float | None) -> None:

@@ -1,7 +1,7 @@
 """Provoke real CUDA out-of-memory and show split + CPU fallback finishing every job.
 
 Runs on a GPU machine with no network: builds a tiny XLM-RoBERTa cross-encoder with an 8192-token
-position table (tests/tiny_models.py), caps this process's GPU memory with
+position table (rerankq/shapes.py), caps this process's GPU memory with
 ``torch.cuda.set_per_process_memory_fraction``, and pushes jobs through the real batcher. Jobs
 whose pairs do not fit even alone are finished by a CPU backend, as the cpu lane would. Every
 score is compared with a CPU reference.
@@ -22,9 +22,7 @@ import torch
 from sentence_transformers import CrossEncoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from tiny_models import build_tiny_xlm_roberta
-
+from rerankq.shapes import build_tiny_xlm_roberta
 from worker.backends import Backend, CrossEncoderBackend, OomInjectingBackend
 from worker.batcher import Batcher
 from worker.oom import PairTooLarge

@@ -1,0 +1,92 @@
+"""Worker processes started and stopped from Python: for the demo, the benchmarks and the tests.
+
+Each worker is a real ``rerankq worker`` subprocess logging to a file; it is ready once Celery
+logs that it consumes (after the model loaded and warmed up).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from rerankq.local_redis import local_redis_server
+
+
+@dataclass
+class WorkerProcess:
+    model: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_worker(
+    model: str, log_path: Path, *args: str, device: str = "cpu", env: dict[str, str] | None = None
+) -> WorkerProcess:
+    """``rerankq worker --model MODEL --device DEVICE ARGS...`` with ``env`` added to ours."""
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rerankq", "worker", "--model", model, "--device", device, *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    return WorkerProcess(model, process, log_path)
+
+
+def wait_until_consuming(worker: WorkerProcess, timeout: float = 120) -> None:
+    """Ready means Celery logged that it is consuming (after the model loaded and warmed up)."""
+    deadline = time.monotonic() + timeout
+    while " ready." not in worker.log():
+        if worker.process.poll() is not None:
+            raise RuntimeError(f"worker for {worker.model} exited:\n{worker.log()[-4000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"worker for {worker.model} not ready after {timeout:.0f}s:\n{worker.log()[-4000:]}")
+        time.sleep(0.1)
+
+
+def stop_worker(worker: WorkerProcess, timeout: float = 20) -> None:
+    """Warm shutdown (SIGTERM), then SIGKILL if it does not finish in time."""
+    worker.process.terminate()
+    try:
+        worker.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        worker.process.kill()
+        worker.process.wait()
+
+
+@contextmanager
+def running_workers(
+    model: str, log_dir: Path, count: int = 1, *args: str, device: str = "cpu", env: dict[str, str] | None = None
+) -> Iterator[list[WorkerProcess]]:
+    """``count`` workers for one model, started together, ready on entry, stopped on exit."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workers = [start_worker(model, log_dir / f"worker-{i}.log", *args, device=device, env=env) for i in range(count)]
+    try:
+        for worker in workers:
+            wait_until_consuming(worker, timeout=600)
+        yield workers
+    finally:
+        for worker in workers:
+            stop_worker(worker)
+
+
+@contextmanager
+def redis_for_run() -> Iterator[str]:
+    """RERANKQ_REDIS_URL when set, else a throwaway redis-server of our own."""
+    if "RERANKQ_REDIS_URL" in os.environ:
+        yield os.environ["RERANKQ_REDIS_URL"]
+        return
+    try:
+        with local_redis_server() as server:
+            yield server.url
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from e
