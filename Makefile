@@ -2,7 +2,7 @@
 export HF_HUB_OFFLINE ?= 0
 VENV := .venv/bin
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast bench lint clean
 
 setup:
 	ops/scripts/setup.sh
@@ -16,6 +16,10 @@ test: setup
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(VENV)/pytest -q -m "not slow"
+
+# the full benchmark suite on this machine; writes docs/BENCHMARKS.md (ARGS e.g. --shape tiny-bert --jobs 300)
+bench: setup
+	HF_HUB_OFFLINE=1 $(VENV)/rerankq bench all $(ARGS)
 
 lint: setup
 	$(VENV)/ruff check .

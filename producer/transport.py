@@ -31,7 +31,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": settings.result_ttl_s,
         "task_track_started": True,
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # No task-sent events: they would double every producer's publishes; Flower sees a job
+        # from the moment a worker receives it, and queue depth shows what waits before that.
+        "task_send_sent_event": False,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
     }

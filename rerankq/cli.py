@@ -14,15 +14,15 @@ from producer.errors import ModelLoadError
 app = typer.Typer(help="rerankq: cross-encoder reranking behind a Celery queue on Redis.", no_args_is_help=True)
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+def _setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
 
 
 @app.command()
 def worker(
     model: Annotated[str, typer.Option(help="Registry name, Hugging Face id or local folder.")] = "",
     device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
-    concurrency: Annotated[int, typer.Option(min=1, help="Jobs held at once; their pairs share batches.")] = 8,
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs held at once; their pairs share batches.")] = 32,
     name: Annotated[str | None, typer.Option(help="Serve under this model name (default: folder name).")] = None,
     max_length: Annotated[
         int | None, typer.Option(min=8, help="Tokens per pair (default RERANKQ_MAX_LENGTH), up to the model's limit.")
@@ -85,6 +85,40 @@ def demo(
     from rerankq.demo import run_demo
 
     raise typer.Exit(run_demo(model))
+
+
+@app.command()
+def bench(
+    scenario: Annotated[
+        str, typer.Argument(help="throughput, naive, mixed, cache, latency, scale, or all (writes docs/BENCHMARKS.md).")
+    ],
+    model: Annotated[str | None, typer.Option(help="Registry name, Hugging Face id or local folder.")] = None,
+    shape: Annotated[
+        str | None,
+        typer.Option(
+            help="Random weights with a real architecture: tiny-bert, tiny-xlmr, minilm-l6 (default), "
+            "bge-reranker-base, bge-reranker-v2-m3."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
+    jobs: Annotated[int | None, typer.Option(min=1, help="Jobs per run (default: per scenario).")] = None,
+    docs_per_job: Annotated[int | None, typer.Option(min=1, help="Documents per job (default: per scenario).")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Job threads per worker.")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Also one JSON object per result on its own line.")] = False,
+) -> None:
+    """Measure rerankq against the raw model and the usual recipes, side by side, on real workers."""
+    from rerankq.bench.runner import BenchOptions, run
+    from rerankq.bench.scenarios import SCENARIOS
+    from rerankq.shapes import SHAPES
+
+    if scenario != "all" and scenario not in SCENARIOS:
+        raise typer.BadParameter(f"must be one of {', '.join(SCENARIOS)}, all; got {scenario!r}", param_hint="SCENARIO")
+    if shape is not None and shape not in SHAPES:
+        raise typer.BadParameter(f"must be one of {', '.join(SHAPES)}; got {shape!r}", param_hint="--shape")
+    if model and shape:
+        raise typer.BadParameter("pass --model or --shape, not both", param_hint="--model")
+    _setup_logging(logging.WARNING)
+    run(BenchOptions(scenario, model, shape, device, jobs, docs_per_job, concurrency, as_json))
 
 
 cache_app = typer.Typer(help="Inspect or clear the result cache.", no_args_is_help=True)

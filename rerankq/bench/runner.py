@@ -1,0 +1,77 @@
+"""Run benchmark scenarios: pick the model, start Redis, run, report."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from producer.settings import get_settings
+from rerankq.bench.inprocess import InProcessModel
+from rerankq.bench.pipeline import Fleet
+from rerankq.bench.report import Record, machine, print_record, write_markdown
+from rerankq.bench.scenarios import SCENARIOS, BenchContext
+from rerankq.fleet import redis_for_run
+from rerankq.shapes import shape_folder
+from worker.loading import pick_device, resolve_model
+
+DEFAULT_SHAPE = "minilm-l6"
+BENCHMARKS_MD = Path("docs/BENCHMARKS.md")
+RUN_DIR = Path(".run/bench")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    scenario: str  # a name in SCENARIOS, or "all"
+    model: str | None = None
+    shape: str | None = None
+    device: str = "auto"
+    jobs: int | None = None
+    docs_per_job: int | None = None
+    concurrency: int = 32
+    as_json: bool = False
+
+
+def run(options: BenchOptions) -> list[Record]:
+    console = Console(stderr=options.as_json)  # with --json, stdout carries only the JSON lines
+    settings = get_settings()
+    spec, label = _model_spec(options, console)
+    device = pick_device(options.device)
+    names = list(SCENARIOS) if options.scenario == "all" else [options.scenario]
+    records: list[Record] = []
+    with redis_for_run() as redis_url:
+        run_dir = RUN_DIR / time.strftime("%Y%m%d-%H%M%S")  # worker logs of this run
+        fleet = Fleet(redis_url, spec, resolve_model(spec, None, settings).name, device, options.concurrency, run_dir)
+        ctx = BenchContext(
+            fleet,
+            options.jobs,
+            options.docs_per_job,
+            lambda: InProcessModel(spec, device, settings),  # loaded only if a scenario needs it
+            running_all=options.scenario == "all",
+        )
+        for name in names:
+            console.print(f"[bold]{name}[/bold]: running on {device} with {label} ...")
+            for record in SCENARIOS[name](ctx):
+                record = {"scenario": name, "model": label, "device": device, **record}
+                print_record(console, record, options.as_json)
+                records.append(record)
+    if options.scenario == "all":
+        command = shlex.join(["rerankq", *sys.argv[1:]])
+        write_markdown(BENCHMARKS_MD, machine(device, command) | {"model": label}, records)
+        console.print(f"wrote {BENCHMARKS_MD}")
+    return records
+
+
+def _model_spec(options: BenchOptions, console: Console) -> tuple[str, str]:
+    """What the workers load (--model for them) and how the report names it."""
+    if options.model:
+        return options.model, options.model
+    shape = options.shape or DEFAULT_SHAPE
+    root = get_settings().shapes_dir
+    if not (root / shape).is_dir():
+        console.print(f"building shape {shape} (random weights, real architecture) in {root} ...")
+    return str(shape_folder(shape, root)), f"shape {shape}"

@@ -1,0 +1,149 @@
+"""The benchmark scenarios. Each measures rerankq and its comparison side by side in one run and
+returns one record per comparison, with the fields ``rerankq bench --json`` promises."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rerankq.bench.inprocess import InProcessModel
+from rerankq.bench.pipeline import Fleet, serving
+from rerankq.bench.workload import log_normal, make_jobs, uniform
+
+Record = dict[str, Any]
+PASSAGES = uniform(32, 128)  # words per document in throughput, naive and scale
+MIXED = log_normal(20, 500)
+
+
+@dataclass
+class BenchContext:
+    fleet: Fleet
+    jobs: int | None  # --jobs: overrides each scenario's default
+    docs_per_job: int | None
+    load_model: Callable[[], InProcessModel]
+    running_all: bool = False  # `all` keeps cache's and latency's own sample sizes
+    _model: InProcessModel | None = field(default=None, init=False)
+
+    @property
+    def model(self) -> InProcessModel:
+        """The in-process comparison model, loaded on first use."""
+        if self._model is None:
+            self._model = self.load_model()
+        return self._model
+
+    def job_count(self, default: int) -> int:
+        return self.jobs or default
+
+    def docs(self, default: int) -> int:
+        return self.docs_per_job or default
+
+    def samples(self, jobs: int, docs: int) -> tuple[int, int]:
+        """Job count and size for the latency-type scenarios: theirs, unless run on their own."""
+        return (jobs, docs) if self.running_all else (self.job_count(jobs), self.docs(docs))
+
+
+def throughput(ctx: BenchContext) -> Iterator[Record]:
+    """What the queue costs: the same jobs through SDK → Redis → worker vs the same batcher fed
+    directly in-process, in windows of as many jobs as a worker holds (``--concurrency``)."""
+    jobs = make_jobs(ctx.job_count(2000), ctx.docs(8), PASSAGES)
+    raw = ctx.model.batched(jobs, window=ctx.fleet.concurrency)
+    with serving(ctx.fleet) as pipeline:
+        timed, scores = pipeline.run(jobs)
+    diff = max(abs(a - b) for got, want in zip(scores, raw.scores, strict=True) for a, b in zip(got, want, strict=True))
+    yield {
+        "raw_pairs_per_s": raw.timed.pairs_per_s,
+        "pipeline_pairs_per_s": timed.pairs_per_s,
+        "ratio": timed.pairs_per_s / raw.timed.pairs_per_s,
+        "pairs": timed.pairs,
+        "max_abs_score_diff": diff,
+        "padding_ratio": {"raw": raw.stats.padding_ratio, "pipeline": pipeline.padding_ratio},
+    }
+
+
+def naive(ctx: BenchContext) -> Iterator[Record]:
+    """One job = one forward pass (cross-job batching off) vs rerankq's batching, same pool size."""
+    for docs_per_job in [ctx.docs_per_job] if ctx.docs_per_job else [1, 8]:
+        count = ctx.job_count(1000)
+        with serving(ctx.fleet, 1, "--no-cross-job-batching") as pipeline:
+            naive_run, _ = pipeline.run(make_jobs(count, docs_per_job, PASSAGES))
+        with serving(ctx.fleet) as pipeline:
+            batched_run, _ = pipeline.run(make_jobs(count, docs_per_job, PASSAGES))
+        yield {
+            "naive_pairs_per_s": naive_run.pairs_per_s,
+            "pipeline_pairs_per_s": batched_run.pairs_per_s,
+            "ratio": batched_run.pairs_per_s / naive_run.pairs_per_s,
+            "docs_per_job": docs_per_job,
+        }
+
+
+def mixed(ctx: BenchContext) -> Iterator[Record]:
+    """Mixed lengths: rerankq vs a service calling ``CrossEncoder.predict(pairs, batch_size=32)``
+    for each job in arrival order, in-process (no queue in front of the baseline)."""
+    jobs = make_jobs(ctx.job_count(250), ctx.docs(8), MIXED)
+    baseline = ctx.model.predict_per_job(jobs)
+    with serving(ctx.fleet) as pipeline:
+        timed, _ = pipeline.run(jobs)
+    yield {
+        "baseline_pairs_per_s": baseline.pairs_per_s,
+        "pipeline_pairs_per_s": timed.pairs_per_s,
+        "ratio": timed.pairs_per_s / baseline.pairs_per_s,
+        "padding_ratio": {"baseline": ctx.model.per_job_padding(jobs), "pipeline": pipeline.padding_ratio},
+    }
+
+
+def cache(ctx: BenchContext) -> Iterator[Record]:
+    """A 1 x 100 job computed (cold, fresh text each time), then answered from the cache (warm)."""
+    cold_jobs = make_jobs(*ctx.samples(5, 100), PASSAGES)
+    with serving(ctx.fleet) as pipeline:
+        cold = [pipeline.e2e_ms(job) for job in cold_jobs]
+        warm = [pipeline.e2e_ms(cold_jobs[0]) for _ in range(100)]
+    yield {
+        "cold_ms_p50": percentile(cold, 50),
+        "warm_ms_p50": percentile(warm, 50),
+        "warm_ms_p99": percentile(warm, 99),
+        "speedup": percentile(cold, 50) / percentile(warm, 50),
+    }
+
+
+def latency(ctx: BenchContext) -> Iterator[Record]:
+    """Single 1 x 20 jobs, one at a time, on an idle worker vs the model's own compute."""
+    jobs = make_jobs(*ctx.samples(100, 20), PASSAGES)
+    compute = [ctx.model.compute_ms(job) for job in jobs]
+    with serving(ctx.fleet) as pipeline:
+        e2e = [pipeline.e2e_ms(job) for job in jobs]
+    yield {
+        "compute_ms_p50": percentile(compute, 50),
+        "e2e_ms_p50": percentile(e2e, 50),
+        "e2e_ms_p99": percentile(e2e, 99),
+        "overhead_ms_p50": percentile(e2e, 50) - percentile(compute, 50),
+    }
+
+
+def scale(ctx: BenchContext) -> Iterator[Record]:
+    """One worker process vs two, each computing with one thread, on the same Redis."""
+    count, docs = ctx.job_count(600), ctx.docs(8)
+    with serving(ctx.fleet, 1, "--torch-threads", "1") as pipeline:
+        one, _ = pipeline.run(make_jobs(count, docs, PASSAGES))
+    with serving(ctx.fleet, 2, "--torch-threads", "1") as pipeline:
+        two, _ = pipeline.run(make_jobs(count, docs, PASSAGES))
+    yield {
+        "one_pairs_per_s": one.pairs_per_s,
+        "two_pairs_per_s": two.pairs_per_s,
+        "ratio": two.pairs_per_s / one.pairs_per_s,
+    }
+
+
+SCENARIOS: dict[str, Callable[[BenchContext], Iterator[Record]]] = {
+    "throughput": throughput,
+    "naive": naive,
+    "mixed": mixed,
+    "cache": cache,
+    "latency": latency,
+    "scale": scale,
+}
+
+
+def percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]

@@ -1,0 +1,44 @@
+"""`rerankq bench all` at tiny sizes, so the benchmark suite cannot rot. Asserts only that every
+scenario produces every promised field and writes docs/BENCHMARKS.md; never a timing."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.bench, pytest.mark.slow]
+
+FIELDS = {
+    "throughput": {"raw_pairs_per_s", "pipeline_pairs_per_s", "ratio"},
+    "naive": {"naive_pairs_per_s", "pipeline_pairs_per_s", "ratio", "docs_per_job"},
+    "mixed": {"baseline_pairs_per_s", "pipeline_pairs_per_s", "ratio", "padding_ratio"},
+    "cache": {"cold_ms_p50", "warm_ms_p50", "warm_ms_p99", "speedup"},
+    "latency": {"compute_ms_p50", "e2e_ms_p50", "e2e_ms_p99", "overhead_ms_p50"},
+    "scale": {"one_pairs_per_s", "two_pairs_per_s", "ratio"},
+}
+
+
+def test_every_scenario_produces_its_fields(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RERANKQ_REDIS_URL"}  # the bench starts its own Redis
+    env["RERANKQ_SHAPES_DIR"] = str(tmp_path / "shapes")
+    command = [sys.executable, "-m", "rerankq", "bench", "all", "--shape", "tiny-bert", "--jobs", "6", "--json"]
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+
+    records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert {record["scenario"] for record in records} == set(FIELDS)
+    assert sorted(r["docs_per_job"] for r in records if r["scenario"] == "naive") == [1, 8]
+    for record in records:
+        assert FIELDS[record["scenario"]] <= record.keys(), record
+        numbers = [v for k, v in record.items() if k in FIELDS[record["scenario"]] and isinstance(v, float)]
+        assert all(math.isfinite(v) for v in numbers), record
+    assert all(value > 0 for value in records[0]["padding_ratio"].values())
+
+    written = (tmp_path / "docs" / "BENCHMARKS.md").read_text()
+    assert "shape tiny-bert" in written and "| throughput |" in written and "| scale |" in written
