@@ -84,6 +84,8 @@ def print_record(console: Console, record: Record, as_json: bool) -> None:
 
 def _format(value: Any) -> str:
     if isinstance(value, float):
+        if value and abs(value) < 0.001:
+            return f"{value:.1e}"
         return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
     if isinstance(value, dict):
         return ", ".join(f"{k} {_format(v)}" for k, v in value.items())
