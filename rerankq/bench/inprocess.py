@@ -42,20 +42,18 @@ class InProcessModel:
         self.backend: Backend = load_backend(manifest, pick_device(device), settings.max_length)
         self.backend.warm_up()
 
-    def batched(self, jobs: Sequence[Job], window: int | None = None) -> BatchedRun:
-        """The batcher fed directly, no queue. With ``window``, jobs arrive ``window`` at a time, as
-        a worker holding that many jobs sees them; without, every pair is known up front and sorted
-        by length over the whole set (the offline best case)."""
+    def batched(self, jobs: Sequence[Job], window: int) -> BatchedRun:
+        """The batcher fed directly, no queue: jobs arrive ``window`` at a time, as a worker
+        holding that many jobs sees them."""
         pairs_cap = self.settings.batch_pairs_for(self.backend.device)
         batcher = Batcher(self.backend, self.settings.token_budget, pairs_cap, max_wait_ms=60_000)
-        size = window or len(jobs)
         batcher.start()
         started = time.perf_counter()
         try:
             scores: list[list[float]] = []
-            for start in range(0, len(jobs), size):
+            for start in range(0, len(jobs), window):
                 with batcher.preparing():  # the batcher takes the window as a whole
-                    futures = [batcher.submit(self._encode(job)) for job in jobs[start : start + size]]
+                    futures = [batcher.submit(self._encode(job)) for job in jobs[start : start + window]]
                 scores += [future.result().scores for future in futures]
         finally:
             batcher.stop()

@@ -35,7 +35,6 @@ class Fleet:
 class Pipeline:
     client: RerankClient
     model: str
-    workers: list[WorkerProcess]
     padding_ratio: float | None = field(default=None, init=False)  # known once the workers stopped
 
     def run(self, jobs: Sequence[Job]) -> tuple[Timed, list[list[float]]]:
@@ -69,7 +68,7 @@ def serving(fleet: Fleet, workers: int = 1, *worker_args: str) -> Iterator[Pipel
         running_workers(fleet.spec, log_dir, workers, *args, device=fleet.device, env=env) as processes,
         RerankClient(fleet.redis_url) as client,
     ):
-        pipeline = Pipeline(client, fleet.model, processes)
+        pipeline = Pipeline(client, fleet.model)
         pipeline.warm_up(2 * fleet.concurrency)
         yield pipeline
     pipeline.padding_ratio = _padding_ratio(processes)
