@@ -3,7 +3,19 @@
 from producer.aio import AsyncRerankClient
 from producer.client import RerankClient
 from producer.contract import JobStats, RankedDocument, RerankResult
-from producer.errors import InvalidRequest, JobFailed, JobTimeout, ModelLoadError, RerankError
+from producer.errors import (
+    InvalidRequest,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    JobTimeout,
+    ModelLoadError,
+    NoWorkers,
+    QueueFull,
+    RequestTooLarge,
+    RerankError,
+    UnknownModel,
+)
 from producer.jobs import AsyncJobHandle, JobHandle, JobStatus
 from producer.settings import Settings, get_settings
 
@@ -11,16 +23,22 @@ __all__ = [
     "AsyncJobHandle",
     "AsyncRerankClient",
     "InvalidRequest",
+    "JobCancelled",
     "JobFailed",
     "JobHandle",
+    "JobNotFound",
     "JobStats",
     "JobStatus",
     "JobTimeout",
     "ModelLoadError",
+    "NoWorkers",
+    "QueueFull",
     "RankedDocument",
+    "RequestTooLarge",
     "RerankClient",
     "RerankError",
     "RerankResult",
     "Settings",
+    "UnknownModel",
     "get_settings",
 ]

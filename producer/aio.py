@@ -6,11 +6,12 @@ import asyncio
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
+from celery import Celery
 from typing_extensions import Unpack
 
 from producer.client import RerankClient
-from producer.contract import JobOptions, RankedDocument
-from producer.jobs import AsyncJobHandle
+from producer.contract import JobOptions, RankedDocument, RerankJob
+from producer.jobs import AsyncJobHandle, JobStatus
 from producer.settings import Settings
 
 
@@ -30,9 +31,23 @@ class AsyncRerankClient:
         return (await handle.result(timeout=timeout)).results
 
     async def submit(self, query: str, documents: Sequence[str], **options: Unpack[JobOptions]) -> AsyncJobHandle:
-        job = self._sync.build(query, documents, **options)
-        await asyncio.to_thread(self._sync.send, job)
+        job = self.build(query, documents, **options)
+        await self.send(job)
         return self.job(job.job_id)
+
+    def build(self, query: str, documents: Sequence[str], **options: Unpack[JobOptions]) -> RerankJob:
+        """Validate and build a job without sending it (no I/O)."""
+        return self._sync.build(query, documents, **options)
+
+    async def send(self, job: RerankJob) -> None:
+        await asyncio.to_thread(self._sync.send, job)
+
+    @property
+    def app(self) -> Celery:
+        return self._sync.app
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        return await asyncio.to_thread(self._sync.cancel, job_id)
 
     def job(self, job_id: str) -> AsyncJobHandle:
         return AsyncJobHandle(self._sync.app, self._redis, job_id)

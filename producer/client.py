@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from celery import states
 from typing_extensions import Unpack
 
+from producer import ledger
 from producer.cache import ScoreCache
-from producer.constants import TASK_RERANK, queue_name
+from producer.constants import DEFAULT_LANE, TASK_RERANK, queue_name
 from producer.contract import (
     JobOptions,
     RankedDocument,
@@ -18,7 +19,7 @@ from producer.contract import (
     build_job,
     score_options,
 )
-from producer.jobs import JobHandle
+from producer.jobs import JobHandle, JobStatus
 from producer.settings import Settings, get_settings
 from producer.transport import make_celery
 
@@ -68,9 +69,15 @@ class RerankClient:
             settings=self.settings,
         )
 
+    def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a job no worker has started yet: CANCELLED, or its status when too late.
+        Raises ``JobNotFound`` for an unknown id."""
+        return ledger.cancel(self.app, self.app.backend.client, job_id, self.settings)
+
     def send(self, job: RerankJob) -> None:
         """Answer from the result cache when every document is cached; else publish the job,
         carrying the cached scores so the worker computes only the misses."""
+        ledger.record_submitted(self.app.backend.client, job.job_id, job.model, DEFAULT_LANE, self.settings)
         if not job.documents:
             self._store(RerankResult(job_id=job.job_id, model=job.model, device="none", results=[]))
             return

@@ -17,6 +17,16 @@ DELIVERIES_KEY_PREFIX: Final = f"{KEY_PREFIX}:deliveries:"
 SCORE_KEY_PREFIX: Final = f"{KEY_PREFIX}:score:"  # + "<model>:<hash>" -> score (result cache)
 MODEL_IDENTITY_KEY_PREFIX: Final = f"{KEY_PREFIX}:identity:"  # + "<model>" -> identity of the serving weights
 CACHE_STATS_KEY: Final = f"{KEY_PREFIX}:cache:stats"  # hash: hits, misses
+JOB_KEY_PREFIX: Final = f"{KEY_PREFIX}:job:"  # + "<job id>" -> {model, lane, submitted_at}: the job exists
+CANCEL_KEY_PREFIX: Final = f"{KEY_PREFIX}:cancel:"  # + "<job id>": workers skip the job
+WORKERS_KEY: Final = f"{KEY_PREFIX}:workers"  # hash: worker id -> presence (model, lanes, device, seen_at)
+CALLBACKS_DUE_KEY: Final = f"{KEY_PREFIX}:callbacks:due"  # sorted set: job id by next attempt time
+CALLBACKS_KEY: Final = f"{KEY_PREFIX}:callbacks"  # hash: job id -> {url, attempts}
+
+# kombu's Redis transport keeps a queue's higher message priorities in sibling lists named
+# queue + separator + step; a queue's depth is the sum over all of them.
+KOMBU_PRIORITY_SEP: Final = "\x06\x16"
+KOMBU_PRIORITY_STEPS: Final = (0, 3, 6, 9)
 
 # Model names become part of Redis queue names; keep them to a safe alphabet.
 MODEL_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -25,6 +35,19 @@ MODEL_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 def queue_name(model: str, lane: Lane = DEFAULT_LANE) -> str:
     """The Redis queue one model's jobs of one lane travel on, e.g. ``rerankq.bge-reranker-v2-m3.interactive``."""
     return f"{KEY_PREFIX}.{model}.{lane}"
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists that hold one kombu queue's waiting messages, one per priority step."""
+    return [queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}" for step in KOMBU_PRIORITY_STEPS]
+
+
+def job_key(job_id: str) -> str:
+    return f"{JOB_KEY_PREFIX}{job_id}"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"{CANCEL_KEY_PREFIX}{job_id}"
 
 
 def deliveries_key(job_id: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any, TypedDict
 from pydantic import BaseModel, ConfigDict, Field
 
 from producer.constants import MODEL_NAME_PATTERN, SCORE_KEY_PREFIX
-from producer.errors import InvalidRequest
+from producer.errors import InvalidRequest, RequestTooLarge
 from producer.settings import Settings
 
 
@@ -68,6 +68,7 @@ class JobStats(BaseModel):
     """Where the job's time went, and which forward passes (batch ids) its pairs rode in."""
 
     pairs: int = 0  # pairs scored by the model for this job
+    tokens: int = 0  # tokens those pairs held (no padding): what the model read for this job
     cache_hits: int = 0  # documents answered from the result cache
     queue_ms: float = 0.0
     tokenize_ms: float = 0.0
@@ -143,7 +144,7 @@ def check_documents(documents: Any, settings: Settings) -> list[str]:
     if isinstance(documents, str | bytes) or not isinstance(documents, Sequence):
         raise InvalidRequest("documents", "must be a list of strings", f"got {_kind(documents)}")
     if len(documents) > settings.max_documents:
-        raise InvalidRequest(
+        raise RequestTooLarge(
             "documents", f"at most {settings.max_documents} documents per job", f"got {len(documents)}"
         )
     for i, doc in enumerate(documents):
@@ -162,7 +163,7 @@ def check_top_n(top_n: Any) -> None:
 
 def _check_text(field: str, text: str, max_chars: int) -> None:
     if len(text) > max_chars:
-        raise InvalidRequest(field, f"at most {max_chars} characters", f"got {len(text)}")
+        raise RequestTooLarge(field, f"at most {max_chars} characters", f"got {len(text)}")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:

@@ -2,8 +2,14 @@
 
 RerankError
 ├── InvalidRequest   (also ValueError)    bad input; names the field and the limit; nothing enqueued
+│   └── RequestTooLarge                    too many documents or characters (HTTP 413 at the gateway)
+├── UnknownModel     (also LookupError)   no model of that name; lists the known ones
+├── NoWorkers                              the model is known but no live worker consumes its lane
+├── QueueFull                              the lane's queue is deeper than its limit: retry later
+├── JobNotFound      (also LookupError)   no job with that id (never submitted, or expired)
 ├── ModelLoadError                         a worker cannot load or serve a model (missing file, bad config)
 ├── JobFailed                              the worker reported a failure for this job id
+│   └── JobCancelled                       the job was cancelled before a worker started it
 └── JobTimeout       (also TimeoutError)   no result within the caller's timeout; the job may still finish
 """
 
@@ -29,6 +35,54 @@ class InvalidRequest(RerankError, ValueError):
         return f"{message} ({self.detail})" if self.detail else message
 
 
+class RequestTooLarge(InvalidRequest):
+    """A size limit: too many documents, or a text with too many characters."""
+
+
+class UnknownModel(RerankError, LookupError):
+    def __init__(self, model: str, known: list[str]) -> None:
+        self.model = model
+        self.known = known
+        super().__init__(model, known)
+
+    def __str__(self) -> str:
+        return f"unknown model {self.model!r}; known models: {', '.join(self.known) or 'none'}"
+
+
+class NoWorkers(RerankError):
+    def __init__(self, model: str, lane: str) -> None:
+        self.model = model
+        self.lane = lane
+        super().__init__(model, lane)
+
+    def __str__(self) -> str:
+        return (
+            f"no live worker consumes the {self.lane} lane of model {self.model!r}; "
+            f"start one with `rerankq worker --model {self.model}`"
+        )
+
+
+class QueueFull(RerankError):
+    def __init__(self, queue: str, depth: int, limit: int, retry_after_s: int) -> None:
+        self.queue = queue
+        self.depth = depth
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        super().__init__(queue, depth, limit, retry_after_s)
+
+    def __str__(self) -> str:
+        return f"queue {self.queue} holds {self.depth} jobs (limit {self.limit}); retry in {self.retry_after_s}s"
+
+
+class JobNotFound(RerankError, LookupError):
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(job_id)
+
+    def __str__(self) -> str:
+        return f"no job {self.job_id!r} (never submitted, or its result expired)"
+
+
 class ModelLoadError(RerankError):
     """A model cannot be loaded; the message says what is missing or mismatched and how to fix it."""
 
@@ -43,6 +97,14 @@ class JobFailed(RerankError):
 
     def __str__(self) -> str:
         return f"job {self.job_id} failed: {self.reason}"
+
+
+class JobCancelled(JobFailed):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, "cancelled")
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} was cancelled"
 
 
 class JobTimeout(RerankError, TimeoutError):

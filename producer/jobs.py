@@ -13,7 +13,7 @@ from celery.result import AsyncResult
 
 from producer.constants import STATE_REROUTED
 from producer.contract import RerankResult
-from producer.errors import JobFailed, JobTimeout
+from producer.errors import JobCancelled, JobFailed, JobTimeout
 
 
 class JobStatus(enum.StrEnum):
@@ -22,6 +22,7 @@ class JobStatus(enum.StrEnum):
     WAITING_FOR_CPU = "waiting_for_cpu"  # moved to the cpu lane after GPU out-of-memory
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # cancelled before a worker started it
 
 
 _STATUS_OF_STATE = {
@@ -29,7 +30,7 @@ _STATUS_OF_STATE = {
     STATE_REROUTED: JobStatus.WAITING_FOR_CPU,
     states.SUCCESS: JobStatus.SUCCEEDED,
     states.FAILURE: JobStatus.FAILED,
-    states.REVOKED: JobStatus.FAILED,
+    states.REVOKED: JobStatus.CANCELLED,
 }
 
 
@@ -53,6 +54,8 @@ def outcome(job_id: str, state: str, payload: Any) -> RerankResult:
     """Turn a finished job's backend state into a result, or raise ``JobFailed`` with the worker's reason."""
     if state == states.SUCCESS:
         return RerankResult.model_validate(payload)
+    if state == states.REVOKED:
+        raise JobCancelled(job_id)
     reason = f"{type(payload).__name__}: {payload}" if isinstance(payload, BaseException) else str(payload)
     raise JobFailed(job_id, reason)
 

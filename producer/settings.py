@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _REPO_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -55,8 +56,32 @@ class Settings(BaseSettings):
     fault_oom_batch_tokens: int | None = Field(None, ge=1)
     fault_oom_pair_tokens: int | None = Field(None, ge=1)
 
+    # Worker presence (producer.presence): how often each worker refreshes its entry; an entry
+    # older than three intervals counts as a dead worker.
+    presence_interval_s: float = Field(5.0, gt=0)
+
+    # HTTP gateway (gateway/). API keys: comma-separated, each a key or "sha256:<hex digest>".
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    model_aliases: dict[str, str] = {}  # JSON, e.g. {"rerank-v3.5": "bge-reranker-v2-m3"}
+    gateway_timeout_s: float = Field(30.0, gt=0)  # longer: 504 with the job id, poll /v1/jobs/{id}
+    max_queue_depth: int = Field(1000, ge=1)  # jobs waiting in one lane; more: 429
+    retry_after_s: int = Field(2, ge=1)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # refused before parsing: 413
+    max_waiting_requests: int = Field(2000, ge=1)  # requests one gateway process holds open; more: 503
+    public_metrics: bool = False  # serve /metrics without an API key
+    callback_secret: SecretStr | None = None  # HMAC-SHA256 key signing job callbacks
+    callback_attempts: int = Field(6, ge=1)
+    callback_timeout_s: float = Field(10.0, gt=0)
+
     # Where `rerankq bench --shape` builds random-weight models of a real architecture.
     shapes_dir: Path = Path.home() / ".cache" / "rerankq" / "shapes"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
 
     @model_validator(mode="after")
     def _visibility_outlasts_jobs(self) -> Settings:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass
 
 import redis
 import torch
+from celery import signals
 
 from producer.cache import ScoreCache
 from producer.constants import Lane, queue_name
@@ -17,6 +19,7 @@ from producer.settings import Settings, get_settings
 from worker.backends import Backend, OomInjectingBackend
 from worker.batcher import Batcher
 from worker.loading import load_backend, model_identity, pick_device, resolve_model
+from worker.presence import PresenceBeacon
 from worker.runtime import Runtime, install
 
 log = logging.getLogger("rerankq.worker")
@@ -99,6 +102,10 @@ def run_worker(options: WorkerOptions) -> None:
     from worker.app import app  # imported after install so tasks always find the model
 
     queues = ",".join(queue_name(runtime.model_name, lane) for lane in runtime.lanes)
+    worker_id = f"rerankq-{runtime.model_name}-{os.getpid()}@{socket.gethostname()}"
+    beacon = PresenceBeacon(runtime, worker_id)
+    signals.worker_ready.connect(lambda **_: beacon.start(), weak=False)
+    signals.worker_shutting_down.connect(lambda **_: beacon.stop(), weak=False)
     log.info("consuming %s with %d job threads", queues, options.concurrency)
     try:
         app.worker_main(
@@ -107,7 +114,7 @@ def run_worker(options: WorkerOptions) -> None:
                 "--pool=threads",
                 f"--concurrency={options.concurrency}",
                 f"--queues={queues}",
-                f"--hostname=rerankq-{runtime.model_name}-{os.getpid()}@%h",
+                f"--hostname={worker_id}",
                 "--task-events",
                 "--loglevel=INFO",
                 "--without-mingle",
@@ -115,6 +122,7 @@ def run_worker(options: WorkerOptions) -> None:
             ]
         )
     finally:
+        beacon.stop()
         runtime.batcher.stop()
         log_batcher_totals(runtime)
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore
 from pydantic import ValidationError
 
-from producer.constants import STATE_REROUTED, TASK_RERANK, deliveries_key, queue_name
+from producer.constants import STATE_REROUTED, TASK_RERANK, cancel_key, deliveries_key, queue_name
 from producer.contract import JobStats, RerankJob, RerankResult, check_job, rank_scores, score_options
 from producer.errors import InvalidRequest, JobFailed
 from worker.app import app
@@ -29,6 +30,7 @@ def rerank(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     with runtime.batcher.preparing():  # the batcher may wait for these pairs to join a batch
         job = parse_job(payload, runtime)
+        skip_if_cancelled(job, runtime)
         if redelivered:
             count_redelivery(job.job_id, runtime)
         work = prepare(job, runtime, look_again=redelivered)
@@ -41,6 +43,14 @@ def rerank(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     if redelivered:
         runtime.redis.delete(deliveries_key(job.job_id))
     return result.model_dump()
+
+
+def skip_if_cancelled(job: RerankJob, runtime: Runtime) -> None:
+    """A job cancelled while queued is acknowledged and dropped; its cancelled state is already
+    stored (by whoever cancelled it), so nothing is written here."""
+    if runtime.redis.exists(cancel_key(job.job_id)):
+        log.info(json.dumps({"event": "job_cancelled", "job_id": job.job_id, "model": job.model}))
+        raise Ignore()
 
 
 def move_to_cpu_lane(task: Task, job: RerankJob, runtime: Runtime, reason: str) -> None:
@@ -167,6 +177,7 @@ def compute_scores(work: PreparedJob, runtime: Runtime) -> tuple[dict[str, float
     scores = [backend.normalize(s) for s in scored.scores] if work.job.normalize else scored.scores
     stats = JobStats(
         pairs=len(work.pairs),
+        tokens=sum(pair.length for pair in work.pairs),
         tokenize_ms=work.tokenize_ms,
         infer_ms=(time.time() - submitted) * 1000,
         batches=scored.batch_ids,
