@@ -78,6 +78,26 @@ def _parse_lanes(lanes: str | None) -> tuple[Lane, ...] | None:
 
 
 @app.command()
+def gateway(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+    insecure: Annotated[
+        bool, typer.Option(help="Allow a non-loopback address without API keys (something in front authenticates).")
+    ] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Gateway processes sharing the port.")] = 1,
+) -> None:
+    """Serve the HTTP gateway: Cohere/Jina/TEI rerank endpoints and the async jobs API."""
+    _setup_logging()
+    from gateway.server import UnsafeBind, serve
+
+    try:
+        serve(host, port, insecure, workers)
+    except UnsafeBind as e:
+        typer.echo(f"rerankq gateway: {e}", err=True)
+        raise typer.Exit(2) from e
+
+
+@app.command()
 def demo(
     model: Annotated[str | None, typer.Option(help="Model to try first (default: the configured default).")] = None,
 ) -> None:

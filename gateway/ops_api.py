@@ -1,0 +1,73 @@
+"""Operational endpoints: health (open), readiness (open), models and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from gateway.metrics import WAITING
+from gateway.rerank_api import Service, service_of
+from producer.constants import LANES, queue_name
+
+health = APIRouter()
+protected = APIRouter()
+metrics_router = APIRouter()
+
+
+@health.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive (it answers); says nothing about Redis or workers."""
+    return {"status": "ok"}
+
+
+@health.get("/readyz")
+async def readyz(service: Service) -> JSONResponse:
+    """Ready: Redis answers and at least one live worker consumes the default model."""
+    model = service.settings.default_model
+    try:
+        await service.redis.ping()
+        workers = [p for p in await service.fleet.workers() if p.model == model]
+    except RedisError as e:
+        return JSONResponse({"status": "not_ready", "reason": f"Redis unreachable: {e}"}, status_code=503)
+    if not workers:
+        reason = f"no live worker serves the default model {model!r}"
+        return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
+    return JSONResponse({"status": "ready", "default_model": model, "workers": len(workers)})
+
+
+@protected.get("/v1/models")
+async def models(service: Service) -> dict[str, Any]:
+    """Every known model: its lanes, how many live workers consume each and how deep each queue is."""
+    workers = await service.fleet.workers()
+    aliases = service.settings.model_aliases
+    described = []
+    for name in sorted({*service.manifests, *(p.model for p in workers)}):
+        manifest = service.manifests.get(name)
+        lanes = {
+            lane: {
+                "workers": sum(1 for p in workers if p.model == name and lane in p.lanes),
+                "queued": await service.fleet.queue_depth(queue_name(name, lane)),
+            }
+            for lane in LANES
+        }
+        described.append(
+            {
+                "name": name,
+                "source": manifest.source if manifest else None,
+                "kind": manifest.kind if manifest else None,
+                "aliases": sorted(alias for alias, target in aliases.items() if target == name),
+                "devices": sorted({p.device for p in workers if p.model == name}),
+                "lanes": lanes,
+            }
+        )
+    return {"default": service.settings.default_model, "models": described}
+
+
+@metrics_router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    WAITING.set(service_of(request).waiter.waiting)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

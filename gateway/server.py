@@ -1,0 +1,45 @@
+"""``rerankq gateway``: check the bind is safe, then serve the app with uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import uvicorn
+
+from producer.settings import get_settings
+
+
+class UnsafeBind(Exception):
+    pass
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+
+
+def check_bind(host: str, have_keys: bool, insecure: bool) -> None:
+    """Without API keys anyone who reaches the port may rerank: allow that on loopback only,
+    unless the operator says ``--insecure`` (e.g. behind an authenticating proxy)."""
+    if not have_keys and not insecure and not is_loopback(host):
+        raise UnsafeBind(
+            f"refusing to listen on {host} without API keys: set RERANKQ_API_KEYS, "
+            "bind to 127.0.0.1, or pass --insecure if something in front authenticates"
+        )
+
+
+def serve(host: str, port: int, insecure: bool, workers: int = 1) -> None:
+    check_bind(host, bool(get_settings().api_keys), insecure)
+    uvicorn.run(
+        "gateway.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=True,
+        log_level="info",
+    )
