@@ -1,15 +1,20 @@
-"""Worker processes started and stopped from Python: for the demo, the benchmarks and the tests.
+"""Worker and gateway processes started and stopped from Python: for the demo, the benchmarks
+and the tests.
 
 Each worker is a real ``rerankq worker`` subprocess logging to a file; it is ready once Celery
-logs that it consumes (after the model loaded and warmed up).
+logs that it consumes (after the model loaded and warmed up). A gateway is a real
+``rerankq gateway`` subprocess; it is ready once ``/healthz`` answers.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,12 +60,62 @@ def wait_until_consuming(worker: WorkerProcess, timeout: float = 120) -> None:
 
 def stop_worker(worker: WorkerProcess, timeout: float = 20) -> None:
     """Warm shutdown (SIGTERM), then SIGKILL if it does not finish in time."""
-    worker.process.terminate()
+    stop_process(worker.process, timeout)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    process.terminate()
     try:
-        worker.process.wait(timeout)
+        process.wait(timeout)
     except subprocess.TimeoutExpired:
-        worker.process.kill()
-        worker.process.wait()
+        process.kill()
+        process.wait()
+
+
+@dataclass
+class GatewayProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def start_gateway(log_path: Path, *args: str, env: dict[str, str] | None = None) -> GatewayProcess:
+    """``rerankq gateway --port <free port> ARGS...`` on 127.0.0.1, ready on return."""
+    port = free_port()
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rerankq", "gateway", "--port", str(port), *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    gateway = GatewayProcess(f"http://127.0.0.1:{port}", process, log_path)
+    _wait_until_serving(gateway)
+    return gateway
+
+
+def _wait_until_serving(gateway: GatewayProcess, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{gateway.url}/healthz", timeout=1):
+                return
+        except (urllib.error.URLError, ConnectionError):
+            if gateway.process.poll() is not None:
+                raise RuntimeError(f"gateway exited:\n{gateway.log()[-4000:]}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gateway not serving after {timeout:.0f}s:\n{gateway.log()[-4000:]}") from None
+            time.sleep(0.1)
 
 
 @contextmanager

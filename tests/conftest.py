@@ -18,7 +18,15 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from producer import RerankClient
 from producer.settings import Settings, get_settings
-from rerankq.fleet import WorkerProcess, start_worker, stop_worker, wait_until_consuming
+from rerankq.fleet import (
+    GatewayProcess,
+    WorkerProcess,
+    start_gateway,
+    start_worker,
+    stop_process,
+    stop_worker,
+    wait_until_consuming,
+)
 from rerankq.local_redis import local_redis_server
 from rerankq.shapes import build_tiny_bert, build_tiny_xlm_roberta
 
@@ -85,3 +93,16 @@ def workers(
 def client(redis_server: RedisServer) -> Iterator[RerankClient]:
     with RerankClient(redis_server.url) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def gateway(workers: dict[str, WorkerProcess], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A real `rerankq gateway` process with API keys (one plain, one as its digest), an alias,
+    a callback secret, and small size limits; the default model is the tiny BERT."""
+    from gateway_support import GATEWAY_ENV
+
+    process = start_gateway(tmp_path_factory.mktemp("gateway-logs") / "gateway.log", env=GATEWAY_ENV)
+    try:
+        yield process
+    finally:
+        stop_process(process.process)

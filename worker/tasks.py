@@ -30,7 +30,7 @@ def rerank(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     with runtime.batcher.preparing():  # the batcher may wait for these pairs to join a batch
         job = parse_job(payload, runtime)
-        skip_if_cancelled(job, runtime)
+        skip_if_cancelled(self, job, runtime)
         if redelivered:
             count_redelivery(job.job_id, runtime)
         work = prepare(job, runtime, look_again=redelivered)
@@ -45,10 +45,11 @@ def rerank(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     return result.model_dump()
 
 
-def skip_if_cancelled(job: RerankJob, runtime: Runtime) -> None:
-    """A job cancelled while queued is acknowledged and dropped; its cancelled state is already
-    stored (by whoever cancelled it), so nothing is written here."""
+def skip_if_cancelled(task: Task, job: RerankJob, runtime: Runtime) -> None:
+    """A job cancelled while queued is acknowledged and dropped. Its cancelled state is stored
+    again: Celery marked it STARTED on the way in, over the canceller's."""
     if runtime.redis.exists(cancel_key(job.job_id)):
+        task.backend.mark_as_revoked(job.job_id, reason="cancelled")
         log.info(json.dumps({"event": "job_cancelled", "job_id": job.job_id, "model": job.model}))
         raise Ignore()
 
