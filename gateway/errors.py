@@ -95,11 +95,6 @@ async def _invalid(_: Request, e: Exception) -> JSONResponse:
     return error_response(status, kind, str(e), field=e.field, limit=e.limit)
 
 
-async def _payload_too_large(_: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, PayloadTooLarge)
-    return error_response(413, "too_large", str(e), field="body", limit=f"at most {e.limit} bytes")
-
-
 async def _unauthorized(_: Request, e: Exception) -> JSONResponse:
     return error_response(401, "unauthorized", str(e), headers={"WWW-Authenticate": "Bearer"})
 
@@ -172,7 +167,6 @@ async def _internal(_: Request, e: Exception) -> JSONResponse:
 HANDLERS: dict[type[Exception], Any] = {
     RequestValidationError: _validation,
     InvalidRequest: _invalid,
-    PayloadTooLarge: _payload_too_large,
     Unauthorized: _unauthorized,
     UnknownModel: _unknown_model,
     JobNotFound: _job_not_found,

@@ -1,8 +1,8 @@
 """Refuse oversized bodies before anything parses them.
 
-A declared Content-Length over the limit is answered 413 at once; a body streamed without one
-is counted as it arrives and cut off at the limit (the route's body read raises
-``PayloadTooLarge``, answered 413 by the error handlers). Starlette has no body limit of its own.
+A declared Content-Length over the limit is answered 413 at once. A body streamed without one
+is read here, counting as it arrives, and answered 413 the moment it passes the limit; a body
+within the limit is handed on to the app as received. Starlette has no body limit of its own.
 """
 
 from __future__ import annotations
@@ -22,13 +22,31 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         if self._declared_length(scope) > self.max_bytes:
-            error = PayloadTooLarge(self.max_bytes)
-            response = error_response(
-                413, "too_large", str(error), field="body", limit=f"at most {self.max_bytes} bytes"
-            )
-            await response(scope, receive, send)
+            await self._refuse(scope, receive, send)
             return
-        await self.app(scope, self._counting(receive), send)
+        messages = await self._read_within_limit(receive)
+        if messages is None:
+            await self._refuse(scope, receive, send)
+            return
+        await self.app(scope, _replay(messages, receive), send)
+
+    async def _read_within_limit(self, receive: Receive) -> list[Message] | None:
+        messages, received = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages  # the client went away; the app sees the disconnect
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                return None
+            if not message.get("more_body", False):
+                return messages
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = PayloadTooLarge(self.max_bytes)
+        limit = f"at most {self.max_bytes} bytes"
+        await error_response(413, "too_large", str(error), field="body", limit=limit)(scope, receive, send)
 
     def _declared_length(self, scope: Scope) -> int:
         for name, value in scope["headers"]:
@@ -39,16 +57,11 @@ class BodySizeLimit:
                     return 0
         return 0
 
-    def _counting(self, receive: Receive) -> Receive:
-        received = 0
 
-        async def receive_within_limit() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise PayloadTooLarge(self.max_bytes)
-            return message
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
 
-        return receive_within_limit
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed

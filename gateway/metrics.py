@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from prometheus_client import Counter, Gauge, Histogram
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUESTS = Counter("rerankq_gateway_requests_total", "HTTP requests answered", ["endpoint", "method", "status"])
@@ -47,8 +46,5 @@ class RequestMetrics:
             LATENCY.labels(endpoint).observe(time.perf_counter() - started)
 
     def _endpoint(self, scope: Scope) -> str:
-        for route in scope["app"].routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return str(getattr(route, "path", "other"))
-        return "other"
+        # the router records the route it matched in the (shared) scope
+        return str(getattr(scope.get("route"), "path", "other"))

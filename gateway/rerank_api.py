@@ -42,8 +42,7 @@ async def rerank_tei(body: TeiRequest, service: Service) -> list[TeiHit]:
     """text-embeddings-inference: every text, highest score first."""
     if body.truncation_direction.lower() == "left":
         raise InvalidRequest("truncation_direction", "only 'Right' is supported: the end of a long text is cut")
-    job = await service.submit(body.query, body.texts, body.model, normalize=not body.raw_scores)
-    result = await service.wait(job.job_id)
+    result = await service.rank(body.query, body.texts, body.model, normalize=not body.raw_scores)
     return [
         TeiHit(index=hit.index, score=hit.score, text=body.texts[hit.index] if body.return_text else None)
         for hit in result.results
@@ -52,8 +51,7 @@ async def rerank_tei(body: TeiRequest, service: Service) -> list[TeiHit]:
 
 async def _cohere(body: CohereV1Request | CohereV2Request, service: RerankService, api_version: str) -> CohereResponse:
     texts = document_texts(body.documents, body.rank_fields)
-    job = await service.submit(body.query, texts, body.model, top_n=body.top_n)
-    result = await service.wait(job.job_id)
+    result = await service.rank(body.query, texts, body.model, top_n=body.top_n)
     return cohere_response(result, api_version, body.documents if body.return_documents else None)
 
 

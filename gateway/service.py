@@ -89,6 +89,14 @@ class RerankService:
         await self.client.send(job)
         return job
 
+    async def rank(self, query: Any, documents: Sequence[Any], model: str | None, **options: Any) -> RerankResult:
+        """Submit and wait (the synchronous endpoints). A gateway already holding its limit of
+        waiting requests refuses before enqueueing anything (GatewayBusy)."""
+        if self.waiter.waiting >= self.settings.max_waiting_requests:
+            raise GatewayBusy(self.settings.max_waiting_requests, self.settings.retry_after_s)
+        job = await self.submit(query, documents, model, **options)
+        return await self.wait(job.job_id)
+
     async def admit(self, model: str) -> None:
         """Refuse work no one will take (NoWorkers) or that would queue past the lane's limit (QueueFull)."""
         lane = DEFAULT_LANE
@@ -101,8 +109,6 @@ class RerankService:
 
     async def wait(self, job_id: str) -> RerankResult:
         """The job's result within the gateway timeout; JobTimeout (with the id) otherwise."""
-        if self.waiter.waiting >= self.settings.max_waiting_requests:
-            raise GatewayBusy(self.settings.max_waiting_requests, self.settings.retry_after_s)
         timeout = self.settings.gateway_timeout_s
         try:
             meta = await self.waiter.wait(job_id, timeout)

@@ -6,6 +6,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -84,7 +85,7 @@ def test_a_finished_job_cannot_be_cancelled(http: httpx.Client) -> None:
 class Receiver(BaseHTTPRequestHandler):
     """A callback endpoint that fails its first delivery with 503, then records and accepts."""
 
-    calls: list[tuple[dict[str, str], bytes]] = []
+    calls: ClassVar[list[tuple[dict[str, str], bytes]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
