@@ -17,6 +17,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 from producer import RerankClient
+from producer.constants import WORKERS_KEY, queue_name
+from producer.presence import WorkerPresence
 from producer.settings import Settings, get_settings
 from rerankq.fleet import (
     GatewayProcess,
@@ -106,3 +108,20 @@ def gateway(workers: dict[str, WorkerProcess], tmp_path_factory: pytest.TempPath
         yield process
     finally:
         stop_process(process.process)
+
+
+@pytest.fixture
+def paused_model(client: RerankClient, workers: dict, redis_server: RedisServer) -> Iterator[object]:
+    """The tiny XLM-R worker stops consuming its queue for the test (see PausedModel)."""
+    from gateway_support import PausedModel
+
+    model = "tiny-xlmr"
+    queue = queue_name(model)
+    presences = [WorkerPresence.from_json(raw) for raw in redis.Redis.from_url(redis_server.url).hvals(WORKERS_KEY)]
+    worker_id = next(p.worker_id for p in presences if p is not None and p.model == model)
+    client.app.control.cancel_consumer(queue, destination=[worker_id], reply=True)
+    paused = PausedModel(model, lambda: client.app.control.add_consumer(queue, destination=[worker_id], reply=True))
+    try:
+        yield paused
+    finally:
+        paused.resume()

@@ -7,8 +7,9 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -33,6 +34,15 @@ GATEWAY_ENV = {
 }
 AUTH = {"Authorization": f"Bearer {PLAIN_KEY}"}
 FINAL = {"succeeded", "failed", "cancelled"}
+
+
+@dataclass
+class PausedModel:
+    """A worker, alive and announced, that has stopped taking jobs off its queue (Celery's
+    cancel_consumer), so the queue grows as under overload, until ``resume()``."""
+
+    name: str
+    resume: Callable[[], object]
 
 
 @asynccontextmanager

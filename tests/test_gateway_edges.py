@@ -9,17 +9,15 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
 import redis
-from gateway_support import AUTH, HASHED_KEY, MAX_BODY_BYTES, MAX_DOCUMENTS, PLAIN_KEY, app_client
+from gateway_support import AUTH, HASHED_KEY, MAX_BODY_BYTES, MAX_DOCUMENTS, PLAIN_KEY, PausedModel, app_client
 
 from gateway.server import UnsafeBind, check_bind
 from producer import RerankClient
-from producer.constants import JOB_KEY_PREFIX, WORKERS_KEY, queue_name
-from producer.presence import WorkerPresence
+from producer.constants import JOB_KEY_PREFIX, queue_name
 from rerankq.fleet import GatewayProcess, free_port
 
 pytestmark = pytest.mark.slow
@@ -188,29 +186,6 @@ def test_unknown_routes_and_methods_answer_json(http: httpx.Client) -> None:
 
 
 # --- overload -----------------------------------------------------------------------------------
-
-
-@dataclass
-class PausedModel:
-    """The tiny XLM-R worker, alive and announced, has stopped taking jobs off its queue
-    (Celery's cancel_consumer), so the queue grows as under overload, until ``resume()``."""
-
-    name: str
-    resume: Callable[[], object]
-
-
-@pytest.fixture
-def paused_model(client: RerankClient, workers: dict, redis_server) -> Iterator[PausedModel]:
-    model = "tiny-xlmr"
-    queue = queue_name(model)
-    presences = [WorkerPresence.from_json(raw) for raw in redis.Redis.from_url(redis_server.url).hvals(WORKERS_KEY)]
-    worker_id = next(p.worker_id for p in presences if p is not None and p.model == model)
-    client.app.control.cancel_consumer(queue, destination=[worker_id], reply=True)
-    paused = PausedModel(model, lambda: client.app.control.add_consumer(queue, destination=[worker_id], reply=True))
-    try:
-        yield paused
-    finally:
-        paused.resume()
 
 
 def queue_depth(redis_server, model: str) -> int:
