@@ -24,11 +24,12 @@ FIELDS = {
 }
 
 
+@pytest.mark.timeout(1200)  # six scenarios, each starting real workers: minutes on a slow or busy machine
 def test_every_scenario_produces_its_fields(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "RERANKQ_REDIS_URL"}  # the bench starts its own Redis
     env["RERANKQ_SHAPES_DIR"] = str(tmp_path / "shapes")
     command = [sys.executable, "-m", "rerankq", "bench", "all", "--shape", "tiny-bert", "--jobs", "6", "--json"]
-    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1100)
     assert run.returncode == 0, run.stderr[-4000:]
 
     records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]

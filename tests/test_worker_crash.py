@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 MODEL = "crash-model"
 # short visibility timeout so the test need not wait an hour; one pair per forward pass so the
 # job runs long enough to be killed in the middle
-CRASH_ENV = {"RERANKQ_VISIBILITY_TIMEOUT_S": "4", "RERANKQ_JOB_TIME_LIMIT_S": "3", "RERANKQ_MAX_BATCH_PAIRS": "1"}
+CRASH_ENV = {"RERANKQ_VISIBILITY_TIMEOUT_S": "10", "RERANKQ_JOB_TIME_LIMIT_S": "9", "RERANKQ_MAX_BATCH_PAIRS": "1"}
 
 
 def test_sigkill_mid_job_is_redelivered_and_finished(client: RerankClient, model_dirs: dict, tmp_path: Path) -> None:
