@@ -10,12 +10,12 @@ from typing import ClassVar
 
 import httpx
 import pytest
-from gateway_support import AUTH, CALLBACK_SECRET, wait_for_job
+from gateway_support import AUTH, CALLBACK_SECRET, GATEWAY_ENV, wait_for_job
 
 from gateway.callbacks import verify
 from producer import JobCancelled, RerankClient
 from producer.ledger import record_submitted
-from rerankq.fleet import GatewayProcess
+from rerankq.fleet import GatewayProcess, start_gateway, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -134,3 +134,21 @@ def _wait_for(condition: object, timeout: float = 10) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_gateway_processes_share_nothing_but_redis(
+    http: httpx.Client, client: RerankClient, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Behind a load balancer consecutive requests reach different processes: a job submitted to
+    one is fetched and cancelled through another."""
+    other = start_gateway(tmp_path_factory.mktemp("second-gateway") / "gateway.log", env=GATEWAY_ENV)
+    try:
+        second = httpx.Client(base_url=other.url, headers=AUTH, timeout=60)
+        job_id = http.post("/v1/jobs", json={"query": QUERY, "documents": DOCS}).json()["id"]
+        assert wait_for_job(second, job_id)["status"] == "succeeded"
+        queued = client.build(QUERY, DOCS, model="tiny-bert", cache=False)
+        record_submitted(client.app.backend.client, queued.job_id, queued.model, "interactive", client.settings)
+        assert second.delete(f"/v1/jobs/{queued.job_id}").json()["status"] == "cancelled"
+        assert http.get(f"/v1/jobs/{queued.job_id}").json()["status"] == "cancelled"
+    finally:
+        stop_process(other.process)
