@@ -16,25 +16,22 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class CohereV1Request(_Request):
-    """Cohere v1 and Jina: documents as strings or objects; ``rank_fields`` picks object fields."""
-
+class _CohereRequest(_Request):
     model: str | None = None
     query: str
     documents: list[Document]
     top_n: int | None = Field(None, ge=1)
     return_documents: bool = False
     rank_fields: list[str] | None = None
+
+
+class CohereV1Request(_CohereRequest):
+    """Cohere v1 and Jina: documents as strings or objects; ``rank_fields`` picks object fields."""
+
     max_chunks_per_doc: int | None = Field(None, ge=1)  # accepted; long documents are truncated
 
 
-class CohereV2Request(_Request):
-    model: str | None = None
-    query: str
-    documents: list[Document]
-    top_n: int | None = Field(None, ge=1)
-    return_documents: bool = False
-    rank_fields: list[str] | None = None
+class CohereV2Request(_CohereRequest):
     max_tokens_per_doc: int | None = Field(None, ge=1)  # accepted; documents are truncated at max_length
 
 

@@ -82,7 +82,8 @@ class RerankService:
         raise UnknownModel(requested, await self.known_models())
 
     async def submit(self, query: Any, documents: Sequence[Any], model: str | None, **options: Any) -> RerankJob:
-        """Validate (InvalidRequest / RequestTooLarge), resolve, admit, enqueue."""
+        """Validate (InvalidRequest / RequestTooLarge), resolve, admit, enqueue. Input is checked
+        first, against the default model's name, so a bad body costs no Redis round trip."""
         job = self.client.build(query, documents, model=self.settings.default_model, **options)
         job = job.model_copy(update={"model": await self.resolve_model(model)})
         await self.admit(job.model)

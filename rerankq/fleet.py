@@ -24,13 +24,17 @@ from rerankq.local_redis import local_redis_server
 
 
 @dataclass
-class WorkerProcess:
-    model: str
+class LoggedProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class WorkerProcess(LoggedProcess):
+    model: str
 
 
 def start_worker(
@@ -44,7 +48,7 @@ def start_worker(
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
-    return WorkerProcess(model, process, log_path)
+    return WorkerProcess(process, log_path, model)
 
 
 def wait_until_consuming(worker: WorkerProcess, timeout: float = 120) -> None:
@@ -73,13 +77,8 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
 
 
 @dataclass
-class GatewayProcess:
+class GatewayProcess(LoggedProcess):
     url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 def free_port() -> int:
@@ -99,7 +98,7 @@ def start_gateway(log_path: Path, *args: str, env: dict[str, str] | None = None)
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
-    gateway = GatewayProcess(f"http://127.0.0.1:{port}", process, log_path)
+    gateway = GatewayProcess(process, log_path, f"http://127.0.0.1:{port}")
     _wait_until_serving(gateway)
     return gateway
 
