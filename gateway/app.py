@@ -37,7 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await service.stop()
             await redis.aclose()
 
-    app = FastAPI(title="rerankq gateway", version="0.1.0", lifespan=lifespan)
+    # no redirect_slashes: API clients get a JSON 404, not a redirect to another path
+    app = FastAPI(title="rerankq gateway", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
     app.state.api_keys = ApiKeys(settings.api_keys)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 from gateway_support import AUTH, PausedModel, wait_for_job
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from producer.constants import queue_name
@@ -108,6 +108,7 @@ def test_hostile_bodies_never_cause_a_5xx(
 
 @HOSTILE
 @given(job_id=st.text(min_size=1, max_size=200).filter(lambda s: s not in (".", "..")))
+@example(job_id="/")  # once answered by a redirect (FastAPI's redirect_slashes), not JSON
 def test_hostile_job_ids_never_cause_a_5xx(gateway: GatewayProcess, job_id: str) -> None:
     http = httpx.Client(base_url=gateway.url, headers=AUTH, timeout=60)
     quoted = urllib.parse.quote(job_id.encode("utf-8", "surrogatepass"), safe="")

@@ -18,11 +18,11 @@ pytestmark = pytest.mark.slow
 MODEL = "crash-model"
 # short visibility timeout so the test need not wait an hour; one pair per forward pass so the
 # job runs long enough to be killed in the middle
-CRASH_ENV = {"RERANKQ_VISIBILITY_TIMEOUT_S": "10", "RERANKQ_JOB_TIME_LIMIT_S": "9", "RERANKQ_MAX_BATCH_PAIRS": "1"}
+CRASH_ENV = {"RERANKQ_VISIBILITY_TIMEOUT_S": "20", "RERANKQ_JOB_TIME_LIMIT_S": "19", "RERANKQ_MAX_BATCH_PAIRS": "1"}
 
 
 def test_sigkill_mid_job_is_redelivered_and_finished(client: RerankClient, model_dirs: dict, tmp_path: Path) -> None:
-    documents = [f"document {i} about rerankers and queues " * 8 for i in range(400)]
+    documents = [f"document {i} about rerankers and queues " * 8 for i in range(200)]
     first = start_worker(str(model_dirs["tiny-bert"]), tmp_path / "first.log", "--name", MODEL, env=CRASH_ENV)
     wait_until_consuming(first)
     handle = client.submit(f"crash query {time.monotonic_ns()}", documents, model=MODEL, cache=False)
