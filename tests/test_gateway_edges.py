@@ -251,3 +251,13 @@ async def test_no_worker_for_a_known_model_is_503_naming_it(jobs_created: Callab
         response = await gateway.post("/v1/rerank", json=body)
     assert assert_error(response, 503, "no_workers")["model"] == "bge-reranker-v2-m3"
     assert jobs_created() == before
+
+
+async def test_a_job_the_worker_fails_is_502_with_its_reason(workers: dict, settings) -> None:
+    """A gateway configured with a larger document limit than its workers: the worker's own
+    re-check fails the job, and the client learns why."""
+    documents = [f"document {i}" for i in range(settings.max_documents + 1)]
+    async with app_client(max_documents=settings.max_documents * 2) as gateway:
+        response = await gateway.post("/v1/rerank", json={"query": fresh_query(), "documents": documents})
+    body = assert_error(response, 502, "job_failed")
+    assert body["job_id"] and f"at most {settings.max_documents} documents" in body["message"]
