@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from gateway.metrics import WAITING
 from gateway.rerank_api import Service, service_of
 from producer.constants import LANES, queue_name
+from producer.presence import serving
 
 health = APIRouter()
 protected = APIRouter()
@@ -49,7 +50,7 @@ async def models(service: Service) -> dict[str, Any]:
         manifest = service.manifests.get(name)
         lanes = {
             lane: {
-                "workers": sum(1 for p in workers if p.model == name and lane in p.lanes),
+                "workers": len(serving(workers, name, lane)),
                 "queued": await service.fleet.queue_depth(queue_name(name, lane)),
             }
             for lane in LANES

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from celery import states
 
 from gateway.fleet_view import FleetView
 from gateway.waiter import ResultWaiter
 from producer.aio import AsyncRerankClient
 from producer.constants import DEFAULT_LANE, job_key, queue_name
 from producer.contract import RerankJob, RerankResult
-from producer.errors import JobNotFound, JobTimeout, NoWorkers, QueueFull, RerankError, UnknownModel
-from producer.jobs import JobStatus, outcome, status_of
+from producer.errors import JobFailed, JobNotFound, JobTimeout, NoWorkers, QueueFull, RerankError, UnknownModel
+from producer.jobs import JobStatus, outcome_of_meta, status_of
+from producer.presence import serving
 from producer.registry import load_manifests
 from producer.settings import Settings
 
@@ -101,7 +101,7 @@ class RerankService:
     async def admit(self, model: str) -> None:
         """Refuse work no one will take (NoWorkers) or that would queue past the lane's limit (QueueFull)."""
         lane = DEFAULT_LANE
-        if not any(model == p.model and lane in p.lanes for p in await self.fleet.workers()):
+        if not serving(await self.fleet.workers(), model, lane):
             raise NoWorkers(model, lane)
         queue = queue_name(model, lane)
         depth = await self.fleet.queue_depth(queue)
@@ -116,7 +116,7 @@ class RerankService:
         except TimeoutError as e:
             view = await self.view(job_id)
             raise JobTimeout(job_id, timeout, view.status) from e
-        return outcome(job_id, meta["status"], self._payload(meta))
+        return outcome_of_meta(self.client.app.backend, job_id, meta)
 
     async def view(self, job_id: str) -> JobView:
         """Status and, when finished, result or error. JobNotFound for an id never submitted."""
@@ -132,17 +132,15 @@ class RerankService:
             result = RerankResult.model_validate(meta["result"])
             return JobView(job_id, status, result.model, result=result)
         if status in (JobStatus.FAILED, JobStatus.CANCELLED):
-            return JobView(job_id, status, model, error=_reason(self._payload(meta)))
+            return JobView(job_id, status, model, error=self._failure_reason(job_id, meta))
         return JobView(job_id, status, model)
 
     async def cancel(self, job_id: str) -> JobStatus:
         return await self.client.cancel(job_id)
 
-    def _payload(self, meta: dict[str, Any]) -> Any:
-        if meta["status"] == states.SUCCESS:
-            return meta["result"]
-        return self.client.app.backend.exception_to_python(meta["result"])
-
-
-def _reason(payload: Any) -> str:
-    return f"{type(payload).__name__}: {payload}" if isinstance(payload, BaseException) else str(payload)
+    def _failure_reason(self, job_id: str, meta: dict[str, Any]) -> str:
+        try:
+            outcome_of_meta(self.client.app.backend, job_id, meta)
+        except JobFailed as e:
+            return e.reason
+        return ""

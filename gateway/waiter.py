@@ -17,8 +17,10 @@ import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
-from celery import Celery, states
+from celery import Celery
 from redis.exceptions import RedisError
+
+from producer.jobs import is_ready
 
 log = logging.getLogger("rerankq.gateway")
 
@@ -60,7 +62,7 @@ class ResultWaiter:
             if len(futures) == 1:
                 await self._pubsub.subscribe(key)
             meta = await self.read(job_id)
-            if meta is not None and is_final(meta):
+            if is_ready(meta):
                 return meta
             return await asyncio.wait_for(future, timeout)
         finally:
@@ -107,7 +109,7 @@ class ResultWaiter:
                 self._settle(key, self._decode(raw))
 
     def _settle(self, key: str, meta: Meta) -> None:
-        if not is_final(meta):
+        if not is_ready(meta):
             return
         for future in self._waiting.get(key, set()):
             if not future.done():
@@ -116,10 +118,6 @@ class ResultWaiter:
     def _decode(self, raw: bytes) -> Meta:
         meta: Meta = self._backend.decode_result(raw)
         return meta
-
-
-def is_final(meta: Meta) -> bool:
-    return meta.get("status") in states.READY_STATES
 
 
 def _text(value: bytes | str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Any
+from typing import Any, TypeGuard
 
 import celery.exceptions
 import redis.asyncio as aioredis
@@ -60,6 +60,19 @@ def outcome(job_id: str, state: str, payload: Any) -> RerankResult:
     raise JobFailed(job_id, reason)
 
 
+def outcome_of_meta(backend: Any, job_id: str, meta: dict[str, Any]) -> RerankResult:
+    """``outcome`` for a finished job's meta as read from the result backend (failures arrive
+    serialized; Celery's backend turns them back into exceptions)."""
+    payload = meta["result"]
+    if meta["status"] != states.SUCCESS:
+        payload = backend.exception_to_python(payload)
+    return outcome(job_id, meta["status"], payload)
+
+
+def is_ready(meta: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
+    return meta is not None and meta["status"] in states.READY_STATES
+
+
 class JobHandle:
     """A submitted job. ``result()`` blocks until the worker answers or the timeout passes."""
 
@@ -104,7 +117,7 @@ class AsyncJobHandle:
         async with self._redis.pubsub() as pubsub:
             await pubsub.subscribe(self._key)  # subscribe first, then read: no lost wake-up
             meta = await self._read_meta()
-            while not _is_ready(meta):
+            while not is_ready(meta):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     status = status_of(meta["status"]) if meta else JobStatus.PENDING
@@ -112,10 +125,7 @@ class AsyncJobHandle:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, 1.0))
                 meta = self._decode(message["data"]) if message else await self._read_meta()
         assert meta is not None
-        payload = meta["result"]
-        if meta["status"] != states.SUCCESS:
-            payload = self._backend.exception_to_python(payload)
-        return outcome(self.id, meta["status"], payload)
+        return outcome_of_meta(self._backend, self.id, meta)
 
     async def _read_meta(self) -> dict[str, Any] | None:
         raw = await self._redis.get(self._key)
@@ -127,7 +137,3 @@ class AsyncJobHandle:
 
     def __repr__(self) -> str:
         return f"AsyncJobHandle(id={self.id!r})"
-
-
-def _is_ready(meta: dict[str, Any] | None) -> bool:
-    return meta is not None and meta["status"] in states.READY_STATES

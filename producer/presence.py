@@ -13,8 +13,6 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from producer.constants import WORKERS_KEY
-
 STALE_AFTER_INTERVALS = 3
 
 
@@ -56,6 +54,3 @@ def live_presences(
 
 def serving(presences: list[WorkerPresence], model: str, lane: str) -> list[WorkerPresence]:
     return [p for p in presences if p.model == model and lane in p.lanes]
-
-
-__all__ = ["WORKERS_KEY", "WorkerPresence", "live_presences", "serving"]

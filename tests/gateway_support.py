@@ -56,6 +56,13 @@ async def app_client(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
 def wait_for_job(http: httpx.Client, job_id: str, timeout: float = 30) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:

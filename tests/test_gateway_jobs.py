@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import httpx
 import pytest
-from gateway_support import AUTH, CALLBACK_SECRET, GATEWAY_ENV, wait_for_job
+from gateway_support import AUTH, CALLBACK_SECRET, GATEWAY_ENV, wait_for_job, wait_until
 
 from gateway.callbacks import verify
 from producer import JobCancelled, RerankClient
@@ -71,7 +71,7 @@ def test_a_queued_job_is_cancelled_and_never_scored(http: httpx.Client, client: 
     worker_log = workers["tiny-bert"].log
     deadline_state = wait_for_job(http, job.job_id, timeout=2)
     assert deadline_state["status"] == "cancelled"
-    _wait_for(lambda: f'"job_cancelled", "job_id": "{job.job_id}"' in worker_log())
+    wait_until(lambda: f'"job_cancelled", "job_id": "{job.job_id}"' in worker_log())
     assert http.get(f"/v1/jobs/{job.job_id}").json()["status"] == "cancelled"  # no result replaced it
 
 
@@ -110,7 +110,7 @@ def receiver() -> Iterator[str]:
 def test_callback_is_signed_and_retried_until_accepted(http: httpx.Client, receiver: str) -> None:
     body = {"query": QUERY, "documents": DOCS, "callback_url": receiver}
     job_id = http.post("/v1/jobs", json=body).json()["id"]
-    _wait_for(lambda: len(Receiver.calls) >= 2, timeout=30)
+    wait_until(lambda: len(Receiver.calls) >= 2, timeout=30)
     first, second = Receiver.calls[:2]
     assert first[1] == second[1]  # the retry carries the same state
     headers, payload = second
@@ -125,15 +125,6 @@ def test_callback_is_signed_and_retried_until_accepted(http: httpx.Client, recei
 def test_callback_url_must_be_http(http: httpx.Client) -> None:
     response = http.post("/v1/jobs", json={"query": QUERY, "documents": DOCS, "callback_url": "file:///etc/passwd"})
     assert response.status_code == 422 and response.json()["field"] == "callback_url"
-
-
-def _wait_for(condition: object, timeout: float = 10) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_gateway_processes_share_nothing_but_redis(
