@@ -1,6 +1,7 @@
 """rerankq's producer SDK: what web apps and batch jobs import. Light: never imports torch."""
 
 from producer.aio import AsyncRerankClient
+from producer.bulk import BulkDocument, BulkRanked, BulkRecord, RecordResult
 from producer.client import RerankClient
 from producer.contract import JobStats, RankedDocument, RerankResult
 from producer.errors import (
@@ -22,6 +23,9 @@ from producer.settings import Settings, get_settings
 __all__ = [
     "AsyncJobHandle",
     "AsyncRerankClient",
+    "BulkDocument",
+    "BulkRanked",
+    "BulkRecord",
     "InvalidRequest",
     "JobCancelled",
     "JobFailed",
@@ -34,6 +38,7 @@ __all__ = [
     "NoWorkers",
     "QueueFull",
     "RankedDocument",
+    "RecordResult",
     "RequestTooLarge",
     "RerankClient",
     "RerankError",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from celery import states
 from typing_extensions import Unpack
 
 from producer import ledger
+from producer.bulk import BulkRanker, BulkRecord, RecordResult
 from producer.cache import ScoreCache
-from producer.constants import DEFAULT_LANE, TASK_RERANK, queue_name
+from producer.constants import DEFAULT_LANE, TASK_RERANK, Lane, queue_name
 from producer.contract import (
     JobOptions,
     RankedDocument,
@@ -56,11 +58,14 @@ class RerankClient:
         """A handle for a job submitted earlier, by this or any other process."""
         return JobHandle(self.app, job_id)
 
-    def build(self, query: str, documents: Sequence[str], **options: Unpack[JobOptions]) -> RerankJob:
+    def build(
+        self, query: str, documents: Sequence[str], *, lane: Lane = DEFAULT_LANE, **options: Unpack[JobOptions]
+    ) -> RerankJob:
         """Validate and build a job without sending it."""
         return build_job(
             query,
             documents,
+            lane=lane,
             model=options.get("model") or self.settings.default_model,
             top_n=options.get("top_n"),
             return_documents=options.get("return_documents", False),
@@ -75,25 +80,44 @@ class RerankClient:
         return ledger.cancel(self.app, self.app.backend.client, job_id, self.settings)
 
     def send(self, job: RerankJob) -> None:
-        """Answer from the result cache when every document is cached; else publish the job,
-        carrying the cached scores so the worker computes only the misses."""
-        ledger.record_submitted(self.app.backend.client, job.job_id, job.model, DEFAULT_LANE, self.settings)
+        """Publish the job, or store its answer at once when the cache holds every document."""
+        ledger.record_submitted(self.app.backend.client, job.job_id, job.model, job.lane, self.settings)
+        if (answer := self.dispatch(job)) is not None:
+            self._store(answer)
+
+    def dispatch(self, job: RerankJob) -> RerankResult | None:
+        """Publish the job on its lane's queue, carrying the cached scores so the worker computes
+        only the misses. Returns the answer instead when there is nothing left to compute."""
         if not job.documents:
-            self._store(RerankResult(job_id=job.job_id, model=job.model, device="none", results=[]))
-            return
+            return RerankResult(job_id=job.job_id, model=job.model, device="none", results=[])
         job = self._with_cached_scores(job)
         if len(job.cached_scores) == len(job.documents):
-            self._store(answer_from_cache(job))
-            return
+            return answer_from_cache(job)
         self.app.send_task(
             TASK_RERANK,
             args=[job.model_dump()],
             task_id=job.job_id,
-            queue=queue_name(job.model),
+            queue=queue_name(job.model, job.lane),
             # task events (Flower) show this instead of the arguments: no document text leaves
             argsrepr=f"<{job.model}: {len(job.documents)} documents>",
             kwargsrepr="{}",
         )
+        return None
+
+    def rank_many(
+        self,
+        records: Iterable[BulkRecord | Mapping[str, Any] | Exception],
+        *,
+        max_in_flight: int | None = None,
+        ordered: bool = False,
+        **options: Unpack[JobOptions],
+    ) -> Iterator[RecordResult]:
+        """Rerank many records on the model's bulk lane; yield each record's result (its id, ranked
+        documents, or the reason it failed) as it completes, or in input order with ``ordered``.
+        Reads records only as fast as results come back: at most ``max_in_flight`` jobs
+        (default ``RERANKQ_BULK_MAX_IN_FLIGHT``) wait in Redis at a time."""
+        ranker = BulkRanker(self, max_in_flight or self.settings.bulk_max_in_flight, options)
+        return ranker.run(records, ordered=ordered)
 
     def _with_cached_scores(self, job: RerankJob) -> RerankJob:
         if not (job.cache and self.cache.enabled):

@@ -11,6 +11,9 @@ STATE_REROUTED: Final = "REROUTED"
 Lane = Literal["interactive", "bulk", "cpu"]
 LANES: Final[tuple[Lane, ...]] = ("interactive", "bulk", "cpu")
 DEFAULT_LANE: Final[Lane] = "interactive"
+# A worker looks at its lanes in this order (kombu's "priority" queue order), and its batcher
+# serves pairs in this order too: web traffic, then jobs moved off a GPU, then bulk work.
+LANE_PRIORITY: Final[dict[Lane, int]] = {"interactive": 0, "cpu": 1, "bulk": 2}
 
 KEY_PREFIX: Final = "rerankq"
 DELIVERIES_KEY_PREFIX: Final = f"{KEY_PREFIX}:deliveries:"
@@ -40,6 +43,10 @@ def queue_name(model: str, lane: Lane = DEFAULT_LANE) -> str:
 def queue_keys(queue: str) -> list[str]:
     """The Redis lists that hold one kombu queue's waiting messages, one per priority step."""
     return [queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}" for step in KOMBU_PRIORITY_STEPS]
+
+
+def by_priority(lanes: tuple[Lane, ...]) -> tuple[Lane, ...]:
+    return tuple(sorted(dict.fromkeys(lanes), key=LANE_PRIORITY.__getitem__))
 
 
 def job_key(job_id: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from producer.constants import MODEL_NAME_PATTERN, SCORE_KEY_PREFIX
+from producer.constants import DEFAULT_LANE, MODEL_NAME_PATTERN, SCORE_KEY_PREFIX, Lane
 from producer.errors import InvalidRequest, RequestTooLarge
 from producer.settings import Settings
 
@@ -29,6 +29,7 @@ class RerankJob(BaseModel):
     model: str
     query: str
     documents: list[str]
+    lane: Lane = DEFAULT_LANE  # stays "bulk" for a bulk job moved to the cpu lane
     top_n: int | None = None
     return_documents: bool = False
     normalize: bool = True
@@ -74,6 +75,9 @@ class JobStats(BaseModel):
     tokenize_ms: float = 0.0
     infer_ms: float = 0.0
     batches: list[str] = []
+    # forward passes that started after the job reached the batcher and before its first one:
+    # the work it waited behind (an interactive job behind bulk work waits for at most one)
+    waited_batches: int = 0
 
 
 class RerankResult(BaseModel):
@@ -96,6 +100,7 @@ def build_job(
     documents: Any,
     *,
     model: str,
+    lane: Lane = DEFAULT_LANE,
     top_n: Any = None,
     return_documents: bool = False,
     normalize: bool = True,
@@ -112,6 +117,7 @@ def build_job(
         model=model,
         query=query,
         documents=docs,
+        lane=lane,
         top_n=top_n,
         return_documents=bool(return_documents),
         normalize=bool(normalize),
@@ -147,11 +153,16 @@ def check_documents(documents: Any, settings: Settings) -> list[str]:
         raise RequestTooLarge(
             "documents", f"at most {settings.max_documents} documents per job", f"got {len(documents)}"
         )
+    check_document_texts(documents, settings)
+    return list(documents)
+
+
+def check_document_texts(documents: Sequence[Any], settings: Settings) -> None:
+    """Each document a string within the per-document limit (no limit on how many)."""
     for i, doc in enumerate(documents):
         if not isinstance(doc, str):
             raise InvalidRequest(f"documents[{i}]", "must be a string", f"got {_kind(doc)}")
         _check_text(f"documents[{i}]", doc, settings.max_document_chars)
-    return list(documents)
 
 
 def check_top_n(top_n: Any) -> None:

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     fault_oom_batch_tokens: int | None = Field(None, ge=1)
     fault_oom_pair_tokens: int | None = Field(None, ge=1)
 
+    # Bulk runs (producer.bulk): a record with more documents becomes several jobs of this size;
+    # a run keeps at most this many jobs in Redis at once. Keep the sum over concurrent runs below
+    # the workers' total --concurrency, so interactive jobs always find a free job slot.
+    bulk_job_documents: int = Field(64, ge=1)
+    bulk_max_in_flight: int = Field(16, ge=1)
+
     # Worker presence (producer.presence): how often each worker refreshes its entry; an entry
     # older than three intervals counts as a dead worker.
     presence_interval_s: float = Field(5.0, gt=0)

@@ -13,7 +13,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery/kombu configuration. JSON only; late acks so a crashed worker's jobs are redelivered."""
     # kombu's Redis transport and Celery's Redis backend each read the visibility timeout from a
     # different place; set it in all of them (celery/celery#7651).
-    transport_options = {"visibility_timeout": settings.visibility_timeout_s}
+    # "priority": a worker's BRPOP lists its queues in the order it consumes them (most urgent
+    # lane first) instead of kombu's default round robin, so bulk waits while interactive has work.
+    transport_options = {"visibility_timeout": settings.visibility_timeout_s, "queue_order_strategy": "priority"}
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,

@@ -17,8 +17,6 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 from producer import RerankClient
-from producer.constants import WORKERS_KEY, queue_name
-from producer.presence import WorkerPresence
 from producer.settings import Settings, get_settings
 from rerankq.fleet import (
     GatewayProcess,
@@ -91,6 +89,21 @@ def workers(
             stop_worker(worker)
 
 
+@pytest.fixture(scope="session")
+def faulty_model(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A CPU worker of the tiny BERT, served as "tiny-faulty", whose backend raises out-of-memory
+    on any pair longer than 24 tokens (fault injection): jobs holding such a pair fail."""
+    name = "tiny-faulty"
+    env = {"RERANKQ_FAULT_OOM_PAIR_TOKENS": "24"}
+    log = tmp_path_factory.mktemp("faulty-worker") / "worker.log"
+    worker = start_worker(str(model_dirs["tiny-bert"]), log, "--name", name, "--concurrency", "4", env=env)
+    try:
+        wait_until_consuming(worker)
+        yield name
+    finally:
+        stop_worker(worker)
+
+
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[RerankClient]:
     with RerankClient(redis_server.url) as client:
@@ -111,17 +124,11 @@ def gateway(workers: dict[str, WorkerProcess], tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture
-def paused_model(client: RerankClient, workers: dict, redis_server: RedisServer) -> Iterator[object]:
-    """The tiny XLM-R worker stops consuming its queue for the test (see PausedModel)."""
+def paused_model(client: RerankClient, workers: dict) -> Iterator[object]:
+    """The tiny XLM-R worker stops consuming its interactive queue for the test (see PausedModel)."""
     from gateway_support import PausedModel
+    from worker_support import paused, resume
 
     model = "tiny-xlmr"
-    queue = queue_name(model)
-    presences = [WorkerPresence.from_json(raw) for raw in redis.Redis.from_url(redis_server.url).hvals(WORKERS_KEY)]
-    worker_id = next(p.worker_id for p in presences if p is not None and p.model == model)
-    client.app.control.cancel_consumer(queue, destination=[worker_id], reply=True)
-    paused = PausedModel(model, lambda: client.app.control.add_consumer(queue, destination=[worker_id], reply=True))
-    try:
-        yield paused
-    finally:
-        paused.resume()
+    with paused(client, model):
+        yield PausedModel(model, lambda: resume(client, model, ("interactive",)))

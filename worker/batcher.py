@@ -34,6 +34,7 @@ class ScoredJob:
 
     scores: list[float]
     batch_ids: list[str]
+    waited_batches: int = 0  # forward passes started after this job arrived and before its first
 
 
 @dataclass
@@ -60,6 +61,9 @@ class BatchStats:
 class _Submission:
     pairs: Sequence[EncodedPair]
     future: Future[ScoredJob]
+    priority: int  # 0 most urgent (interactive work)
+    after_batch: int = 0  # the last forward pass started before this submission arrived
+    waited_batches: int = 0
     scores: list[float] = field(init=False)
     remaining: int = field(init=False)
     batch_ids: list[str] = field(default_factory=list)
@@ -113,6 +117,13 @@ class Batcher:
         recipe, kept for comparison in the benchmarks).
     ``max_consecutive_ooms``
         Out-of-memory errors in a row after which the jobs involved give up on this device.
+    ``bulk_window_batches``
+        Less urgent work (priority above 0: bulk) is taken oldest job first, this many batches'
+        worth at a time, so bulk jobs finish in order and free their slots steadily.
+
+    Priority: the batcher always serves the most urgent pending work first, and checks again
+    between batches. Interactive pairs that arrive while a bulk window runs wait for at most the
+    batch in progress; the rest of the window goes back to the pending pool.
 
     On out-of-memory the batcher frees cached device memory, halves its token budget (see
     ``AdaptiveBudget``) and retries the batch in halves, down to single pairs. A pair that fails
@@ -127,6 +138,7 @@ class Batcher:
         max_wait_ms: float,
         max_consecutive_ooms: int = 16,
         cross_job: bool = True,
+        bulk_window_batches: int = 4,
     ) -> None:
         self.backend = backend
         self.cross_job = cross_job
@@ -135,12 +147,14 @@ class Batcher:
         self.max_batch_pairs = max_batch_pairs
         self.max_wait_ms = max_wait_ms
         self.max_consecutive_ooms = max_consecutive_ooms
-        self._pending: list[_Item] = []
+        self.bulk_window_batches = bulk_window_batches
+        self._pending: dict[int, list[_Item]] = {}  # by priority, oldest first
         self._preparing = 0
         self._cond = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
         self._batch_seq = itertools.count(1)
+        self._last_batch = 0  # number of the latest forward pass started (read by job threads)
         self._batch_prefix = f"{socket.gethostname()}:{os.getpid()}"
 
     def start(self) -> None:
@@ -168,14 +182,15 @@ class Batcher:
                 self._preparing -= 1
                 self._cond.notify_all()
 
-    def submit(self, pairs: Sequence[EncodedPair]) -> Future[ScoredJob]:
-        """Queue one job's pairs; the future resolves when all of them are scored."""
-        submission = _Submission(pairs, Future())
+    def submit(self, pairs: Sequence[EncodedPair], priority: int = 0) -> Future[ScoredJob]:
+        """Queue one job's pairs; the future resolves when all of them are scored. Lower
+        ``priority`` runs first (0: interactive)."""
+        submission = _Submission(pairs, Future(), priority, self._last_batch)
         if not pairs:
             submission.future.set_result(ScoredJob([], []))
             return submission.future
         with self._cond:
-            self._pending.extend(_Item(submission, i) for i in range(len(pairs)))
+            self._pending.setdefault(priority, []).extend(_Item(submission, i) for i in range(len(pairs)))
             self._cond.notify_all()
         return submission.future
 
@@ -184,12 +199,17 @@ class Batcher:
             items = self._collect()
             if items is None:
                 return
-            for batch in plan_batches(items, self.budget.current, self.max_batch_pairs):
+            priority = items[0].submission.priority
+            batches = plan_batches(items, self.budget.current, self.max_batch_pairs)
+            for done, batch in enumerate(batches):
+                if done and self._more_urgent_than(priority):
+                    self._put_back([item for rest in batches[done:] for item in rest])
+                    break
                 self._run(batch)
 
     def _collect(self) -> list[_Item] | None:
         """Wait for work, give a small backlog ``max_wait_ms`` to grow while more is being
-        prepared, then take all of it (one job's worth without cross-job batching)."""
+        prepared, then take the most urgent lane's pairs (one job's worth without cross-job batching)."""
         with self._cond:
             while self._running and not self._pending:
                 self._cond.wait()
@@ -198,25 +218,53 @@ class Batcher:
             if not self.cross_job:
                 return self._take_first_job()
             deadline = time.monotonic() + self.max_wait_ms / 1000
-            while self._preparing and self._is_small(self._pending) and (remaining := deadline - time.monotonic()) > 0:
+            while self._preparing and self._is_small() and (remaining := deadline - time.monotonic()) > 0:
                 self._cond.wait(remaining)
-            items, self._pending = self._pending, []
-            return items
+            return self._take_most_urgent()
+
+    def _take_most_urgent(self) -> list[_Item]:
+        """All interactive pairs; of less urgent work, the oldest pairs, a window of a few batches."""
+        priority = min(self._pending)
+        queue = self._pending.pop(priority)
+        if priority == 0:
+            return queue
+        window = self.bulk_window_batches * self.max_batch_pairs
+        taken, rest = queue[:window], queue[window:]
+        if rest:
+            self._pending[priority] = rest
+        return taken
 
     def _take_first_job(self) -> list[_Item]:
-        first = self._pending[0].submission
-        items = [item for item in self._pending if item.submission is first]
-        self._pending = [item for item in self._pending if item.submission is not first]
+        priority = min(self._pending)
+        queue = self._pending.pop(priority)
+        first = queue[0].submission
+        items = [item for item in queue if item.submission is first]
+        if rest := [item for item in queue if item.submission is not first]:
+            self._pending[priority] = rest
         return items
 
-    def _is_small(self, items: Sequence[_Item]) -> bool:
-        if len(items) >= self.max_batch_pairs:
+    def _more_urgent_than(self, priority: int) -> bool:
+        with self._cond:
+            return any(p < priority for p in self._pending)
+
+    def _put_back(self, items: list[_Item]) -> None:
+        """Return untouched pairs to the front of their lane: they are older than anything there."""
+        with self._cond:
+            priority = items[0].submission.priority
+            self._pending[priority] = items + self._pending.get(priority, [])
+
+    def _is_small(self) -> bool:
+        """Whether everything pending would make one small batch (then waiting for more pays)."""
+        count = sum(map(len, self._pending.values()))
+        if count >= self.max_batch_pairs:
             return False
-        return len(items) * max(item.length for item in items) < self.budget.current
+        longest = max(item.length for queue in self._pending.values() for item in queue)
+        return count * longest < self.budget.current
 
     def _run(self, batch: list[_Item]) -> None:
         """The one place a forward pass happens."""
-        batch_id = f"{self._batch_prefix}:{next(self._batch_seq)}"
+        number = self._last_batch = next(self._batch_seq)
+        batch_id = f"{self._batch_prefix}:{number}"
         try:
             scores = self.backend.forward([item.submission.pairs[item.position] for item in batch])
         except torch.OutOfMemoryError:
@@ -228,7 +276,7 @@ class Batcher:
             return
         self.budget.recover()
         self.stats.add([item.length for item in batch])
-        self._route(batch, scores, batch_id)
+        self._route(batch, scores, batch_id, number)
 
     def _split_after_oom(self, batch: list[_Item]) -> None:
         self.backend.free_memory()
@@ -248,12 +296,15 @@ class Batcher:
                 submission.future.set_exception(error)
 
     @staticmethod
-    def _route(batch: list[_Item], scores: list[float], batch_id: str) -> None:
+    def _route(batch: list[_Item], scores: list[float], batch_id: str, number: int) -> None:
         for item, score in zip(batch, scores, strict=True):
             submission = item.submission
             submission.scores[item.position] = score
             submission.remaining -= 1
+            if not submission.batch_ids:  # its first forward pass: how many ran ahead of it
+                submission.waited_batches = number - 1 - submission.after_batch
             if batch_id not in submission.batch_ids:
                 submission.batch_ids.append(batch_id)
             if submission.remaining == 0 and not submission.future.done():
-                submission.future.set_result(ScoredJob(submission.scores, submission.batch_ids))
+                result = ScoredJob(submission.scores, submission.batch_ids, submission.waited_batches)
+                submission.future.set_result(result)

@@ -14,7 +14,7 @@ import torch
 from celery import signals
 
 from producer.cache import ScoreCache
-from producer.constants import Lane, queue_name
+from producer.constants import Lane, by_priority, queue_name
 from producer.settings import Settings, get_settings
 from worker.backends import Backend, OomInjectingBackend
 from worker.batcher import Batcher
@@ -34,7 +34,7 @@ class WorkerOptions:
     concurrency: int = 32
     name: str | None = None
     max_length: int | None = None
-    lanes: tuple[Lane, ...] | None = None  # None: interactive (+ cpu on a CPU worker)
+    lanes: tuple[Lane, ...] | None = None  # None: interactive and bulk (+ cpu on a CPU worker)
     min_free_gpu_mb: int = 0
     fallback_to_cpu: bool = False
     torch_threads: int | None = None  # None: RERANKQ_TORCH_THREADS, else torch's default
@@ -76,7 +76,9 @@ def load_runtime(options: WorkerOptions) -> Runtime:
         torch.get_num_threads(),
         "on" if cross_job else "off",
     )
-    lanes = options.lanes or (("interactive", "cpu") if device == "cpu" else ("interactive",))
+    lanes = by_priority(
+        options.lanes or (("interactive", "bulk", "cpu") if device == "cpu" else ("interactive", "bulk"))
+    )
     redis_client = redis.Redis.from_url(settings.redis_url)
     return Runtime(manifest, backend, batcher, settings, redis_client, cache, identity, lanes)
 

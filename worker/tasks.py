@@ -12,7 +12,7 @@ from celery import Task
 from celery.exceptions import Ignore
 from pydantic import ValidationError
 
-from producer.constants import STATE_REROUTED, TASK_RERANK, cancel_key, deliveries_key, queue_name
+from producer.constants import LANE_PRIORITY, STATE_REROUTED, TASK_RERANK, cancel_key, deliveries_key, queue_name
 from producer.contract import JobStats, RerankJob, RerankResult, check_job, rank_scores, score_options
 from producer.errors import InvalidRequest, JobFailed
 from worker.app import app
@@ -173,7 +173,8 @@ def compute_scores(work: PreparedJob, runtime: Runtime) -> tuple[dict[str, float
     if not work.pairs:
         return {}, JobStats()
     submitted = time.time()
-    scored = runtime.batcher.submit(work.pairs).result(timeout=runtime.settings.job_time_limit_s)
+    priority = LANE_PRIORITY[work.job.lane]
+    scored = runtime.batcher.submit(work.pairs, priority).result(timeout=runtime.settings.job_time_limit_s)
     backend = runtime.backend
     scores = [backend.normalize(s) for s in scored.scores] if work.job.normalize else scored.scores
     stats = JobStats(
@@ -182,6 +183,7 @@ def compute_scores(work: PreparedJob, runtime: Runtime) -> tuple[dict[str, float
         tokenize_ms=work.tokenize_ms,
         infer_ms=(time.time() - submitted) * 1000,
         batches=scored.batch_ids,
+        waited_batches=scored.waited_batches,
     )
     return dict(zip(work.missing, scores, strict=True)), stats
 
@@ -196,6 +198,7 @@ def log_job(job: RerankJob, runtime: Runtime, stats: JobStats, top_score: float 
         "pairs": stats.pairs,
         "cache_hits": stats.cache_hits,
         "batches": len(stats.batches),
+        "waited_batches": stats.waited_batches,
         "queue_ms": round(stats.queue_ms, 2),
         "tokenize_ms": round(stats.tokenize_ms, 2),
         "infer_ms": round(stats.infer_ms, 2),

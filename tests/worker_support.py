@@ -1,0 +1,35 @@
+"""Steer the session's real workers from a test: stop and restart a worker taking jobs off some
+of its queues (Celery's cancel_consumer / add_consumer), so jobs wait in Redis as under overload."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from producer import RerankClient
+from producer.constants import WORKERS_KEY, Lane, queue_name
+from producer.presence import WorkerPresence
+
+
+def worker_id_of(client: RerankClient, model: str) -> str:
+    raw = client.app.backend.client.hvals(WORKERS_KEY)
+    presences = [WorkerPresence.from_json(entry) for entry in raw]
+    return next(p.worker_id for p in presences if p is not None and p.model == model)
+
+
+@contextmanager
+def paused(client: RerankClient, model: str, lanes: tuple[Lane, ...] = ("interactive",)) -> Iterator[None]:
+    """The model's worker consumes none of ``lanes`` inside the block (and again after it)."""
+    destination = [worker_id_of(client, model)]
+    for lane in lanes:
+        client.app.control.cancel_consumer(queue_name(model, lane), destination=destination, reply=True)
+    try:
+        yield
+    finally:
+        resume(client, model, lanes)
+
+
+def resume(client: RerankClient, model: str, lanes: tuple[Lane, ...]) -> None:
+    destination = [worker_id_of(client, model)]
+    for lane in lanes:
+        client.app.control.add_consumer(queue_name(model, lane), destination=destination, reply=True)
