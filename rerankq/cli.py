@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated, cast
 
 import typer
@@ -176,6 +177,54 @@ def cache_clear(model: Annotated[str | None, typer.Option(help="Only this model'
 
     deleted = ScoreCache(get_settings()).clear(model)
     typer.echo(f"deleted {deleted} cached scores" + (f" of {model}" if model else ""))
+
+
+bulk_app = typer.Typer(help="Offline re-indexing: rerank whole files through the bulk lane.", no_args_is_help=True)
+app.add_typer(bulk_app, name="bulk")
+
+
+@bulk_app.command("run")
+def bulk_run(
+    input: Annotated[
+        Path, typer.Argument(help="Records: JSON Lines, or Parquet (.parquet) with id, query, documents.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Ranked records, in input order (.jsonl or .parquet).")
+    ],
+    model: Annotated[str | None, typer.Option(help="Model name (default RERANKQ_DEFAULT_MODEL).")] = None,
+    top_n: Annotated[
+        int | None, typer.Option(min=1, help="Keep the best N documents per record (default all).")
+    ] = None,
+    errors: Annotated[
+        Path | None, typer.Option(help="Failed records with their reasons (default OUTPUT.errors.jsonl).")
+    ] = None,
+    max_in_flight: Annotated[
+        int | None, typer.Option(min=1, help="Jobs waiting in Redis at once (default RERANKQ_BULK_MAX_IN_FLIGHT).")
+    ] = None,
+    restart: Annotated[
+        bool, typer.Option(help="Discard earlier output and progress, start from the first record.")
+    ] = False,
+    log_every: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between progress lines when not on a terminal.")
+    ] = 10.0,
+) -> None:
+    """Rerank every record of INPUT into OUTPUT. Re-running the same command resumes an interrupted
+    run. Exit status: 0 all ranked, 1 some records failed (see the errors file), 2 cannot start,
+    130 interrupted."""
+    from rich.console import Console
+
+    from producer import RerankClient
+    from rerankq.bulk.formats import BulkFileError
+    from rerankq.bulk.run import BulkOptions, BulkUsageError, run_bulk
+
+    options = BulkOptions(input, output, errors, model, top_n, max_in_flight, restart, log_every)
+    console = Console(stderr=True)
+    try:
+        with RerankClient() as client:
+            raise typer.Exit(run_bulk(options, client, console))
+    except (BulkUsageError, BulkFileError) as e:
+        console.print(f"rerankq bulk run: {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from e
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ class BatchStats:
 class _Submission:
     pairs: Sequence[EncodedPair]
     future: Future[ScoredJob]
-    priority: int  # 0 most urgent (interactive work)
+    priority: int = 0  # 0 most urgent (interactive work)
     after_batch: int = 0  # the last forward pass started before this submission arrived
     waited_batches: int = 0
     scores: list[float] = field(init=False)

@@ -1,0 +1,108 @@
+"""How a bulk run shows its progress: a rich progress bar on a terminal, else a log line every
+few seconds (for cron, Airflow or ``kubectl logs``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Protocol
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+@dataclass
+class Tally:
+    """Counters over the whole run, resumed runs included; rates over this process's share."""
+
+    records: int  # final records (output or errors)
+    total: int | None
+    failed: int = 0
+    pairs: int = 0
+    cache_hits: int = 0
+    started: float = field(default_factory=time.monotonic)
+    records_at_start: int = 0
+    pairs_at_start: int = 0
+
+    def begin(self) -> None:
+        """Rates count from here (after a resumed run's counters were loaded)."""
+        self.started = time.monotonic()
+        self.records_at_start, self.pairs_at_start = self.records, self.pairs
+
+    @property
+    def pairs_per_s(self) -> float:
+        return (self.pairs - self.pairs_at_start) / max(time.monotonic() - self.started, 1e-9)
+
+    def eta_s(self) -> float | None:
+        done_here = self.records - self.records_at_start
+        if self.total is None or done_here == 0:
+            return None
+        return (self.total - self.records) * (time.monotonic() - self.started) / done_here
+
+    def summary(self) -> str:
+        rate = f", {self.pairs_per_s:.0f} pairs/s" if self.pairs > self.pairs_at_start else ""
+        return (
+            f"{self.records} records, {self.records - self.failed} ranked, {self.failed} failed, "
+            f"{self.pairs} pairs ({self.cache_hits} from the cache){rate}"
+        )
+
+
+class Display(Protocol):
+    def update(self, tally: Tally) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Bar:
+    def __init__(self, console: Console, tally: Tally) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]rerankq bulk"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.0f} pairs/s"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("cache hits {task.fields[hits]}  failed {task.fields[failed]}"),
+            console=console,
+        )
+        self._task = self._progress.add_task(
+            "bulk", total=tally.total, completed=tally.records, rate=0, hits=0, failed=0
+        )
+        self._progress.start()
+
+    def update(self, tally: Tally) -> None:
+        rate, hits, failed = tally.pairs_per_s, tally.cache_hits, tally.failed
+        self._progress.update(self._task, completed=tally.records, rate=rate, hits=hits, failed=failed)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+class LogLines:
+    def __init__(self, console: Console, every_s: float) -> None:
+        self._console = console
+        self._every_s = every_s
+        self._last = time.monotonic()
+
+    def update(self, tally: Tally) -> None:
+        if time.monotonic() - self._last >= self._every_s:
+            self._last = time.monotonic()
+            self._console.print(log_line(tally), highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        pass
+
+
+def log_line(tally: Tally) -> str:
+    share = f" ({100 * tally.records / tally.total:.1f}%)" if tally.total else ""
+    eta = tally.eta_s()
+    return (
+        f"bulk: {tally.records}/{tally.total if tally.total is not None else '?'} records{share}, "
+        f"{tally.pairs_per_s:.0f} pairs/s, {tally.cache_hits} cache hits, {tally.failed} failed, "
+        f"ETA {timedelta(seconds=round(eta)) if eta is not None else '?'}"
+    )
+
+
+def display_for(console: Console, tally: Tally, log_every_s: float) -> Display:
+    return Bar(console, tally) if console.is_terminal else LogLines(console, log_every_s)
