@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     max_batch_pairs: int | None = Field(None, ge=1)  # None: 128 on a GPU, 32 on CPU (batch_pairs_for)
     max_wait_ms: float = Field(5.0, ge=0)
     max_length: int | None = Field(None, ge=8)  # None: the model manifest's max_length
+    # Padded tokens in one bulk forward pass while interactive jobs are about: what an
+    # interactive job may wait behind (a forward pass cannot be interrupted).
+    bulk_busy_token_budget: int = Field(2048, ge=1)
     # Off: each job gets its own forward pass (the common Celery recipe; for comparison only).
     cross_job_batching: bool = True
     torch_threads: int | None = Field(None, ge=1)  # None: torch's default (one per core)

@@ -111,7 +111,10 @@ def demo(
 @app.command()
 def bench(
     scenario: Annotated[
-        str, typer.Argument(help="throughput, naive, mixed, cache, latency, scale, or all (writes docs/BENCHMARKS.md).")
+        str,
+        typer.Argument(
+            help="throughput, naive, mixed, cache, latency, scale, priority, or all (writes docs/BENCHMARKS.md)."
+        ),
     ],
     model: Annotated[str | None, typer.Option(help="Registry name, Hugging Face id or local folder.")] = None,
     shape: Annotated[

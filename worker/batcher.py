@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import socket
 import threading
@@ -26,6 +27,8 @@ from worker.backends import Backend, EncodedPair
 from worker.oom import AdaptiveBudget, PairTooLarge
 
 log = logging.getLogger("rerankq.batcher")
+
+BUSY_FOR_S = 2.0  # interactive pairs seen this recently: keep bulk forward passes short
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,11 @@ class Batcher:
     ``bulk_window_batches``
         Less urgent work (priority above 0: bulk) is taken oldest job first, this many batches'
         worth at a time, so bulk jobs finish in order and free their slots steadily.
+    ``busy_token_budget``
+        While interactive jobs are about (one arrived in the last ``BUSY_FOR_S`` seconds), bulk
+        forward passes hold at most this many padded tokens: a forward pass cannot be
+        interrupted, so its size is what an interactive job may wait behind. With no interactive
+        traffic, bulk batches are full size.
 
     Priority: the batcher always serves the most urgent pending work first, and checks again
     between batches. Interactive pairs that arrive while a bulk window runs wait for at most the
@@ -139,6 +147,7 @@ class Batcher:
         max_consecutive_ooms: int = 16,
         cross_job: bool = True,
         bulk_window_batches: int = 4,
+        busy_token_budget: int = 2048,
     ) -> None:
         self.backend = backend
         self.cross_job = cross_job
@@ -148,6 +157,8 @@ class Batcher:
         self.max_wait_ms = max_wait_ms
         self.max_consecutive_ooms = max_consecutive_ooms
         self.bulk_window_batches = bulk_window_batches
+        self.busy_token_budget = busy_token_budget
+        self._interactive_at = -math.inf  # when interactive pairs last arrived (monotonic)
         self._pending: dict[int, list[_Item]] = {}  # by priority, oldest first
         self._preparing = 0
         self._cond = threading.Condition()
@@ -189,6 +200,8 @@ class Batcher:
         if not pairs:
             submission.future.set_result(ScoredJob([], []))
             return submission.future
+        if priority == 0:
+            self._interactive_at = time.monotonic()
         with self._cond:
             self._pending.setdefault(priority, []).extend(_Item(submission, i) for i in range(len(pairs)))
             self._cond.notify_all()
@@ -200,12 +213,16 @@ class Batcher:
             if items is None:
                 return
             priority = items[0].submission.priority
-            batches = plan_batches(items, self.budget.current, self.max_batch_pairs)
+            batches = plan_batches(items, self._token_budget(priority), self.max_batch_pairs)
             for done, batch in enumerate(batches):
                 if done and self._more_urgent_than(priority):
                     self._put_back([item for rest in batches[done:] for item in rest])
                     break
                 self._run(batch)
+
+    def _token_budget(self, priority: int) -> int:
+        busy = priority > 0 and time.monotonic() - self._interactive_at < BUSY_FOR_S
+        return min(self.budget.current, self.busy_token_budget) if busy else self.budget.current
 
     def _collect(self) -> list[_Item] | None:
         """Wait for work, give a small backlog ``max_wait_ms`` to grow while more is being

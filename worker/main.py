@@ -63,6 +63,7 @@ def load_runtime(options: WorkerOptions) -> Runtime:
         settings.max_wait_ms,
         settings.max_consecutive_ooms,
         cross_job=cross_job,
+        busy_token_budget=settings.bulk_busy_token_budget,
     )
     batcher.start()
     log.info(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,48 @@ class Pipeline:
         self.client.rank(job.query, job.documents, model=self.model, timeout=JOB_TIMEOUT_S)
         return (time.perf_counter() - started) * 1000
 
+    def paced_ms(self, jobs: Sequence[Job], pace_s: float) -> list[float]:
+        """Jobs started one every ``pace_s`` (a steady rate, as web traffic comes), each timed."""
+        latencies, started = [], time.perf_counter()
+        for i, job in enumerate(jobs):
+            time.sleep(max(0.0, started + i * pace_s - time.perf_counter()))
+            latencies.append(self.e2e_ms(job))
+        return latencies
+
+    def bulk(self, jobs: Sequence[Job]) -> Timed:
+        """The jobs as bulk records through ``rank_many``: first record read to last result."""
+        started = time.perf_counter()
+        results = list(self.client.rank_many(_records(jobs), model=self.model, normalize=False))
+        if failed := [r.error for r in results if not r.ok]:
+            raise RuntimeError(f"{len(failed)} bulk records failed, e.g. {failed[0]}")
+        return Timed(time.perf_counter() - started, total_pairs(list(jobs)))
+
+    @contextmanager
+    def bulk_running(self, make_record: Callable[[], Job]) -> Iterator[Callable[[], int]]:
+        """A bulk run in a thread, fed until the block ends (then it finishes its jobs in flight);
+        entered once its first results came back, so the workers are saturated. Yields a
+        function counting the pairs it has finished so far."""
+        stop, first_result = threading.Event(), threading.Event()
+        done = [0]
+
+        def endless() -> Iterator[Job]:
+            while not stop.is_set():
+                yield make_record()
+
+        def run() -> None:
+            for result in self.client.rank_many(_records(endless()), model=self.model):
+                done[0] += result.pairs
+                first_result.set()
+
+        runner = threading.Thread(target=run, name="bench-bulk", daemon=True)
+        runner.start()
+        first_result.wait(JOB_TIMEOUT_S)
+        try:
+            yield lambda: done[0]
+        finally:
+            stop.set()
+            runner.join(JOB_TIMEOUT_S)
+
     def warm_up(self, count: int) -> None:
         """A first round of jobs so every job thread, connection and allocator is warm."""
         self.run(make_jobs(count, 4, uniform(8, 32)))
@@ -72,6 +115,11 @@ def serving(fleet: Fleet, workers: int = 1, *worker_args: str) -> Iterator[Pipel
         pipeline.warm_up(2 * fleet.concurrency)
         yield pipeline
     pipeline.padding_ratio = _padding_ratio(processes)
+
+
+def _records(jobs: Iterable[Job]) -> Iterator[dict[str, object]]:
+    for i, job in enumerate(jobs):
+        yield {"id": i, "query": job.query, "documents": job.documents}
 
 
 def _padding_ratio(workers: list[WorkerProcess]) -> float | None:

@@ -37,6 +37,11 @@ TARGETS: dict[str, tuple[str, str, Check]] = {
     ),
     "latency": ("overhead_ms_p50", "<= 5 ms", lambda r: r["overhead_ms_p50"] <= 5),
     "scale": ("ratio", ">= 1.8x (2 cores)", lambda r: r["ratio"] >= 1.8),
+    "priority": (
+        "ratio",
+        "interactive p95 under bulk <= 2x idle; bulk >= 0.9x the pipeline's pairs/s",
+        lambda r: r["ratio"] <= 2 and r["bulk_ratio"] >= 0.9,
+    ),
 }
 
 

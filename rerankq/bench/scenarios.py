@@ -4,6 +4,7 @@ returns one record per comparison, with the fields ``rerankq bench --json`` prom
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +136,39 @@ def scale(ctx: BenchContext) -> Iterator[Record]:
     }
 
 
+BULK_RECORD_DOCUMENTS = 64  # a re-indexing record: one query, its candidate passages
+INTERACTIVE_SHARE = 0.25  # interactive jobs arrive at a pace that keeps the worker this busy
+
+
+def priority(ctx: BenchContext) -> Iterator[Record]:
+    """Interactive 1 x 20 jobs at a steady pace (using a quarter of the worker) on an idle worker,
+    then while a bulk run keeps it saturated; and the bulk lane's own rate against the
+    interactive pipeline's (as throughput measures it), on the same pairs, in the same run."""
+    count, docs = ctx.samples(30, 20)
+    pairs = ctx.job_count(300) * 8
+    with serving(ctx.fleet) as pipeline:
+        interactive, _ = pipeline.run(make_jobs(pairs // 8, 8, PASSAGES))
+        bulk = pipeline.bulk(make_jobs(max(1, pairs // BULK_RECORD_DOCUMENTS), BULK_RECORD_DOCUMENTS, PASSAGES))
+        pace_s = statistics.median(pipeline.e2e_ms(job) for job in make_jobs(5, docs, PASSAGES)) / 1000
+        pace_s /= INTERACTIVE_SHARE
+        idle = pipeline.paced_ms(make_jobs(count, docs, PASSAGES), pace_s)
+        with pipeline.bulk_running(lambda: make_jobs(1, BULK_RECORD_DOCUMENTS, PASSAGES)[0]) as bulk_pairs:
+            started, pairs_before = time.perf_counter(), bulk_pairs()
+            under_bulk = pipeline.paced_ms(make_jobs(count, docs, PASSAGES), pace_s)
+            beside = (bulk_pairs() - pairs_before) / (time.perf_counter() - started)
+    yield {
+        "idle_ms_p95": percentile(idle, 95),
+        "under_bulk_ms_p95": percentile(under_bulk, 95),
+        "ratio": percentile(under_bulk, 95) / percentile(idle, 95),
+        "bulk_pairs_per_s": bulk.pairs_per_s,
+        "pipeline_pairs_per_s": interactive.pairs_per_s,
+        "bulk_ratio": bulk.pairs_per_s / interactive.pairs_per_s,
+        # bulk's rate while interactive jobs take their quarter (its batches are smaller then)
+        "bulk_pairs_per_s_beside_interactive": beside,
+        "interactive_every_ms": pace_s * 1000,
+    }
+
+
 SCENARIOS: dict[str, Callable[[BenchContext], Iterator[Record]]] = {
     "throughput": throughput,
     "naive": naive,
@@ -142,6 +176,7 @@ SCENARIOS: dict[str, Callable[[BenchContext], Iterator[Record]]] = {
     "cache": cache,
     "latency": latency,
     "scale": scale,
+    "priority": priority,
 }
 
 
