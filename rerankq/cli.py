@@ -29,7 +29,8 @@ def worker(
         int | None, typer.Option(min=8, help="Tokens per pair (default RERANKQ_MAX_LENGTH), up to the model's limit.")
     ] = None,
     lanes: Annotated[
-        str | None, typer.Option(help="Comma-separated lanes to consume (default: interactive, plus cpu on CPU).")
+        str | None,
+        typer.Option(help="Comma-separated lanes to consume (default: interactive and bulk, plus cpu on CPU)."),
     ] = None,
     min_free_gpu_mb: Annotated[int, typer.Option(min=0, help="Refuse to start on a GPU with less free memory.")] = 0,
     fallback_to_cpu: Annotated[bool, typer.Option(help="With too little free GPU memory, start on CPU.")] = False,

@@ -21,10 +21,11 @@ FIELDS = {
     "cache": {"cold_ms_p50", "warm_ms_p50", "warm_ms_p99", "speedup"},
     "latency": {"compute_ms_p50", "e2e_ms_p50", "e2e_ms_p99", "overhead_ms_p50"},
     "scale": {"one_pairs_per_s", "two_pairs_per_s", "ratio"},
+    "priority": {"idle_ms_p95", "under_bulk_ms_p95", "ratio", "bulk_pairs_per_s", "pipeline_pairs_per_s", "bulk_ratio"},
 }
 
 
-@pytest.mark.timeout(1200)  # six scenarios, each starting real workers: minutes on a slow or busy machine
+@pytest.mark.timeout(1200)  # seven scenarios, each starting real workers: minutes on a slow or busy machine
 def test_every_scenario_produces_its_fields(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "RERANKQ_REDIS_URL"}  # the bench starts its own Redis
     env["RERANKQ_SHAPES_DIR"] = str(tmp_path / "shapes")
