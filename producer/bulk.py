@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError
 
-from producer.contract import JobOptions, RerankJob, RerankResult, check_document_texts, check_query
+from producer.contract import (
+    JobOptions,
+    RerankJob,
+    RerankResult,
+    check_document_texts,
+    check_query,
+    check_top_n,
+)
 from producer.errors import InvalidRequest, JobFailed
 from producer.watcher import ResultWatcher
 
@@ -163,6 +170,7 @@ class BulkRanker:
     def __init__(self, client: RerankClient, max_in_flight: int, options: JobOptions) -> None:
         if max_in_flight < 1:
             raise InvalidRequest("max_in_flight", "must be at least 1", f"got {max_in_flight}")
+        check_top_n(options.get("top_n"))
         self.client = client
         self.max_in_flight = max_in_flight
         self.options = options

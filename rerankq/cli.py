@@ -215,9 +215,10 @@ def bulk_run(
     """Rerank every record of INPUT into OUTPUT. Re-running the same command resumes an interrupted
     run. Exit status: 0 all ranked, 1 some records failed (see the errors file), 2 cannot start,
     130 interrupted."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from rich.console import Console
 
-    from producer import RerankClient
+    from producer import RerankClient, get_settings
     from rerankq.bulk.formats import BulkFileError
     from rerankq.bulk.run import BulkOptions, BulkUsageError, run_bulk
 
@@ -228,6 +229,10 @@ def bulk_run(
             raise typer.Exit(run_bulk(options, client, console))
     except (BulkUsageError, BulkFileError) as e:
         console.print(f"rerankq bulk run: {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from e
+    except RedisConnectionError as e:  # progress so far is checkpointed: the same command resumes
+        url = get_settings().redis_url
+        console.print(f"rerankq bulk run: cannot reach Redis at {url} ({e})", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from e
 
 

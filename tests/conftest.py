@@ -21,6 +21,7 @@ from producer.settings import Settings, get_settings
 from rerankq.fleet import (
     GatewayProcess,
     WorkerProcess,
+    running_workers,
     start_gateway,
     start_worker,
     stop_process,
@@ -93,15 +94,10 @@ def workers(
 def faulty_model(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A CPU worker of the tiny BERT, served as "tiny-faulty", whose backend raises out-of-memory
     on any pair longer than 24 tokens (fault injection): jobs holding such a pair fail."""
-    name = "tiny-faulty"
-    env = {"RERANKQ_FAULT_OOM_PAIR_TOKENS": "24"}
-    log = tmp_path_factory.mktemp("faulty-worker") / "worker.log"
-    worker = start_worker(str(model_dirs["tiny-bert"]), log, "--name", name, "--concurrency", "4", env=env)
-    try:
-        wait_until_consuming(worker)
+    name, env = "tiny-faulty", {"RERANKQ_FAULT_OOM_PAIR_TOKENS": "24"}
+    logs = tmp_path_factory.mktemp("faulty-worker")
+    with running_workers(str(model_dirs["tiny-bert"]), logs, 1, "--name", name, "--concurrency", "4", env=env):
         yield name
-    finally:
-        stop_worker(worker)
 
 
 @pytest.fixture

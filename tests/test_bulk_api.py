@@ -172,3 +172,15 @@ def test_an_interactive_job_waits_behind_at_most_one_bulk_batch(
     runner.join(120)
     assert bulk_running and len(results) == len(records) and all(r.ok for r in results)
     assert answer.stats.pairs == 20 and answer.stats.waited_batches <= 1
+
+
+def test_a_second_run_is_answered_from_the_cache_with_the_same_scores(
+    small_jobs: RerankClient, workers: dict[str, WorkerProcess]
+) -> None:
+    records = [{"id": i, "query": "cached?", "documents": fresh(5)} for i in range(4)]
+    first = {r.id: r for r in small_jobs.rank_many(records, model=MODEL)}
+    second = {r.id: r for r in small_jobs.rank_many(records, model=MODEL)}
+    assert all(r.cache_hits == 0 for r in first.values())
+    assert all(r.cache_hits == r.pairs == 5 for r in second.values())
+    for record_id, result in second.items():
+        assert [d.score for d in result.results] == pytest.approx([d.score for d in first[record_id].results])
