@@ -112,23 +112,27 @@ def test_a_model_failure_fails_its_record_and_the_run_goes_on(client: RerankClie
     assert not results["long"].ok and "out of memory" in (results["long"].error or "")
 
 
-def test_in_flight_jobs_are_bounded_and_results_do_not_linger(
+def test_in_flight_jobs_and_records_read_are_bounded_and_results_do_not_linger(
     small_jobs: RerankClient, workers: dict[str, WorkerProcess], redis_server: Any
 ) -> None:
-    records = [{"id": i, "query": "q", "documents": fresh(7)} for i in range(6)]  # 3 jobs each
+    pulled = []
+
+    def records() -> Any:  # a stream: counts how far rank_many has read
+        for i in range(6):
+            pulled.append(i)
+            yield {"id": i, "query": "q", "documents": fresh(7)}  # 3 jobs of at most 3 documents
+
     before = result_keys(redis_server.url)
     results: list[RecordResult] = []
     with paused(small_jobs, MODEL, ("bulk",)):
         runner = threading.Thread(
-            target=lambda: results.extend(small_jobs.rank_many(records, model=MODEL, max_in_flight=4))
+            target=lambda: results.extend(small_jobs.rank_many(records(), model=MODEL, max_in_flight=4))
         )
         runner.start()
-        deadline = 50
-        while depth(redis_server.url, MODEL, "bulk") < 4 and deadline:
-            threading.Event().wait(0.1)
-            deadline -= 1
-        threading.Event().wait(0.5)  # time to overshoot, if it would
+        wait_until(lambda: depth(redis_server.url, MODEL, "bulk") == 4)
+        time.sleep(0.5)  # time to overshoot, if it would
         assert depth(redis_server.url, MODEL, "bulk") == 4
+        assert len(pulled) == 2  # 4 jobs need 2 records; nothing is read ahead of need
     runner.join(60)
     assert not runner.is_alive()
     assert sorted(r.id for r in results) == list(range(6)) and all(r.ok for r in results)
