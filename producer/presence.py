@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 STALE_AFTER_INTERVALS = 3
@@ -24,6 +24,7 @@ class WorkerPresence:
     device: str
     identity: str
     seen_at: float  # unix time of the last refresh
+    held: dict[str, int] = field(default_factory=dict)  # jobs reserved and unfinished, by lane
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -43,10 +44,10 @@ def live_presences(
     """Split the hash's entries into live workers and the fields of stale (or unreadable) ones."""
     cutoff = (now if now is not None else time.time()) - interval_s * STALE_AFTER_INTERVALS
     live, stale = [], []
-    for field, raw in raw_entries.items():
+    for key, raw in raw_entries.items():
         presence = WorkerPresence.from_json(raw)
         if presence is None or presence.seen_at < cutoff:
-            stale.append(field)
+            stale.append(key)
         else:
             live.append(presence)
     return live, stale

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     bulk_job_documents: int = Field(64, ge=1)
     bulk_max_in_flight: int = Field(16, ge=1)
 
+    # A job of at most slow_job_pairs documents that takes longer than this on a worker (queue
+    # wait included) is logged as a warning ("slow_job"). None: 200 ms on a GPU, off on CPU.
+    slow_job_ms: float | None = Field(None, gt=0)
+    slow_job_pairs: int = Field(20, ge=1)
+    # Serve the worker's Prometheus metrics on this port (0: off); see worker.metrics.
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+
     # Worker presence (producer.presence): how often each worker refreshes its entry; an entry
     # older than three intervals counts as a dead worker.
     presence_interval_s: float = Field(5.0, gt=0)
@@ -108,6 +115,11 @@ class Settings(BaseSettings):
         if self.max_batch_pairs is not None:
             return self.max_batch_pairs
         return 128 if device.startswith("cuda") else 32
+
+    def slow_job_ms_for(self, device: str) -> float | None:
+        if self.slow_job_ms is not None:
+            return self.slow_job_ms
+        return 200.0 if device.startswith("cuda") else None
 
     @property
     def effective_cache_url(self) -> str:

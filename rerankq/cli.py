@@ -44,6 +44,12 @@ def worker(
             help="Share forward passes between jobs (default RERANKQ_CROSS_JOB_BATCHING, on). Off: one job per pass.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="Serve Prometheus metrics on this port (default RERANKQ_WORKER_METRICS_PORT; 0 off)."
+        ),
+    ] = None,
 ) -> None:
     """Serve one model: load it once, then consume its queues."""
     _setup_logging()
@@ -61,6 +67,7 @@ def worker(
         fallback_to_cpu=fallback_to_cpu,
         torch_threads=torch_threads,
         cross_job_batching=cross_job_batching,
+        metrics_port=metrics_port,
     )
     try:
         run_worker(options)
@@ -181,6 +188,28 @@ def cache_clear(model: Annotated[str | None, typer.Option(help="Only this model'
 
     deleted = ScoreCache(get_settings()).clear(model)
     typer.echo(f"deleted {deleted} cached scores" + (f" of {model}" if model else ""))
+
+
+@app.command()
+def exporter(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve /metrics on.")] = 9808,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+) -> None:
+    """Serve queue depths per model and lane (waiting + held: what autoscalers scale on), worker
+    counts and cache look-ups; with PROMETHEUS_MULTIPROC_DIR, also this host's worker metrics."""
+    _setup_logging()
+    from producer.settings import get_settings
+    from rerankq.exporter import serve_exporter
+
+    serve_exporter(get_settings(), port, host)
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
+    """Workers, models, lanes with their queue depths, and the cache hit ratio, from Redis."""
+    from rerankq.status import print_status
+
+    print_status(as_json)
 
 
 bulk_app = typer.Typer(help="Offline re-indexing: rerank whole files through the bulk lane.", no_args_is_help=True)

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -38,6 +39,27 @@ class ScoredJob:
     scores: list[float]
     batch_ids: list[str]
     waited_batches: int = 0  # forward passes started after this job arrived and before its first
+
+
+class BatchObserver(Protocol):
+    """Told about every forward pass (worker.metrics.BatchMetrics turns this into metrics)."""
+
+    def batch(self, lengths: Sequence[int], seconds: float) -> None: ...
+
+    def oom_split(self) -> None: ...
+
+    def budget(self, tokens: int) -> None: ...
+
+
+class _Unobserved:
+    def batch(self, lengths: Sequence[int], seconds: float) -> None:
+        pass
+
+    def oom_split(self) -> None:
+        pass
+
+    def budget(self, tokens: int) -> None:
+        pass
 
 
 @dataclass
@@ -148,6 +170,7 @@ class Batcher:
         cross_job: bool = True,
         bulk_window_batches: int = 4,
         busy_token_budget: int = 2048,
+        observer: BatchObserver | None = None,
     ) -> None:
         self.backend = backend
         self.cross_job = cross_job
@@ -158,6 +181,8 @@ class Batcher:
         self.max_consecutive_ooms = max_consecutive_ooms
         self.bulk_window_batches = bulk_window_batches
         self.busy_token_budget = busy_token_budget
+        self.observer = observer or _Unobserved()
+        self.observer.budget(self.budget.current)
         self._interactive_at = -math.inf  # when interactive pairs last arrived (monotonic)
         self._pending: dict[int, list[_Item]] = {}  # by priority, oldest first
         self._preparing = 0
@@ -282,6 +307,7 @@ class Batcher:
         """The one place a forward pass happens."""
         number = self._last_batch = next(self._batch_seq)
         batch_id = f"{self._batch_prefix}:{number}"
+        started = time.perf_counter()
         try:
             scores = self.backend.forward([item.submission.pairs[item.position] for item in batch])
         except torch.OutOfMemoryError:
@@ -291,13 +317,18 @@ class Batcher:
             log.exception("forward pass %s failed (%d pairs)", batch_id, len(batch))
             self._fail(batch, e)
             return
-        self.budget.recover()
-        self.stats.add([item.length for item in batch])
+        lengths = [item.length for item in batch]
+        self.observer.batch(lengths, time.perf_counter() - started)
+        if self.budget.recover():
+            self.observer.budget(self.budget.current)
+        self.stats.add(lengths)
         self._route(batch, scores, batch_id, number)
 
     def _split_after_oom(self, batch: list[_Item]) -> None:
         self.backend.free_memory()
         self.budget.shrink(len(batch), len(batch) * max(item.length for item in batch))
+        self.observer.oom_split()
+        self.observer.budget(self.budget.current)
         if len(batch) == 1 or self.budget.consecutive_ooms > self.max_consecutive_ooms:
             reason = "a pair does not fit alone" if len(batch) == 1 else "too many out-of-memory errors in a row"
             self._fail(batch, PairTooLarge(f"out of memory on {self.backend.device}: {reason}"))

@@ -11,16 +11,18 @@ from dataclasses import asdict, dataclass
 
 import redis
 import torch
-from celery import signals
+from celery import Task, signals
 
 from producer.cache import ScoreCache
 from producer.constants import Lane, by_priority, queue_name
 from producer.settings import Settings, get_settings
+from worker import metrics
 from worker.backends import Backend, OomInjectingBackend
 from worker.batcher import Batcher
 from worker.loading import load_backend, model_identity, pick_device, resolve_model
 from worker.presence import PresenceBeacon
 from worker.runtime import Runtime, install
+from worker.tasks import served_lane
 
 log = logging.getLogger("rerankq.worker")
 
@@ -39,6 +41,7 @@ class WorkerOptions:
     fallback_to_cpu: bool = False
     torch_threads: int | None = None  # None: RERANKQ_TORCH_THREADS, else torch's default
     cross_job_batching: bool | None = None  # None: RERANKQ_CROSS_JOB_BATCHING
+    metrics_port: int | None = None  # None: RERANKQ_WORKER_METRICS_PORT (0: off)
 
 
 def load_runtime(options: WorkerOptions) -> Runtime:
@@ -52,6 +55,7 @@ def load_runtime(options: WorkerOptions) -> Runtime:
     backend = with_fault_injection(load_backend(manifest, device, options.max_length or settings.max_length), settings)
     backend.warm_up()
     load_s = time.perf_counter() - started
+    metrics.MODEL_LOAD.labels(manifest.name, device).set(load_s)
     identity = model_identity(manifest, backend)
     cache = ScoreCache(settings)
     cache.publish_identity(manifest.name, identity)
@@ -64,6 +68,7 @@ def load_runtime(options: WorkerOptions) -> Runtime:
         settings.max_consecutive_ooms,
         cross_job=cross_job,
         busy_token_budget=settings.bulk_busy_token_budget,
+        observer=metrics.BatchMetrics(manifest.name, device),
     )
     batcher.start()
     log.info(
@@ -109,6 +114,10 @@ def run_worker(options: WorkerOptions) -> None:
     beacon = PresenceBeacon(runtime, worker_id)
     signals.worker_ready.connect(lambda **_: beacon.start(), weak=False)
     signals.worker_shutting_down.connect(lambda **_: beacon.stop(), weak=False)
+    signals.task_failure.connect(lambda sender, **_: count_failure(sender, runtime), weak=False)
+    if port := options.metrics_port if options.metrics_port is not None else runtime.settings.worker_metrics_port:
+        metrics.serve(port)
+        log.info("metrics on http://0.0.0.0:%d/metrics", port)
     log.info("consuming %s with %d job threads", queues, options.concurrency)
     try:
         app.worker_main(
@@ -128,6 +137,11 @@ def run_worker(options: WorkerOptions) -> None:
         beacon.stop()
         runtime.batcher.stop()
         log_batcher_totals(runtime)
+        metrics.process_exited()
+
+
+def count_failure(task: Task, runtime: Runtime) -> None:
+    metrics.JOBS.labels(runtime.model_name, served_lane(task), "failed").inc()
 
 
 def log_batcher_totals(runtime: Runtime) -> None:

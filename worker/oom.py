@@ -42,7 +42,10 @@ class AdaptiveBudget:
         }
         log.warning(json.dumps(line))
 
-    def recover(self) -> None:
+    def recover(self) -> bool:
+        """After a successful batch: grow back towards the configured budget. True if it grew."""
         self.consecutive_ooms = 0
-        if self.current < self.configured:
-            self.current = min(self.configured, max(self.current + 1, int(self.current * self.recovery)))
+        if self.current >= self.configured:
+            return False
+        self.current = min(self.configured, max(self.current + 1, int(self.current * self.recovery)))
+        return True

@@ -55,4 +55,5 @@ class PresenceBeacon:
             device=runtime.backend.device,
             identity=runtime.identity,
             seen_at=time.time(),
+            held=runtime.held_by_lane(),
         )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import redis
@@ -10,6 +14,7 @@ from producer.cache import ScoreCache
 from producer.constants import Lane
 from producer.registry import ModelManifest
 from producer.settings import Settings
+from worker import metrics
 from worker.backends import Backend
 from worker.batcher import Batcher
 
@@ -25,10 +30,30 @@ class Runtime:
     identity: str  # what the result cache keys on: weights fingerprint + score-changing settings
     lanes: tuple[Lane, ...] = ("interactive",)
     cpu_reroutes: int = field(default=0)
+    held: Counter[str] = field(default_factory=Counter)  # jobs in hand by lane (presence reports it)
+    _held_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def model_name(self) -> str:
         return self.manifest.name
+
+    @contextmanager
+    def holding(self, lane: str) -> Iterator[None]:
+        """Count a job as held (reserved, unfinished) for autoscalers while it runs."""
+        gauge = metrics.HELD.labels(self.model_name, lane)
+        with self._held_lock:
+            self.held[lane] += 1
+        gauge.inc()
+        try:
+            yield
+        finally:
+            with self._held_lock:
+                self.held[lane] -= 1
+            gauge.dec()
+
+    def held_by_lane(self) -> dict[str, int]:
+        with self._held_lock:
+            return {lane: count for lane, count in self.held.items() if count}
 
 
 _current: Runtime | None = None

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from producer.constants import LANE_PRIORITY, STATE_REROUTED, TASK_RERANK, cancel_key, deliveries_key, queue_name
 from producer.contract import JobStats, RerankJob, RerankResult, check_job, rank_scores, score_options
 from producer.errors import InvalidRequest, JobFailed
+from worker import metrics
 from worker.app import app
 from worker.backends import EncodedPair
 from worker.oom import PairTooLarge
@@ -26,23 +27,35 @@ log = logging.getLogger("rerankq.jobs")
 @app.task(name=TASK_RERANK, bind=True)  # type: ignore[untyped-decorator]
 def rerank(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     runtime = current()
+    with runtime.holding(served_lane(self)):
+        return run_job(self, payload, runtime)
+
+
+def run_job(task: Task, payload: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
     # kombu marks a message it puts back (its worker died or shut down before acking) as redelivered
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
     with runtime.batcher.preparing():  # the batcher may wait for these pairs to join a batch
         job = parse_job(payload, runtime)
-        skip_if_cancelled(self, job, runtime)
+        skip_if_cancelled(task, job, runtime)
         if redelivered:
             count_redelivery(job.job_id, runtime)
         work = prepare(job, runtime, look_again=redelivered)
     try:
-        result = finish(work, runtime)
+        result = finish(work, runtime, served_lane(task))
     except PairTooLarge as e:
         if "cpu" in runtime.lanes or job.rerouted_from is not None:
             raise JobFailed(job.job_id, f"{e}, and this is already the cpu fallback") from e
-        move_to_cpu_lane(self, job, runtime, str(e))  # raises celery.exceptions.Ignore
+        move_to_cpu_lane(task, job, runtime, str(e))  # raises celery.exceptions.Ignore
     if redelivered:
         runtime.redis.delete(deliveries_key(job.job_id))
     return result.model_dump()
+
+
+def served_lane(task: Task) -> str:
+    """The lane (queue) this job came off: ``rerankq.<model>.<lane>``."""
+    queue = str((task.request.delivery_info or {}).get("routing_key") or "")
+    lane = queue.rsplit(".", 1)[-1]
+    return lane if lane in LANE_PRIORITY else "unknown"
 
 
 def skip_if_cancelled(task: Task, job: RerankJob, runtime: Runtime) -> None:
@@ -50,6 +63,7 @@ def skip_if_cancelled(task: Task, job: RerankJob, runtime: Runtime) -> None:
     again: Celery marked it STARTED on the way in, over the canceller's."""
     if runtime.redis.exists(cancel_key(job.job_id)):
         task.backend.mark_as_revoked(job.job_id, reason="cancelled")
+        metrics.JOBS.labels(job.model, served_lane(task), "cancelled").inc()
         log.info(json.dumps({"event": "job_cancelled", "job_id": job.job_id, "model": job.model}))
         raise Ignore()
 
@@ -60,6 +74,8 @@ def move_to_cpu_lane(task: Task, job: RerankJob, runtime: Runtime, reason: str) 
     queue = queue_name(job.model, "cpu")
     runtime.redis.delete(deliveries_key(job.job_id))  # a fresh delivery count for the CPU worker
     runtime.cpu_reroutes += 1
+    metrics.CPU_REROUTES.labels(job.model).inc()
+    metrics.JOBS.labels(job.model, served_lane(task), "rerouted").inc()
     log.warning(
         json.dumps(
             {
@@ -128,7 +144,7 @@ def prepare(job: RerankJob, runtime: Runtime, look_again: bool = False) -> Prepa
     return PreparedJob(job, started, known, late_hits, missing, pairs, tokenize_ms)
 
 
-def finish(work: PreparedJob, runtime: Runtime) -> RerankResult:
+def finish(work: PreparedJob, runtime: Runtime, lane: str) -> RerankResult:
     """Score the misses in the shared batcher, store them in the cache, rank, log one line."""
     job, known = work.job, work.known
     computed, stats = compute_scores(work, runtime)
@@ -139,7 +155,9 @@ def finish(work: PreparedJob, runtime: Runtime) -> RerankResult:
     stats.queue_ms = max(0.0, (work.started - job.enqueued_at) * 1000)
     stats.cache_hits = sum(1 for doc in job.documents if doc in known)
     results = rank_scores(scores, job.top_n, job.documents if job.return_documents else None)
-    log_job(job, runtime, stats, results[0].score if results else None)
+    top_score = results[0].score if results else None
+    log_job(job, lane, runtime, stats, top_score)
+    metrics.observe_job(job.model, lane, len(job.documents), stats, top_score if job.normalize else None)
     return RerankResult(
         job_id=job.job_id,
         model=job.model,
@@ -188,12 +206,16 @@ def compute_scores(work: PreparedJob, runtime: Runtime) -> tuple[dict[str, float
     return dict(zip(work.missing, scores, strict=True)), stats
 
 
-def log_job(job: RerankJob, runtime: Runtime, stats: JobStats, top_score: float | None) -> None:
-    """One structured line per job; document text is never logged."""
+def log_job(job: RerankJob, lane: str, runtime: Runtime, stats: JobStats, top_score: float | None) -> None:
+    """One structured line per job (a warning when slow); document text is never logged."""
+    worker_ms = stats.queue_ms + stats.tokenize_ms + stats.infer_ms
+    slow_ms = runtime.settings.slow_job_ms_for(runtime.backend.device)
+    slow = slow_ms is not None and len(job.documents) <= runtime.settings.slow_job_pairs and worker_ms > slow_ms
     line = {
-        "event": "job_done",
+        "event": "slow_job" if slow else "job_done",
         "job_id": job.job_id,
         "model": job.model,
+        "lane": lane,
         "device": runtime.backend.device,
         "pairs": stats.pairs,
         "cache_hits": stats.cache_hits,
@@ -206,4 +228,4 @@ def log_job(job: RerankJob, runtime: Runtime, stats: JobStats, top_score: float 
         "token_budget": runtime.batcher.budget.current,
         "rerouted_from": job.rerouted_from,
     }
-    log.info(json.dumps(line))
+    log.log(logging.WARNING if slow else logging.INFO, json.dumps(line))

@@ -1,0 +1,63 @@
+"""``rerankq status``: the fleet at a glance in the terminal (or as JSON)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from producer.fleet_state import FleetState, read_fleet
+from producer.settings import get_settings
+
+
+def print_status(as_json: bool) -> None:
+    settings = get_settings()
+    broker = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    fleet = read_fleet(broker, settings, redis.Redis.from_url(settings.effective_cache_url, socket_timeout=5))
+    if as_json:
+        print(json.dumps(_as_dict(fleet)))
+        return
+    console = Console()
+    console.print(_workers_table(fleet))
+    console.print(_lanes_table(fleet))
+    ratio = fleet.cache_hit_ratio
+    console.print(
+        f"cache: {fleet.cache_hits} hits, {fleet.cache_misses} misses"
+        + (f", hit ratio {ratio:.1%}" if ratio is not None else "")
+    )
+
+
+def _workers_table(fleet: FleetState) -> Table:
+    table = Table("worker", "model", "device", "lanes", "held", "last seen", title="workers")
+    now = time.time()
+    for worker in sorted(fleet.workers, key=lambda w: (w.model, w.worker_id)):
+        held = ", ".join(f"{lane} {n}" for lane, n in worker.held.items()) or "0"
+        table.add_row(
+            worker.worker_id,
+            worker.model,
+            worker.device,
+            ",".join(worker.lanes),
+            held,
+            f"{now - worker.seen_at:.0f}s ago",
+        )
+    return table
+
+
+def _lanes_table(fleet: FleetState) -> Table:
+    table = Table("model", "lane", "workers", "waiting", "held", "depth", title="queues")
+    for lane in fleet.lanes:
+        if lane.workers or lane.depth:
+            table.add_row(lane.model, lane.lane, str(lane.workers), str(lane.waiting), str(lane.held), str(lane.depth))
+    return table
+
+
+def _as_dict(fleet: FleetState) -> dict[str, object]:
+    return {
+        "workers": [asdict(worker) for worker in fleet.workers],
+        "lanes": [asdict(lane) | {"depth": lane.depth} for lane in fleet.lanes],
+        "cache": {"hits": fleet.cache_hits, "misses": fleet.cache_misses, "hit_ratio": fleet.cache_hit_ratio},
+    }
