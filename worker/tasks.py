@@ -26,12 +26,12 @@ log = logging.getLogger("rerankq.jobs")
 
 @app.task(name=TASK_RERANK, bind=True)  # type: ignore[untyped-decorator]
 def rerank(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
-    runtime = current()
-    with runtime.holding(served_lane(self)):
-        return run_job(self, payload, runtime)
+    runtime, lane = current(), served_lane(self)
+    with runtime.holding(lane):
+        return run_job(self, payload, runtime, lane)
 
 
-def run_job(task: Task, payload: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
+def run_job(task: Task, payload: dict[str, Any], runtime: Runtime, lane: str) -> dict[str, Any]:
     # kombu marks a message it puts back (its worker died or shut down before acking) as redelivered
     redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
     with runtime.batcher.preparing():  # the batcher may wait for these pairs to join a batch
@@ -41,7 +41,7 @@ def run_job(task: Task, payload: dict[str, Any], runtime: Runtime) -> dict[str, 
             count_redelivery(job.job_id, runtime)
         work = prepare(job, runtime, look_again=redelivered)
     try:
-        result = finish(work, runtime, served_lane(task))
+        result = finish(work, runtime, lane)
     except PairTooLarge as e:
         if "cpu" in runtime.lanes or job.rerouted_from is not None:
             raise JobFailed(job.job_id, f"{e}, and this is already the cpu fallback") from e

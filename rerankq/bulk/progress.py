@@ -4,31 +4,40 @@ few seconds (for cron, Airflow or ``kubectl logs``)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from rerankq.bulk.checkpoint import Checkpoint
 
-@dataclass
+
 class Tally:
-    """Counters over the whole run, resumed runs included; rates over this process's share."""
+    """The run's counters (its checkpoint's: resumed runs included), with rates and ETA over this
+    process's share of the run."""
 
-    records: int  # final records (output or errors)
-    total: int | None
-    failed: int = 0
-    pairs: int = 0
-    cache_hits: int = 0
-    started: float = field(default_factory=time.monotonic)
-    records_at_start: int = 0
-    pairs_at_start: int = 0
-
-    def begin(self) -> None:
-        """Rates count from here (after a resumed run's counters were loaded)."""
+    def __init__(self, checkpoint: Checkpoint, total: int | None) -> None:
+        self.checkpoint = checkpoint
+        self.total = total
         self.started = time.monotonic()
-        self.records_at_start, self.pairs_at_start = self.records, self.pairs
+        self.records_at_start, self.pairs_at_start = checkpoint.records_done, checkpoint.pairs
+
+    @property
+    def records(self) -> int:  # final records (output or errors)
+        return self.checkpoint.records_done
+
+    @property
+    def failed(self) -> int:
+        return self.checkpoint.failed
+
+    @property
+    def pairs(self) -> int:
+        return self.checkpoint.pairs
+
+    @property
+    def cache_hits(self) -> int:
+        return self.checkpoint.cache_hits
 
     @property
     def pairs_per_s(self) -> float:

@@ -73,7 +73,7 @@ def run_bulk(options: BulkOptions, client: RerankClient, console: Console) -> in
     checkpoint = start_or_resume(options, model)
     progress_path = Checkpoint.path_for(options.output)
     if checkpoint.complete:  # a finished run, run again: only the summary
-        tally = Tally(checkpoint.records_done, None, checkpoint.failed, checkpoint.pairs, checkpoint.cache_hits)
+        tally = Tally(checkpoint, None)
     else:
         warn_without_workers(client, model, console)
         streamed = stream(options, client, checkpoint, console)
@@ -174,9 +174,7 @@ def stream(options: BulkOptions, client: RerankClient, checkpoint: Checkpoint, c
     (Ctrl-C, SIGTERM): the checkpoint on disk then says where to resume."""
     fmt = format_of(options.input)
     progress_path = Checkpoint.path_for(options.output)
-    tally = Tally(checkpoint.records_done, _total(options.input), checkpoint.failed, checkpoint.pairs)
-    tally.cache_hits = checkpoint.cache_hits
-    tally.begin()
+    tally = Tally(checkpoint, _total(options.input))
     origins: deque[SourceRecord] = deque()  # records handed to rank_many, not yet written
     records = _values(read_records(options.input, fmt, checkpoint.resume_at, checkpoint.line), origins)
     results = client.rank_many(records, model=checkpoint.model, top_n=checkpoint.top_n, ordered=True,
@@ -187,7 +185,7 @@ def stream(options: BulkOptions, client: RerankClient, checkpoint: Checkpoint, c
         with interrupts_deferred_inside() as atomic:
             for result in results:
                 with atomic():  # a record is written and counted together, or not at all
-                    _record(checkpoint, tally, result, origins.popleft(), sink)
+                    _record(checkpoint, result, origins.popleft(), sink)
                     if time.monotonic() - saved_at >= CHECKPOINT_EVERY_S:
                         _save(sink, checkpoint, progress_path)
                         saved_at = time.monotonic()
@@ -248,15 +246,13 @@ def _values(source: Iterator[SourceRecord], origins: deque[SourceRecord]) -> Ite
         yield record.value
 
 
-def _record(checkpoint: Checkpoint, tally: Tally, result: RecordResult, origin: SourceRecord, sink: Sink) -> None:
+def _record(checkpoint: Checkpoint, result: RecordResult, origin: SourceRecord, sink: Sink) -> None:
     sink.write(result, origin.line)
     checkpoint.records_done += 1
     checkpoint.resume_at, checkpoint.line = origin.resume_at, origin.line
     checkpoint.failed += not result.ok
     checkpoint.pairs += result.pairs
     checkpoint.cache_hits += result.cache_hits
-    tally.records, tally.failed = checkpoint.records_done, checkpoint.failed
-    tally.pairs, tally.cache_hits = checkpoint.pairs, checkpoint.cache_hits
 
 
 def _total(path: Path) -> int | None:
