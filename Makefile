@@ -7,6 +7,7 @@ VENV := .venv/bin
 setup:
 	ops/scripts/setup.sh
 	ops/scripts/ensure-redis-server.sh
+	ops/scripts/ensure-docker-compose.sh
 
 demo: setup
 	$(VENV)/rerankq demo
