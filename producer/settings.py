@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     callback_attempts: int = Field(6, ge=1)
     callback_timeout_s: float = Field(10.0, gt=0)
 
+    # `rerankq flower`: "user:password" pairs, comma-separated, for Flower's basic auth.
+    flower_basic_auth: SecretStr | None = None
+
     # Where `rerankq bench --shape` builds random-weight models of a real architecture.
     shapes_dir: Path = Path.home() / ".cache" / "rerankq" / "shapes"
 

@@ -205,6 +205,23 @@ def exporter(
 
 
 @app.command()
+def flower(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve Flower on.")] = 5555,
+    address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    insecure: Annotated[bool, typer.Option(help="Allow a non-loopback address without basic auth.")] = False,
+) -> None:
+    """Flower on rerankq's broker (task events and per-model, per-lane queues), with basic auth
+    from RERANKQ_FLOWER_BASIC_AUTH ("user:password", comma-separated)."""
+    from rerankq.flower import UnsafeFlower, run_flower
+
+    try:
+        run_flower(port, address, insecure)
+    except UnsafeFlower as e:
+        typer.echo(f"rerankq flower: {e}", err=True)
+        raise typer.Exit(2) from e
+
+
+@app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
     """Workers, models, lanes with their queue depths, and the cache hit ratio, from Redis."""
     from rerankq.status import print_status

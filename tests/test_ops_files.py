@@ -73,7 +73,7 @@ def test_the_compose_stack_validates_and_has_every_service(compose: dict[str, An
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     for name in ("worker-cpu", "worker-gpu"):  # `--scale worker-cpu=4`: no fixed name, no host port
         assert "container_name" not in services[name] and "ports" not in services[name]
-    assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "admin:flower"
+    assert services["flower"]["environment"]["RERANKQ_FLOWER_BASIC_AUTH"] == "admin:flower"
     for service in services.values():
         if "build" in service:
             assert (ROOT / service["build"]["dockerfile"]).is_file()
@@ -176,7 +176,7 @@ def test_every_command_line_in_the_deployment_files_is_one_rerankq_accepts(compo
             helps[name] = done.stdout
         for option in (arg for arg in command[1:] if arg.startswith("--")):
             assert option in helps[name], f"rerankq {name} has no {option}"
-    assert set(helps) == {"gateway", "worker", "exporter"}
+    assert set(helps) == {"gateway", "worker", "exporter", "flower"}
 
 
 def test_the_exporter_reads_redis_down_as_a_metric() -> None:

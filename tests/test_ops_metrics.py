@@ -3,11 +3,13 @@ and several worker processes of one model sharing the work (real processes, real
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,3 +151,39 @@ def test_status_lists_workers_lanes_and_the_cache(workers: dict, client: RerankC
     assert set(status["cache"]) == {"hits", "misses", "hit_ratio"}
     table = subprocess.run([sys.executable, "-m", "rerankq", "status"], capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and "queues" in table.stdout and "cache:" in table.stdout
+
+
+def test_flower_sees_the_workers_and_their_queues_behind_basic_auth(workers: dict, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "RERANKQ_FLOWER_BASIC_AUTH": "ops:flower-secret"}
+    command = [sys.executable, "-m", "rerankq", "flower", "--port", str(port)]
+    flower = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api/workers?refresh=1"
+    try:
+        wait_until(lambda: _status(url) == 401, timeout=60)  # up, and closed without credentials
+        credentials = base64.b64encode(b"ops:flower-secret").decode()
+        request = urllib.request.Request(url, headers={"Authorization": f"Basic {credentials}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            seen = json.loads(response.read())
+    finally:
+        flower.terminate()
+        flower.wait(10)
+    tiny = next(info for name, info in seen.items() if name.startswith("rerankq-tiny-bert-"))
+    assert "rerankq.tiny-bert.interactive" in {queue["name"] for queue in tiny["active_queues"]}
+
+
+def test_flower_refuses_an_open_address_without_auth() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RERANKQ_FLOWER_BASIC_AUTH"}
+    command = [sys.executable, "-m", "rerankq", "flower", "--address", "0.0.0.0", "--port", str(free_port())]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "RERANKQ_FLOWER_BASIC_AUTH" in done.stderr
+
+
+def _status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
