@@ -1,4 +1,9 @@
-"""Gateway metrics (prometheus-client): requests by route and status, latency, waiting requests."""
+"""Gateway metrics (prometheus-client): requests by route and status, latency, waiting requests.
+
+With ``--workers N`` the gateway runs in prometheus-client's multiprocess mode (see
+``gateway.server``): every process writes its values to a shared folder and ``/metrics`` serves
+their sum, whichever process answers the scrape.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ LATENCY = Histogram(
     ["endpoint"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-WAITING = Gauge("rerankq_gateway_waiting_requests", "Requests waiting for a job result in this process")
+WAITING = Gauge("rerankq_gateway_waiting_requests", "Requests waiting for a job result", multiprocess_mode="livesum")
 CALLBACKS = Counter("rerankq_gateway_callbacks_total", "Job callbacks by outcome", ["outcome"])
 
 

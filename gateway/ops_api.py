@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from redis.exceptions import RedisError
 
-from gateway.metrics import WAITING
-from gateway.rerank_api import Service, service_of
+from gateway.rerank_api import Service
 from producer.constants import LANES, queue_name
 from producer.presence import serving
+from worker.metrics import multiprocess_registry
 
 health = APIRouter()
 protected = APIRouter()
@@ -69,6 +69,5 @@ async def models(service: Service) -> dict[str, Any]:
 
 
 @metrics_router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    WAITING.set(service_of(request).waiter.waiting)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics() -> Response:
+    return Response(generate_latest(multiprocess_registry() or REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import tempfile
 
 import uvicorn
 
@@ -34,6 +36,9 @@ def check_bind(host: str, have_keys: bool, insecure: bool) -> None:
 
 def serve(host: str, port: int, insecure: bool, workers: int = 1) -> None:
     check_bind(host, bool(get_settings().api_keys), insecure)
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # several processes answer /metrics in turn: share one folder so each serves the sum
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rerankq-gateway-metrics-")
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,

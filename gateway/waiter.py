@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from celery import Celery
 from redis.exceptions import RedisError
 
+from gateway.metrics import WAITING
 from producer.jobs import is_ready
 
 log = logging.getLogger("rerankq.gateway")
@@ -58,6 +59,7 @@ class ResultWaiter:
         future: asyncio.Future[Meta] = asyncio.get_running_loop().create_future()
         futures = self._waiting.setdefault(key, set())
         futures.add(future)
+        WAITING.inc()
         try:
             if len(futures) == 1:
                 await self._pubsub.subscribe(key)
@@ -66,6 +68,7 @@ class ResultWaiter:
                 return meta
             return await asyncio.wait_for(future, timeout)
         finally:
+            WAITING.dec()
             await self._forget(key, future)
 
     async def read(self, job_id: str) -> Meta | None:

@@ -24,7 +24,7 @@ from producer.constants import WORKERS_KEY
 from producer.fleet_state import read_fleet
 from producer.presence import WorkerPresence
 from producer.settings import Settings
-from rerankq.fleet import free_port, running_workers
+from rerankq.fleet import free_port, running_workers, start_gateway, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -187,3 +187,20 @@ def _status(url: str) -> int | None:
         return e.code
     except OSError:
         return None
+
+
+def test_a_gateway_of_several_processes_serves_their_summed_metrics(workers: dict, tmp_path: Path) -> None:
+    """Whichever process answers the scrape, /metrics counts the requests all of them served."""
+    env = {"RERANKQ_PUBLIC_METRICS": "true", "PROMETHEUS_MULTIPROC_DIR": ""}  # the gateway picks its own folder
+    gateway = start_gateway(tmp_path / "gateway.log", "--workers", "2", env=env)
+    port = int(gateway.url.rsplit(":", 1)[1])
+    healthz = {"endpoint": "/healthz", "method": "GET", "status": "200"}
+    try:
+        before = value(scrape(port), "rerankq_gateway_requests_total", **healthz)
+        for _ in range(20):
+            with urllib.request.urlopen(f"{gateway.url}/healthz", timeout=10):
+                pass
+        counts = [value(scrape(port), "rerankq_gateway_requests_total", **healthz) for _ in range(4)]
+    finally:
+        stop_process(gateway.process)
+    assert counts == [before + 20] * 4
