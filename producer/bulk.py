@@ -24,6 +24,7 @@ from producer.contract import (
     check_document_texts,
     check_query,
     check_top_n,
+    rank_scores,
 )
 from producer.errors import InvalidRequest, JobFailed
 from producer.watcher import ResultWatcher
@@ -117,8 +118,10 @@ class _OpenRecord:
     def result(self, top_n: int | None) -> RecordResult:
         if self.error is not None:
             return RecordResult(id=self.record_id, position=self.position, error=self.error)
-        order = sorted(range(len(self.scores)), key=lambda i: -self.scores[i])[:top_n]
-        ranked = [BulkRanked(index=i, score=self.scores[i], id=self.document_ids[i]) for i in order]
+        ranked = [
+            BulkRanked(index=doc.index, score=doc.score, id=self.document_ids[doc.index])
+            for doc in rank_scores(self.scores, top_n)
+        ]
         return RecordResult(
             id=self.record_id,
             position=self.position,

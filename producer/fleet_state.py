@@ -13,7 +13,7 @@ from typing import Any, cast
 import redis
 
 from producer.constants import CACHE_STATS_KEY, LANES, WORKERS_KEY, queue_keys, queue_name
-from producer.presence import WorkerPresence, live_presences
+from producer.presence import WorkerPresence, live_presences, serving
 from producer.registry import load_manifests
 from producer.settings import Settings
 
@@ -64,7 +64,7 @@ def read_fleet(client: redis.Redis, settings: Settings, cache: redis.Redis | Non
             lane,
             waiting=sum(lengths[i * steps : (i + 1) * steps]),
             held=sum(w.held.get(lane, 0) for w in workers if w.model == model),
-            workers=sum(1 for w in workers if w.model == model and lane in w.lanes),
+            workers=len(serving(workers, model, lane)),
         )
         for i, (model, lane) in enumerate(pairs)
     ]
