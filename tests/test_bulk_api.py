@@ -19,6 +19,9 @@ from producer.settings import Settings
 from rerankq.fleet import WorkerProcess
 
 MODEL = "tiny-bert"
+# Bulk jobs ride other forward passes than the interactive reference: padding to another length
+# moves fp32 scores by ~2e-6 on CPU; test_batcher holds batch composition to this same bound.
+BATCH_TOLERANCE = 1e-5
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
 
 
@@ -64,7 +67,7 @@ def test_rank_many_yields_every_record_with_ids_and_the_interactive_scores(
         expected = client.rank(record["query"], texts, model=MODEL, top_n=4, cache=False)
         assert [r.index for r in result.results] == [e.index for e in expected]
         assert [r.id for r in result.results] == [record["documents"][e.index]["id"] for e in expected]
-        assert [r.score for r in result.results] == pytest.approx([e.score for e in expected], abs=1e-6)
+        assert [r.score for r in result.results] == pytest.approx([e.score for e in expected], abs=BATCH_TOLERANCE)
         assert result.pairs == len(texts)
 
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from gateway_support import wait_until
-from test_bulk_api import depth
+from test_bulk_api import BATCH_TOLERANCE, depth
 from worker_support import paused
 
 from producer import RerankClient
@@ -66,7 +66,7 @@ def assert_ranked_like_interactive(
     expected = client.rank(record["query"], texts, model=model, cache=False)
     assert ranked["id"] == record["id"]
     assert [r["index"] for r in ranked["results"]] == [e.index for e in expected]
-    assert [r["score"] for r in ranked["results"]] == pytest.approx([e.score for e in expected], abs=1e-6)
+    assert [r["score"] for r in ranked["results"]] == pytest.approx([e.score for e in expected], abs=BATCH_TOLERANCE)
 
 
 def test_jsonl_round_trip_keeps_ids_order_and_scores(
