@@ -44,7 +44,7 @@ async def readyz(service: Service) -> JSONResponse:
 async def models(service: Service) -> dict[str, Any]:
     """Every known model: its lanes, how many live workers consume each and how deep each queue is."""
     workers = await service.fleet.workers()
-    aliases = service.settings.model_aliases
+    aliases = await service.aliases.table()
     described = []
     for name in sorted({*service.manifests, *(p.model for p in workers)}):
         manifest = service.manifests.get(name)
@@ -60,12 +60,14 @@ async def models(service: Service) -> dict[str, Any]:
                 "name": name,
                 "source": manifest.source if manifest else None,
                 "kind": manifest.kind if manifest else None,
-                "aliases": sorted(alias for alias, target in aliases.items() if target == name),
+                "aliases": sorted(alias for alias, target in aliases.items() if name in target.targets),
                 "devices": sorted({p.device for p in workers if p.model == name}),
                 "lanes": lanes,
             }
         )
-    return {"default": service.settings.default_model, "models": described}
+    default = (await service.aliases.resolve(None)).alias or service.settings.default_model
+    splits = {alias: target.shares() for alias, target in sorted(aliases.items())}
+    return {"default": default, "models": described, "aliases": splits}
 
 
 @metrics_router.get("/metrics")

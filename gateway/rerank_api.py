@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
 from gateway.schemas import CohereResponse, CohereV1Request, CohereV2Request, Document, RerankHit, TeiHit, TeiRequest
 from gateway.service import RerankService
@@ -27,32 +27,46 @@ Service = Annotated[RerankService, Depends(service_of)]
 
 
 @router.post("/v1/rerank", response_model_exclude_none=True)
-async def rerank_v1(body: CohereV1Request, service: Service) -> CohereResponse:
+async def rerank_v1(body: CohereV1Request, service: Service, response: Response) -> CohereResponse:
     """Cohere v1 and Jina."""
-    return await _cohere(body, service, api_version="1")
+    return await _cohere(body, service, response, api_version="1")
 
 
 @router.post("/v2/rerank", response_model_exclude_none=True)
-async def rerank_v2(body: CohereV2Request, service: Service) -> CohereResponse:
-    return await _cohere(body, service, api_version="2")
+async def rerank_v2(body: CohereV2Request, service: Service, response: Response) -> CohereResponse:
+    return await _cohere(body, service, response, api_version="2")
 
 
 @router.post("/rerank", response_model_exclude_none=True)
-async def rerank_tei(body: TeiRequest, service: Service) -> list[TeiHit]:
+async def rerank_tei(body: TeiRequest, service: Service, response: Response) -> list[TeiHit]:
     """text-embeddings-inference: every text, highest score first."""
     if body.truncation_direction.lower() == "left":
         raise InvalidRequest("truncation_direction", "only 'Right' is supported: the end of a long text is cut")
     result = await service.rank(body.query, body.texts, body.model, normalize=not body.raw_scores)
+    name_served_version(response, result)
     return [
         TeiHit(index=hit.index, score=hit.score, text=body.texts[hit.index] if body.return_text else None)
         for hit in result.results
     ]
 
 
-async def _cohere(body: CohereV1Request | CohereV2Request, service: RerankService, api_version: str) -> CohereResponse:
+async def _cohere(
+    body: CohereV1Request | CohereV2Request, service: RerankService, response: Response, api_version: str
+) -> CohereResponse:
     texts = document_texts(body.documents, body.rank_fields)
     result = await service.rank(body.query, texts, body.model, top_n=body.top_n)
+    name_served_version(response, result)
     return cohere_response(result, api_version, body.documents if body.return_documents else None)
+
+
+def name_served_version(response: Response, result: RerankResult) -> None:
+    """Which model version (and revision, and alias) scored the answer: response headers, since
+    the compatible bodies have no field for it."""
+    response.headers["X-Rerankq-Model"] = result.model
+    if result.revision:
+        response.headers["X-Rerankq-Revision"] = result.revision
+    if result.alias:
+        response.headers["X-Rerankq-Alias"] = result.alias
 
 
 def document_texts(documents: list[Document], rank_fields: list[str] | None) -> list[str]:

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from gateway.fleet_view import FleetView
 from gateway.waiter import ResultWaiter
 from producer.aio import AsyncRerankClient
+from producer.aliases import AsyncAliasTable, Route
 from producer.constants import DEFAULT_LANE, job_key, queue_name
 from producer.contract import RerankJob, RerankResult
 from producer.errors import JobFailed, JobNotFound, JobTimeout, NoWorkers, QueueFull, RerankError, UnknownModel
@@ -56,6 +57,7 @@ class RerankService:
         self.fleet = FleetView(redis, settings.presence_interval_s)
         self.waiter = ResultWaiter(client.app, redis)
         self.manifests = load_manifests(settings.models_dir)
+        self.aliases = AsyncAliasTable(redis, settings)
 
     async def start(self) -> None:
         await self.waiter.start()
@@ -66,26 +68,28 @@ class RerankService:
 
     async def known_models(self) -> list[str]:
         workers = {p.model for p in await self.fleet.workers()}
-        return sorted(set(self.manifests) | workers | set(self.settings.model_aliases))
+        return sorted(set(self.manifests) | workers | set(await self.aliases.table()))
 
-    async def resolve_model(self, requested: str | None) -> str:
-        """A request's model name to a served model: default, alias, registry name or Hugging
-        Face id of a manifest, or the name any live worker serves under."""
-        if not requested or requested == "default":
-            return self.settings.default_model
-        requested = self.settings.model_aliases.get(requested, requested)
+    async def resolve_model(self, requested: str | None) -> Route:
+        """A request's model name to the version that serves it: an alias (``default`` included)
+        picks one per request by weight; a registry name or Hugging Face id of a manifest, or the
+        name any live worker serves under, names a version itself."""
+        route = await self.aliases.resolve(requested)
+        if route.alias is not None or route.model == self.settings.default_model:
+            return route
         for manifest in self.manifests.values():
-            if requested in (manifest.name, manifest.source):
-                return manifest.name
-        if any(p.model == requested for p in await self.fleet.workers()):
-            return requested
-        raise UnknownModel(requested, await self.known_models())
+            if route.model in (manifest.name, manifest.source):
+                return Route(manifest.name)
+        if any(p.model == route.model for p in await self.fleet.workers()):
+            return route
+        raise UnknownModel(route.model, await self.known_models())
 
     async def submit(self, query: Any, documents: Sequence[Any], model: str | None, **options: Any) -> RerankJob:
         """Validate (InvalidRequest / RequestTooLarge), resolve, admit, enqueue. Input is checked
         first, against the default model's name, so a bad body costs no Redis round trip."""
         job = self.client.build(query, documents, model=self.settings.default_model, **options)
-        job = job.model_copy(update={"model": await self.resolve_model(model)})
+        route = await self.resolve_model(model)
+        job = job.model_copy(update={"model": route.model, "alias": route.alias})
         await self.admit(job.model)
         await self.client.send(job)
         return job

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError
 
+from producer.aliases import Route
 from producer.contract import (
     JobOptions,
     RerankJob,
@@ -85,6 +86,8 @@ class RecordResult(BaseModel):
     error: str | None = None
     pairs: int = 0  # documents scored (by the model or from the cache)
     cache_hits: int = 0
+    model: str | None = None  # the model version that scored it (one per record, even behind an alias)
+    revision: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -102,6 +105,7 @@ class _OpenRecord:
     scores: list[float] = field(init=False)
     cache_hits: int = 0
     error: str | None = None
+    served_by: tuple[str | None, str | None] = (None, None)  # (model, revision)
 
     def __post_init__(self) -> None:
         self.scores = [0.0] * len(self.document_ids)
@@ -114,6 +118,7 @@ class _OpenRecord:
         for ranked in outcome.results:
             self.scores[offset + ranked.index] = ranked.score
         self.cache_hits += outcome.stats.cache_hits
+        self.served_by = (outcome.model, outcome.revision or self.served_by[1])
 
     def result(self, top_n: int | None) -> RecordResult:
         if self.error is not None:
@@ -128,6 +133,8 @@ class _OpenRecord:
             results=ranked,
             pairs=len(self.scores),
             cache_hits=self.cache_hits,
+            model=self.served_by[0],
+            revision=self.served_by[1],
         )
 
 
@@ -177,7 +184,7 @@ class BulkRanker:
         self.client = client
         self.max_in_flight = max_in_flight
         self.options = options
-        self.model = options.get("model") or client.settings.default_model
+        self.model = options.get("model")  # None: the default (alias or model)
         settings = client.settings
         self.job_documents = min(settings.bulk_job_documents, settings.max_documents)
         self._open: dict[int, _OpenRecord] = {}
@@ -240,14 +247,17 @@ class BulkRanker:
         check_query(record.query, settings)
         check_document_texts(texts, settings)
         step = self.job_documents
+        route = self.client.aliases.resolve(self.model)  # once per record: its jobs never mix versions
         return [
-            (offset, self._build(record.query, texts[offset : offset + step])) for offset in range(0, len(texts), step)
+            (offset, self._build(record.query, texts[offset : offset + step], route))
+            for offset in range(0, len(texts), step)
         ]
 
-    def _build(self, query: str, documents: list[str]) -> RerankJob:
+    def _build(self, query: str, documents: list[str], route: Route) -> RerankJob:
         """Every document's score comes back (top_n applies to the merged record)."""
         normalize, cache = self.options.get("normalize", True), self.options.get("cache", True)
-        return self.client.build(query, documents, lane="bulk", model=self.model, normalize=normalize, cache=cache)
+        job = self.client.build(query, documents, lane="bulk", model=route.model, normalize=normalize, cache=cache)
+        return job.model_copy(update={"alias": route.alias}) if route.alias else job
 
     def _settle(self, position: int, offset: int, outcome: RerankResult | JobFailed) -> None:
         record = self._open[position]

@@ -9,9 +9,10 @@ from celery import states
 from typing_extensions import Unpack
 
 from producer import ledger
+from producer.aliases import AliasTable
 from producer.bulk import BulkRanker, BulkRecord, RecordResult
 from producer.cache import ScoreCache
-from producer.constants import DEFAULT_LANE, TASK_RERANK, Lane, queue_name
+from producer.constants import DEFAULT_ALIAS, DEFAULT_LANE, TASK_RERANK, Lane, queue_name
 from producer.contract import (
     JobOptions,
     RankedDocument,
@@ -41,6 +42,7 @@ class RerankClient:
         self.settings = settings
         self.app = make_celery(settings, main="rerankq-producer")
         self.cache = ScoreCache(settings)
+        self.aliases = AliasTable(self.app.backend.client, settings)
 
     def rank(
         self, query: str, documents: Sequence[str], *, timeout: float = 60.0, **options: Unpack[JobOptions]
@@ -61,12 +63,13 @@ class RerankClient:
     def build(
         self, query: str, documents: Sequence[str], *, lane: Lane = DEFAULT_LANE, **options: Unpack[JobOptions]
     ) -> RerankJob:
-        """Validate and build a job without sending it."""
+        """Validate and build a job without sending it. Its model stays as asked (maybe an alias,
+        ``default`` when none is given) until ``send`` routes it to a version."""
         return build_job(
             query,
             documents,
             lane=lane,
-            model=options.get("model") or self.settings.default_model,
+            model=options.get("model") or DEFAULT_ALIAS,
             top_n=options.get("top_n"),
             return_documents=options.get("return_documents", False),
             normalize=options.get("normalize", True),
@@ -81,6 +84,7 @@ class RerankClient:
 
     def send(self, job: RerankJob) -> None:
         """Publish the job, or store its answer at once when the cache holds every document."""
+        job = self.route(job)
         ledger.record_submitted(self.app.backend.client, job.job_id, job.model, job.lane, self.settings)
         if (answer := self.dispatch(job)) is not None:
             self._store(answer)
@@ -88,8 +92,9 @@ class RerankClient:
     def dispatch(self, job: RerankJob) -> RerankResult | None:
         """Publish the job on its lane's queue, carrying the cached scores so the worker computes
         only the misses. Returns the answer instead when there is nothing left to compute."""
+        job = self.route(job)
         if not job.documents:
-            return RerankResult(job_id=job.job_id, model=job.model, device="none", results=[])
+            return RerankResult(job_id=job.job_id, model=job.model, alias=job.alias, device="none", results=[])
         job = self._with_cached_scores(job)
         if len(job.cached_scores) == len(job.documents):
             return answer_from_cache(job)
@@ -103,6 +108,16 @@ class RerankClient:
             kwargsrepr="{}",
         )
         return None
+
+    def route(self, job: RerankJob) -> RerankJob:
+        """The job addressed to the model version its model name stands for: an alias picks one
+        per job (by weight), ``default`` is the default alias or ``RERANKQ_DEFAULT_MODEL``."""
+        if job.alias is not None:  # routed already
+            return job
+        route = self.aliases.resolve(job.model)
+        if (route.model, route.alias) == (job.model, None):
+            return job
+        return job.model_copy(update={"model": route.model, "alias": route.alias})
 
     def rank_many(
         self,

@@ -25,6 +25,10 @@ CANCEL_KEY_PREFIX: Final = f"{KEY_PREFIX}:cancel:"  # + "<job id>": workers skip
 WORKERS_KEY: Final = f"{KEY_PREFIX}:workers"  # hash: worker id -> presence (model, lanes, device, seen_at)
 CALLBACKS_DUE_KEY: Final = f"{KEY_PREFIX}:callbacks:due"  # sorted set: job id by next attempt time
 CALLBACKS_KEY: Final = f"{KEY_PREFIX}:callbacks"  # hash: job id -> {url, attempts}
+ALIASES_KEY: Final = f"{KEY_PREFIX}:aliases"  # hash: alias -> {"targets": {version: weight}, "set_at"}
+ALIAS_HISTORY_KEY_PREFIX: Final = f"{KEY_PREFIX}:aliases:history:"  # + "<alias>" -> list of earlier values
+# The alias a request without a model name goes to; without such an alias, RERANKQ_DEFAULT_MODEL.
+DEFAULT_ALIAS: Final = "default"
 
 # kombu's Redis transport keeps a queue's higher message priorities in sibling lists named
 # queue + separator + step; a queue's depth is the sum over all of them.
@@ -63,3 +67,7 @@ def deliveries_key(job_id: str) -> str:
 
 def model_identity_key(model: str) -> str:
     return f"{MODEL_IDENTITY_KEY_PREFIX}{model}"
+
+
+def alias_history_key(alias: str) -> str:
+    return f"{ALIAS_HISTORY_KEY_PREFIX}{alias}"

@@ -26,7 +26,8 @@ class RerankJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: str
-    model: str
+    model: str  # the model version that serves it (an alias is resolved before the job is sent)
+    alias: str | None = None  # the alias the caller asked for, when it asked by alias
     query: str
     documents: list[str]
     lane: Lane = DEFAULT_LANE  # stays "bulk" for a bulk job moved to the cpu lane
@@ -84,7 +85,9 @@ class RerankResult(BaseModel):
     """What a finished job returns: ranked documents plus who served it and how long it took."""
 
     job_id: str
-    model: str
+    model: str  # the exact model version that scored it ...
+    revision: str | None = None  # ... and its revision (pinned hub revision, or a hash of the weights)
+    alias: str | None = None  # the alias the job was sent to, if any
     device: str
     results: list[RankedDocument]
     stats: JobStats = Field(default_factory=JobStats)
@@ -191,6 +194,19 @@ def score_options(job: RerankJob) -> str:
     return f"normalize={int(job.normalize)};max_length={job.max_length or 0};long_documents=truncate"
 
 
+def model_identity(name: str, revision: str, kind: str, fingerprint: str, max_length: int) -> str:
+    """What cached scores are keyed on: which weights, and the worker settings that change scores.
+    Workers publish it per model; the producer reads the revision back out of it for answers it
+    makes from the cache alone."""
+    return f"{name}@{revision}|{kind}|{fingerprint}|max_length={max_length}"
+
+
+def revision_of(identity: str | None) -> str | None:
+    if identity is None or "@" not in identity:
+        return None
+    return identity.split("|", 1)[0].split("@", 1)[1]
+
+
 def cache_key(model: str, identity: str, options: str, query: str, document: str) -> str:
     """The result-cache key of one pair. Each field is length-prefixed before hashing, so no two
     different (identity, options, query, document) tuples can feed the hash the same bytes."""
@@ -219,6 +235,8 @@ def answer_from_cache(job: RerankJob) -> RerankResult:
     return RerankResult(
         job_id=job.job_id,
         model=job.model,
+        revision=revision_of(job.cache_identity),
+        alias=job.alias,
         device="cache",
         results=rank_scores(scores, job.top_n, job.documents if job.return_documents else None),
         stats=JobStats(cache_hits=len(scores)),

@@ -8,6 +8,7 @@ RerankError
 ├── QueueFull                              the lane's queue is deeper than its limit: retry later
 ├── JobNotFound      (also LookupError)   no job with that id (never submitted, or expired)
 ├── ModelLoadError                         a worker cannot load or serve a model (missing file, bad config)
+│   └── ModelCheckFailed                   a model failed a validation check; says which, what is wrong, the fix
 ├── JobFailed                              the worker reported a failure for this job id
 │   └── JobCancelled                       the job was cancelled before a worker started it
 └── JobTimeout       (also TimeoutError)   no result within the caller's timeout; the job may still finish
@@ -85,6 +86,19 @@ class JobNotFound(RerankError, LookupError):
 
 class ModelLoadError(RerankError):
     """A model cannot be loaded; the message says what is missing or mismatched and how to fix it."""
+
+
+class ModelCheckFailed(ModelLoadError):
+    """One of ``rerankq models check``'s checks failed (the worker runs the same ones at start)."""
+
+    def __init__(self, check: str, problem: str, fix: str) -> None:
+        self.check = check
+        self.problem = problem
+        self.fix = fix
+        super().__init__(check, problem, fix)
+
+    def __str__(self) -> str:
+        return f"{self.check} check failed: {self.problem}\n  fix: {self.fix}"
 
 
 class JobFailed(RerankError):

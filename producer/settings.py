@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(7 * 86_400, ge=1)
     cache_timeout_s: float = Field(0.25, gt=0)  # a slow or dead cache must not stall reranking
     identity_refresh_s: float = Field(5.0, ge=0)  # how long a producer trusts a model identity it read
+    # How long a producer (SDK, gateway, bulk run) trusts the alias table it read: the longest an
+    # alias change (a rollout step, a rollback) takes to reach every producer.
+    alias_refresh_s: float = Field(2.0, ge=0)
 
     # Input limits, enforced by the producer before anything is enqueued and again by the worker.
     max_documents: int = Field(1000, ge=1)
@@ -51,6 +54,10 @@ class Settings(BaseSettings):
     # Off: each job gets its own forward pass (the common Celery recipe; for comparison only).
     cross_job_batching: bool = True
     torch_threads: int | None = Field(None, ge=1)  # None: torch's default (one per core)
+    # At start a worker scores the golden set and refuses a model that ranks a pair the wrong way
+    # round. Off only for random-weight models (tests, benchmark shapes); NaN, constant or all-zero
+    # scores refuse a model either way (see worker.validation).
+    check_ranking: bool = True
 
     # Out-of-memory handling (see worker.batcher / worker.oom).
     max_consecutive_ooms: int = Field(16, ge=1)
@@ -78,7 +85,10 @@ class Settings(BaseSettings):
 
     # HTTP gateway (gateway/). API keys: comma-separated, each a key or "sha256:<hex digest>".
     api_keys: Annotated[list[SecretStr], NoDecode] = []
-    model_aliases: dict[str, str] = {}  # JSON, e.g. {"rerank-v3.5": "bge-reranker-v2-m3"}
+    # Static aliases (JSON): a name for one model version, or a traffic split by weight, e.g.
+    # {"rerank-v3.5": "bge-reranker-v2-m3", "zh": {"zh-v1": 90, "zh-v2": 10}}. Aliases set with
+    # `rerankq models alias` live in Redis and override these (see producer.aliases).
+    model_aliases: dict[str, str | dict[str, int]] = {}
     gateway_timeout_s: float = Field(30.0, gt=0)  # longer: 504 with the job id, poll /v1/jobs/{id}
     max_queue_depth: int = Field(1000, ge=1)  # jobs waiting in one lane; more: 429
     retry_after_s: int = Field(2, ge=1)

@@ -11,8 +11,10 @@ import typer
 
 from producer.constants import LANES, Lane
 from producer.errors import ModelLoadError
+from rerankq.models_cli import models_app
 
 app = typer.Typer(help="rerankq: cross-encoder reranking behind a Celery queue on Redis.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 
 def _setup_logging(level: int = logging.INFO) -> None:
@@ -50,8 +52,16 @@ def worker(
             min=0, max=65535, help="Serve Prometheus metrics on this port (default RERANKQ_WORKER_METRICS_PORT; 0 off)."
         ),
     ] = None,
+    check_ranking: Annotated[
+        bool | None,
+        typer.Option(
+            "--check-ranking/--no-check-ranking",
+            help="Refuse a model that ranks a golden pair the wrong way round (default RERANKQ_CHECK_RANKING, on). "
+            "Off only for random-weight models; NaN or constant scores refuse a model either way.",
+        ),
+    ] = None,
 ) -> None:
-    """Serve one model: load it once, then consume its queues."""
+    """Serve one model version: check and load it once, then consume its queues."""
     _setup_logging()
     from producer.settings import get_settings
     from worker.main import WorkerOptions, run_worker
@@ -68,6 +78,7 @@ def worker(
         torch_threads=torch_threads,
         cross_job_batching=cross_job_batching,
         metrics_port=metrics_port,
+        check_ranking=check_ranking,
     )
     try:
         run_worker(options)

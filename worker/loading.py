@@ -1,4 +1,4 @@
-"""Resolve ``--model NAME_OR_PATH`` to a manifest, check a local folder, load it on a device.
+"""Resolve ``--model NAME_OR_PATH`` to a manifest, check it (``worker.validation``), load it on a device.
 
 Every failure is a ``ModelLoadError`` whose message names the missing file or the mismatch.
 """
@@ -6,30 +6,28 @@ Every failure is a ``ModelLoadError`` whose message names the missing file or th
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
+from transformers.utils import logging as transformers_logging
 
 from producer.constants import MODEL_NAME_PATTERN
+from producer.contract import model_identity as identity_of
 from producer.errors import ModelLoadError
 from producer.registry import ModelManifest, find_manifest, source_path
 from producer.settings import Settings
 from worker.backends import Backend, BiEncoderBackend, CrossEncoderBackend
+from worker.golden import GoldenItem, load_golden
+from worker.validation import Report, check_files, check_scores
 
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "vocab.json")
 log = logging.getLogger("rerankq.worker")
+transformers_logging.disable_progress_bar()  # one bar per load on stderr, in every worker log
 _SAMPLE_BYTES = 1 << 20
 _FINGERPRINTED = {"config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "pytorch_model.bin"}
-_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 
 
 def resolve_model(spec: str, name: str | None, settings: Settings) -> ModelManifest:
@@ -65,45 +63,40 @@ def pick_device(device: str, min_free_gpu_mb: int = 0, fallback_to_cpu: bool = F
     return device
 
 
+def load_checked(
+    manifest: ModelManifest,
+    device: str,
+    *,
+    max_length: int | None = None,
+    golden: Sequence[GoldenItem] | None = None,
+    check_ranking: bool = True,
+    report: Report = lambda passed: None,
+) -> Backend:
+    """Run every check of ``worker.validation`` around the load; ``report`` hears each that passes.
+    Raises ``ModelCheckFailed`` at the first that fails. A hub model not in the local cache has no
+    folder to check before the load, which then fails with its own message."""
+    folder = model_folder(manifest)
+    if folder is not None:
+        for passed in check_files(folder, manifest.kind):
+            report(passed)
+    backend = load_backend(manifest, device, max_length)
+    for passed in check_scores(backend, golden or load_golden(), manifest, check_ranking):
+        report(passed)
+    return backend
+
+
 def load_backend(manifest: ModelManifest, device: str, max_length: int | None = None) -> Backend:
-    """Load the weights once; fp16 on CUDA, fp32 on CPU."""
+    """Load the weights once, in the manifest's dtype for the device (fp16 on CUDA, fp32 on CPU)."""
     source = source_path(manifest.source)
-    if Path(source).is_dir():
-        check_model_folder(Path(source), manifest.kind)
     length = min(max_length or manifest.max_length, manifest.model_max_length)
     try:
         backend = _load(manifest, source, device, length)
     except (OSError, ValueError, RuntimeError) as e:
         raise ModelLoadError(_explain_load_failure(manifest, e)) from e
-    if device.startswith("cuda"):
-        backend.model.half()  # type: ignore[attr-defined]
+    dtype = getattr(torch, manifest.dtype_for(device))
+    if dtype != torch.float32:
+        backend.model.to(dtype)  # type: ignore[attr-defined]
     return backend
-
-
-def check_model_folder(folder: Path, kind: str = "cross-encoder") -> None:
-    """The files a model folder needs, checked before any loading starts."""
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ModelLoadError(f"{folder}: config.json is missing; save the model with save_pretrained()")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"{config_path} is not valid JSON: {e}") from e
-    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
-        raise ModelLoadError(
-            f"{folder}: no tokenizer files (expected one of {', '.join(_TOKENIZER_FILES)}); "
-            "save the tokenizer with tokenizer.save_pretrained() into the same folder"
-        )
-    if not any((folder / f).is_file() for f in _WEIGHT_FILES):
-        raise ModelLoadError(f"{folder}: no weights (expected one of {', '.join(_WEIGHT_FILES)})")
-    if "model_type" not in config:
-        raise ModelLoadError(f"{config_path} has no model_type; it is not a transformers config")
-    labels = len(config.get("id2label") or {}) or config.get("num_labels", 1)
-    if kind == "cross-encoder" and labels != 1:
-        raise ModelLoadError(
-            f"{config_path}: the classifier has num_labels={labels}; a reranker needs exactly one output "
-            "(num_labels=1). A multi-class model cannot rank."
-        )
 
 
 def model_identity(manifest: ModelManifest, backend: Backend) -> str:
@@ -111,13 +104,26 @@ def model_identity(manifest: ModelManifest, backend: Backend) -> str:
 
     New weights, a new revision or another max_length give another identity, so a model change
     can never serve stale scores."""
-    return f"{manifest.name}|{manifest.kind}|{weights_fingerprint(manifest)}|max_length={backend.max_length}"
+    fingerprint = weights_fingerprint(manifest)
+    revision = served_revision(manifest, fingerprint)
+    return identity_of(manifest.name, revision, manifest.kind, fingerprint, backend.max_length)
+
+
+def served_revision(manifest: ModelManifest, fingerprint: str) -> str:
+    """The revision results name: the manifest's pinned one, the hub snapshot's commit, or (local
+    weights) ``sha-`` and the start of the weights fingerprint."""
+    if manifest.revision:
+        return manifest.revision
+    folder = model_folder(manifest)
+    if folder is not None and folder.parent.name == "snapshots":
+        return folder.name
+    return f"sha-{fingerprint[:12]}" if folder is not None else "unresolved"
 
 
 def weights_fingerprint(manifest: ModelManifest) -> str:
     """A hash over the model folder's config, tokenizer and weight files: names, sizes, and the
     first and last MiB of each (hashing whole multi-GB files would slow every start-up)."""
-    folder = _model_folder(manifest)
+    folder = model_folder(manifest)
     if folder is None:
         return f"{manifest.source}@{manifest.revision or 'unresolved'}"
     digest = hashlib.blake2b(digest_size=16)
@@ -131,7 +137,7 @@ def weights_fingerprint(manifest: ModelManifest) -> str:
     return digest.hexdigest()
 
 
-def _model_folder(manifest: ModelManifest) -> Path | None:
+def model_folder(manifest: ModelManifest) -> Path | None:
     """The folder the weights were loaded from: a local folder, or the hub cache's snapshot."""
     source = Path(source_path(manifest.source))
     if source.is_dir():

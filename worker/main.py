@@ -15,11 +15,13 @@ from celery import Task, signals
 
 from producer.cache import ScoreCache
 from producer.constants import Lane, by_priority, queue_name
+from producer.contract import revision_of
+from producer.registry import ModelManifest
 from producer.settings import Settings, get_settings
 from worker import metrics
 from worker.backends import Backend, OomInjectingBackend
 from worker.batcher import Batcher
-from worker.loading import load_backend, model_identity, pick_device, resolve_model
+from worker.loading import load_checked, model_identity, pick_device, resolve_model
 from worker.presence import PresenceBeacon
 from worker.runtime import Runtime, install
 from worker.tasks import served_lane
@@ -42,6 +44,7 @@ class WorkerOptions:
     torch_threads: int | None = None  # None: RERANKQ_TORCH_THREADS, else torch's default
     cross_job_batching: bool | None = None  # None: RERANKQ_CROSS_JOB_BATCHING
     metrics_port: int | None = None  # None: RERANKQ_WORKER_METRICS_PORT (0: off)
+    check_ranking: bool | None = None  # None: RERANKQ_CHECK_RANKING (on)
 
 
 def load_runtime(options: WorkerOptions) -> Runtime:
@@ -52,7 +55,14 @@ def load_runtime(options: WorkerOptions) -> Runtime:
     if threads := options.torch_threads or settings.torch_threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    backend = with_fault_injection(load_backend(manifest, device, options.max_length or settings.max_length), settings)
+    backend = load_checked(
+        manifest,
+        device,
+        max_length=options.max_length or settings.max_length,
+        check_ranking=settings.check_ranking if options.check_ranking is None else options.check_ranking,
+        report=lambda passed: log.info("model check %s passed: %s", passed.check, passed.detail),
+    )
+    backend = with_fault_injection(backend, settings)
     backend.warm_up()
     load_s = time.perf_counter() - started
     metrics.MODEL_LOAD.labels(manifest.name, device).set(load_s)
@@ -62,7 +72,7 @@ def load_runtime(options: WorkerOptions) -> Runtime:
     cross_job = settings.cross_job_batching if options.cross_job_batching is None else options.cross_job_batching
     batcher = Batcher(
         backend,
-        settings.token_budget,
+        token_budget_for(manifest, device, settings),
         settings.batch_pairs_for(device),
         settings.max_wait_ms,
         settings.max_consecutive_ooms,
@@ -72,9 +82,10 @@ def load_runtime(options: WorkerOptions) -> Runtime:
     )
     batcher.start()
     log.info(
-        "model %s ready: %s (%s) on %s in %.2fs, max_length %d, %d torch threads, cross-job batching %s",
+        "model %s ready: %s@%s (%s) on %s in %.2fs, max_length %d, %d torch threads, cross-job batching %s",
         manifest.name,
         manifest.source,
+        revision_of(identity),
         backend.kind,
         device,
         load_s,
@@ -87,6 +98,13 @@ def load_runtime(options: WorkerOptions) -> Runtime:
     )
     redis_client = redis.Redis.from_url(settings.redis_url)
     return Runtime(manifest, backend, batcher, settings, redis_client, cache, identity, lanes)
+
+
+def token_budget_for(manifest: ModelManifest, device: str, settings: Settings) -> int:
+    """RERANKQ_TOKEN_BUDGET when set, else the manifest's budget for this device, else the default."""
+    if "token_budget" in settings.model_fields_set:
+        return settings.token_budget
+    return manifest.token_budget_for(device) or settings.token_budget
 
 
 def with_fault_injection(backend: Backend, settings: Settings) -> Backend:

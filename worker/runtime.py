@@ -12,6 +12,7 @@ import redis
 
 from producer.cache import ScoreCache
 from producer.constants import Lane
+from producer.contract import revision_of
 from producer.registry import ModelManifest
 from producer.settings import Settings
 from worker import metrics
@@ -36,6 +37,10 @@ class Runtime:
     @property
     def model_name(self) -> str:
         return self.manifest.name
+
+    @property
+    def revision(self) -> str | None:
+        return revision_of(self.identity)
 
     @contextmanager
     def holding(self, lane: str) -> Iterator[None]:

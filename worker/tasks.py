@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +149,7 @@ def finish(work: PreparedJob, runtime: Runtime, lane: str) -> RerankResult:
     """Score the misses in the shared batcher, store them in the cache, rank, log one line."""
     job, known = work.job, work.known
     computed, stats = compute_scores(work, runtime)
+    refuse_non_finite(job, computed)
     if job.cache and runtime.cache.enabled and (computed or work.late_hits):
         options = score_options(job)
         runtime.cache.store(job.model, runtime.identity, options, job.query, computed, hits=work.late_hits)
@@ -161,11 +163,22 @@ def finish(work: PreparedJob, runtime: Runtime, lane: str) -> RerankResult:
     return RerankResult(
         job_id=job.job_id,
         model=job.model,
+        revision=runtime.revision,
+        alias=job.alias,
         device=runtime.backend.device,
         results=results,
         stats=stats,
         rerouted_from=job.rerouted_from,
     )
+
+
+def refuse_non_finite(job: RerankJob, computed: dict[str, float]) -> None:
+    """Never serve or cache a NaN: the start-up check catches broken weights, but an input can still
+    overflow (fp16 on a GPU). The job fails with the reason; the worker keeps serving."""
+    bad = sum(not math.isfinite(score) for score in computed.values())
+    if bad:
+        log.error(json.dumps({"event": "non_finite_scores", "job_id": job.job_id, "model": job.model, "pairs": bad}))
+        raise JobFailed(job.job_id, f"the model scored {bad} of {len(computed)} pairs NaN or infinity; nothing served")
 
 
 def known_scores(job: RerankJob, runtime: Runtime, look_again: bool) -> tuple[dict[str, float], int]:

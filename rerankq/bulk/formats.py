@@ -102,12 +102,13 @@ def _pyarrow() -> tuple[Any, Any]:
 
 
 def output_line(result: RecordResult) -> bytes:
-    """One output record: the record's id and its ranked documents (their ids where given)."""
+    """One output record: the record's id, its ranked documents (their ids where given), and the
+    model version and revision that scored it."""
     ranked = [
         {"index": doc.index, "score": doc.score} | ({"id": doc.id} if doc.id is not None else {})
         for doc in result.results
     ]
-    return _line({"id": result.id, "results": ranked})
+    return _line({"id": result.id, "results": ranked, "model": result.model, "revision": result.revision})
 
 
 def error_line(result: RecordResult, line: int) -> bytes:
@@ -126,7 +127,14 @@ def jsonl_to_parquet(source: Path, target: Path) -> None:
     document = pa.struct(
         [("index", pa.int64()), ("score", pa.float64()), ("id", pa.int64() if documents_int else pa.string())]
     )
-    schema = pa.schema([("id", pa.int64() if records_int else pa.string()), ("results", pa.list_(document))])
+    schema = pa.schema(
+        [
+            ("id", pa.int64() if records_int else pa.string()),
+            ("results", pa.list_(document)),
+            ("model", pa.string()),
+            ("revision", pa.string()),
+        ]
+    )
     with pq.ParquetWriter(target, schema) as writer:
         for chunk in _chunks(source):
             rows = [_typed(row, records_int, documents_int) for row in chunk]
@@ -147,7 +155,8 @@ def _typed(row: dict[str, Any], records_int: bool, documents_int: bool) -> dict[
         return value if value is None or documents_int else str(value)
 
     results = [doc | {"id": doc_id(doc.get("id"))} for doc in row["results"]]
-    return {"id": row["id"] if records_int else str(row["id"]), "results": results}
+    typed_id = row["id"] if records_int else str(row["id"])
+    return {"id": typed_id, "results": results, "model": row.get("model"), "revision": row.get("revision")}
 
 
 def _chunks(path: Path) -> Iterator[list[dict[str, Any]]]:

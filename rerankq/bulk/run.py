@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 from rich.console import Console
 
 from producer import RecordResult, RerankClient
-from producer.constants import WORKERS_KEY
+from producer.constants import DEFAULT_ALIAS, WORKERS_KEY
 from producer.presence import live_presences, serving
 from rerankq.bulk.checkpoint import Checkpoint
 from rerankq.bulk.formats import (
@@ -69,7 +69,7 @@ class BulkUsageError(Exception):
 
 def run_bulk(options: BulkOptions, client: RerankClient, console: Console) -> int:
     """Run (or resume) to the end; returns the exit status."""
-    model = options.model or client.settings.default_model
+    model = options.model or DEFAULT_ALIAS  # an alias is resolved per record (see BulkRanker)
     checkpoint = start_or_resume(options, model)
     progress_path = Checkpoint.path_for(options.output)
     if checkpoint.complete:  # a finished run, run again: only the summary
@@ -119,12 +119,15 @@ def warn_without_workers(client: RerankClient, model: str, console: Console) -> 
     """Records wait in Redis until a worker comes (a queue-driven autoscaler may start one)."""
     entries = client.app.backend.client.hgetall(WORKERS_KEY)
     live, _ = live_presences(entries, client.settings.presence_interval_s)
-    if not serving(live, model, "bulk"):
-        console.print(
-            f"[yellow]warning[/]: no live worker consumes the bulk lane of {model}; jobs wait in Redis "
-            f"until one starts (`rerankq worker --model {model}`)",
-            soft_wrap=True,
-        )
+    alias = client.aliases.table().get(model)
+    versions = list(alias.targets) if alias else [client.aliases.resolve(model).model]
+    for version in versions:
+        if not serving(live, version, "bulk"):
+            console.print(
+                f"[yellow]warning[/]: no live worker consumes the bulk lane of {version}; jobs wait in Redis "
+                f"until one starts (`rerankq worker --model {version}`)",
+                soft_wrap=True,
+            )
 
 
 class Sink:
