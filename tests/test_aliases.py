@@ -1,0 +1,190 @@
+"""Aliases against real workers: a traffic split decided per job, results naming the version that
+scored them, rollback reaching SDK and gateway without a restart, and versions never mixed."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+from gateway_support import AUTH
+from typer.testing import CliRunner
+
+from producer import RerankClient
+from producer.aliases import AliasTarget, alias_history, delete_alias, rollback_alias, set_alias
+from producer.constants import alias_history_key, model_identity_key
+from producer.contract import revision_of
+from producer.settings import get_settings
+from rerankq.cli import app
+from rerankq.fleet import GatewayProcess
+
+QUERY = "what is a cross-encoder"
+DOCS = ["A cross-encoder reads query and document together.", "Apples grow on trees.", "Redis is a data store."]
+
+
+@pytest.fixture
+def broker(redis_server) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def http(gateway: GatewayProcess) -> httpx.Client:
+    return httpx.Client(base_url=gateway.url, headers=AUTH, timeout=60)
+
+
+@pytest.fixture
+def alias_client(workers: dict) -> Iterator[RerankClient]:
+    """A client that re-reads the alias table on every job, so a change shows at once."""
+    with RerankClient(settings=get_settings().model_copy(update={"alias_refresh_s": 0})) as client:
+        yield client
+
+
+@pytest.fixture
+def fresh_alias(broker: redis.Redis, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"alias-{request.node.name[:40].replace('[', '-').replace(']', '')}"
+    yield name
+    delete_alias(broker, name)
+    broker.delete(alias_history_key(name))
+
+
+def test_pick_follows_the_weights() -> None:
+    target = AliasTarget(targets={"v1": 90, "v2": 10})
+    rng = random.Random(7)
+    picks = Counter(target.pick(rng) for _ in range(20_000))
+    assert abs(picks["v2"] / 20_000 - 0.10) < 0.01  # 0.1 ± ~4.7 standard deviations
+    assert AliasTarget(targets={"only": 1}).pick(rng) == "only"
+
+
+def test_split_ratio_over_many_jobs(alias_client: RerankClient, broker: redis.Redis, fresh_alias: str) -> None:
+    """80/20 between two versions, decided per job; every result names its version and scores as
+    that version does."""
+    set_alias(broker, fresh_alias, {"tiny-bert": 80, "tiny-xlmr": 20})
+    handles = [alias_client.submit(QUERY, [f"document number {i}"], model=fresh_alias, cache=False) for i in range(200)]
+    results = [handle.result(timeout=120) for handle in handles]
+    served = Counter(result.model for result in results)
+    assert set(served) == {"tiny-bert", "tiny-xlmr"}
+    assert abs(served["tiny-xlmr"] - 40) <= 25  # binomial(200, 0.2): sd 5.7, so within 4.4 sd
+    assert {result.alias for result in results} == {fresh_alias}
+    for version in ("tiny-bert", "tiny-xlmr"):
+        result = next(r for r in results if r.model == version)
+        document = f"document number {results.index(result)}"
+        direct = alias_client.rank(QUERY, [document], model=version, cache=False)
+        assert result.results[0].score == pytest.approx(direct[0].score, abs=1e-6)
+
+
+def test_result_names_version_and_revision(alias_client: RerankClient, broker: redis.Redis, fresh_alias: str) -> None:
+    set_alias(broker, fresh_alias, {"tiny-bert": 100})
+    computed = alias_client.submit(QUERY, DOCS, model=fresh_alias).result(timeout=60)
+    published = broker.get(model_identity_key("tiny-bert"))
+    assert published is not None
+    revision = revision_of(published.decode())
+    assert revision is not None and revision.startswith("sha-")  # local weights: a hash of them
+    assert (computed.model, computed.revision, computed.alias) == ("tiny-bert", revision, fresh_alias)
+    cached = alias_client.submit(QUERY, DOCS, model=fresh_alias).result(timeout=60)
+    assert cached.device == "cache"  # answered by the producer alone, still naming the version
+    assert (cached.model, cached.revision, cached.alias) == ("tiny-bert", revision, fresh_alias)
+
+
+def test_rollback_reaches_sdk_without_restart(
+    alias_client: RerankClient, broker: redis.Redis, fresh_alias: str
+) -> None:
+    set_alias(broker, fresh_alias, {"tiny-bert": 100})
+    set_alias(broker, fresh_alias, {"tiny-xlmr": 100}, note="roll out")
+    assert alias_client.submit(QUERY, DOCS, model=fresh_alias, cache=False).result(timeout=60).model == "tiny-xlmr"
+    restored = rollback_alias(broker, fresh_alias)
+    assert restored is not None and restored.targets == {"tiny-bert": 100}
+    assert alias_client.submit(QUERY, DOCS, model=fresh_alias, cache=False).result(timeout=60).model == "tiny-bert"
+    assert rollback_alias(broker, fresh_alias) is None  # before its first value it did not exist
+    with pytest.raises(LookupError, match="no earlier value"):
+        rollback_alias(broker, fresh_alias)
+
+
+def test_rollback_reaches_the_gateway_within_its_refresh(
+    http: httpx.Client, broker: redis.Redis, fresh_alias: str
+) -> None:
+    """The gateway re-reads aliases every RERANKQ_ALIAS_REFRESH_S (2 s): no restart needed."""
+    set_alias(broker, fresh_alias, {"tiny-bert": 100})
+    set_alias(broker, fresh_alias, {"tiny-xlmr": 100})
+    assert _gateway_version(http, fresh_alias) == "tiny-xlmr"
+    rollback_alias(broker, fresh_alias)
+    changed_at = time.monotonic()
+    while _gateway_version(http, fresh_alias) != "tiny-bert":
+        assert time.monotonic() - changed_at < 15, "the gateway never saw the rollback"
+        time.sleep(0.2)
+
+
+def _gateway_version(http: httpx.Client, alias: str) -> str:
+    response = http.post("/v2/rerank", json={"model": alias, "query": QUERY, "documents": DOCS})
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Rerankq-Alias"] == alias and response.headers["X-Rerankq-Revision"].startswith("sha-")
+    return response.headers["X-Rerankq-Model"]
+
+
+def test_versions_never_share_cached_scores(alias_client: RerankClient, broker: redis.Redis, fresh_alias: str) -> None:
+    query = f"cache isolation {time.time()}"
+    set_alias(broker, fresh_alias, {"tiny-bert": 100})
+    first = alias_client.submit(query, DOCS, model=fresh_alias).result(timeout=60)
+    set_alias(broker, fresh_alias, {"tiny-xlmr": 100})
+    second = alias_client.submit(query, DOCS, model=fresh_alias).result(timeout=60)
+    assert (first.model, second.model) == ("tiny-bert", "tiny-xlmr")
+    assert second.device != "cache" and second.stats.cache_hits == 0  # not the other version's scores
+    direct = alias_client.rank(query, DOCS, model="tiny-xlmr", cache=False)
+    assert [d.score for d in second.results] == pytest.approx([d.score for d in direct], abs=1e-6)
+
+
+def test_default_alias_moves_requests_without_a_model(broker: redis.Redis, workers: dict) -> None:
+    settings = get_settings().model_copy(update={"alias_refresh_s": 0, "default_model": "tiny-bert"})
+    with RerankClient(settings=settings) as client:
+        assert client.submit(QUERY, DOCS, cache=False).result(timeout=60).model == "tiny-bert"
+        set_alias(broker, "default", {"tiny-xlmr": 100})
+        try:
+            result = client.submit(QUERY, DOCS, cache=False).result(timeout=60)
+            assert (result.model, result.alias) == ("tiny-xlmr", "default")
+        finally:
+            delete_alias(broker, "default")
+            broker.delete(alias_history_key("default"))
+        assert client.submit(QUERY, DOCS, cache=False).result(timeout=60).model == "tiny-bert"
+
+
+def test_a_bulk_record_is_scored_by_one_version(broker: redis.Redis, fresh_alias: str, workers: dict) -> None:
+    """A record split into several jobs never mixes versions: the alias is resolved per record."""
+    set_alias(broker, fresh_alias, {"tiny-bert": 50, "tiny-xlmr": 50})
+    settings = get_settings().model_copy(update={"alias_refresh_s": 0, "bulk_job_documents": 2})
+    records = [{"id": i, "query": f"{QUERY} {i}", "documents": DOCS * 2} for i in range(12)]
+    with RerankClient(settings=settings) as client:
+        results = list(client.rank_many(records, model=fresh_alias, cache=False))
+        assert {result.model for result in results} == {"tiny-bert", "tiny-xlmr"}
+        for result in results:
+            direct = client.rank(records[result.position]["query"], DOCS * 2, model=result.model, cache=False)
+            by_index = {d.index: d.score for d in direct}
+            assert [r.score for r in result.results] == pytest.approx([by_index[r.index] for r in result.results])
+
+
+runner = CliRunner()
+
+
+def test_alias_cli(broker: redis.Redis, fresh_alias: str, workers: dict) -> None:
+    idle = runner.invoke(app, ["models", "alias", "set", fresh_alias, "tiny-bert=90", "nobody-serves-this=10"])
+    assert idle.exit_code == 2 and "none serves nobody-serves-this" in idle.output
+    shadow = runner.invoke(app, ["models", "alias", "set", "tiny-bert", "tiny-xlmr"])
+    assert shadow.exit_code == 2 and "must not be the name of a model version" in shadow.output
+    bad_weight = runner.invoke(app, ["models", "alias", "set", fresh_alias, "tiny-bert=0"])
+    assert bad_weight.exit_code == 2 and "positive integer" in bad_weight.output
+    assert runner.invoke(app, ["models", "alias", "set", fresh_alias, "tiny-bert"]).exit_code == 0
+    split = runner.invoke(
+        app, ["models", "alias", "set", fresh_alias, "tiny-bert=90", "tiny-xlmr=10", "--note", "gray"]
+    )
+    assert split.exit_code == 0 and "tiny-bert 90 %, tiny-xlmr 10 %" in split.output
+    shown = runner.invoke(app, ["models", "alias", "show", fresh_alias])
+    assert "1 back: tiny-bert" in shown.output and "2 back: (not set)" in shown.output
+    back = runner.invoke(app, ["models", "alias", "rollback", fresh_alias])
+    assert back.exit_code == 0 and f"{fresh_alias} → tiny-bert" in back.output
+    assert [value.targets if value else None for value in alias_history(broker, fresh_alias)] == [None]
+    listed = runner.invoke(app, ["models", "list"])
+    assert fresh_alias in listed.output and "tiny-xlmr" in listed.output
