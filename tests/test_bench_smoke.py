@@ -22,6 +22,7 @@ FIELDS = {
     "latency": {"compute_ms_p50", "e2e_ms_p50", "e2e_ms_p99", "overhead_ms_p50"},
     "scale": {"one_pairs_per_s", "two_pairs_per_s", "ratio"},
     "priority": {"idle_ms_p95", "under_bulk_ms_p95", "ratio", "bulk_pairs_per_s", "pipeline_pairs_per_s", "bulk_ratio"},
+    "startup": {"load_s_p50", "checked_s_p50", "check_cost_s", "ratio"},
 }
 
 

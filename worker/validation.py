@@ -182,16 +182,14 @@ def _check_shards(folder: Path, weights_file: str) -> None:
 
 def _loading_info(folder: Path, kind: ModelKind) -> dict[str, Any]:
     """transformers' own account of which checkpoint weights fit the model class that will serve.
-    This loads the weights once more (in fp16 to halve the cost): a sentence-transformers load
-    silently fills a missing head with random numbers and reports nothing."""
-    import torch
+    This loads the weights once more (in their stored dtype, so safetensors can map rather than
+    copy them): a sentence-transformers load silently fills a missing head with random numbers
+    and reports nothing."""
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     model_class = AutoModelForSequenceClassification if kind == "cross-encoder" else AutoModel
     try:
-        model, info = model_class.from_pretrained(
-            folder, output_loading_info=True, ignore_mismatched_sizes=True, dtype=torch.float16
-        )
+        model, info = model_class.from_pretrained(folder, output_loading_info=True, ignore_mismatched_sizes=True)
     except (OSError, ValueError, RuntimeError) as e:
         raise ModelCheckFailed(
             "weights",

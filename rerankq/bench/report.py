@@ -42,6 +42,7 @@ TARGETS: dict[str, tuple[str, str, Check]] = {
         "interactive p95 under bulk <= 2x idle; bulk >= 0.9x the pipeline's pairs/s",
         lambda r: r["ratio"] <= 2 and r["bulk_ratio"] >= 0.9,
     ),
+    "startup": ("check_cost_s", "model checks add <= 5 s to a worker start", lambda r: r["check_cost_s"] <= 5),
 }
 
 

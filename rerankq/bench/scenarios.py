@@ -169,6 +169,31 @@ def priority(ctx: BenchContext) -> Iterator[Record]:
     }
 
 
+def startup(ctx: BenchContext) -> Iterator[Record]:
+    """What the model checks add to a worker's start: load + warm-up alone vs with every check
+    (the golden-ranking check off: benchmark shapes carry random weights)."""
+    from producer.settings import get_settings
+    from worker.loading import load_backend, load_checked, resolve_model
+
+    manifest, device = resolve_model(ctx.fleet.spec, None, get_settings()), ctx.fleet.device
+    plain, checked = [], []
+    for _ in range(3):
+        plain.append(_seconds(lambda: load_backend(manifest, device).warm_up()))
+        checked.append(_seconds(lambda: load_checked(manifest, device, check_ranking=False).warm_up()))
+    yield {
+        "load_s_p50": statistics.median(plain),
+        "checked_s_p50": statistics.median(checked),
+        "check_cost_s": statistics.median(checked) - statistics.median(plain),
+        "ratio": statistics.median(checked) / statistics.median(plain),
+    }
+
+
+def _seconds(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
 SCENARIOS: dict[str, Callable[[BenchContext], Iterator[Record]]] = {
     "throughput": throughput,
     "naive": naive,
@@ -177,6 +202,7 @@ SCENARIOS: dict[str, Callable[[BenchContext], Iterator[Record]]] = {
     "latency": latency,
     "scale": scale,
     "priority": priority,
+    "startup": startup,
 }
 
 
