@@ -7,11 +7,12 @@ reserved and not finished (each worker reports those in its presence entry).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
 
+from producer.aliases import AliasTarget, static_aliases, stored_aliases
 from producer.constants import CACHE_STATS_KEY, LANES, WORKERS_KEY, queue_keys, queue_name
 from producer.presence import WorkerPresence, live_presences, serving
 from producer.registry import load_manifests
@@ -37,6 +38,7 @@ class FleetState:
     lanes: list[LaneState]
     cache_hits: int
     cache_misses: int
+    aliases: dict[str, AliasTarget] = field(default_factory=dict)  # static and live, live winning
 
     @property
     def cache_hit_ratio(self) -> float | None:
@@ -69,4 +71,5 @@ def read_fleet(client: redis.Redis, settings: Settings, cache: redis.Redis | Non
         for i, (model, lane) in enumerate(pairs)
     ]
     stats = {k.decode(): int(v) for k, v in counters.items()}
-    return FleetState(workers, lanes, stats.get("hits", 0), stats.get("misses", 0))
+    aliases = static_aliases(settings) | stored_aliases(client)
+    return FleetState(workers, lanes, stats.get("hits", 0), stats.get("misses", 0), aliases)

@@ -58,6 +58,13 @@ class FleetCollector(Collector):
         cache.add_metric(["hit"], fleet.cache_hits)
         cache.add_metric(["miss"], fleet.cache_misses)
         yield cache
+        shares = GaugeMetricFamily(
+            "rerankq_alias_share", "Percent of an alias's jobs routed to a model version", labels=["alias", "model"]
+        )
+        for alias, target in sorted(fleet.aliases.items()):
+            for model, share in target.shares().items():
+                shares.add_metric([alias, model], share)
+        yield shares
 
 
 def serve_exporter(settings: Settings, port: int, host: str = "0.0.0.0") -> None:

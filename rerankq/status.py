@@ -24,6 +24,8 @@ def print_status(as_json: bool) -> None:
     console = Console()
     console.print(_workers_table(fleet))
     console.print(_lanes_table(fleet))
+    if fleet.aliases:
+        console.print(_aliases_table(fleet))
     ratio = fleet.cache_hit_ratio
     console.print(
         f"cache: {fleet.cache_hits} hits, {fleet.cache_misses} misses"
@@ -55,9 +57,17 @@ def _lanes_table(fleet: FleetState) -> Table:
     return table
 
 
+def _aliases_table(fleet: FleetState) -> Table:
+    table = Table("alias", "routes to", title="aliases")
+    for alias, target in sorted(fleet.aliases.items()):
+        table.add_row(alias, target.describe())
+    return table
+
+
 def _as_dict(fleet: FleetState) -> dict[str, object]:
     return {
         "workers": [asdict(worker) for worker in fleet.workers],
         "lanes": [asdict(lane) | {"depth": lane.depth} for lane in fleet.lanes],
         "cache": {"hits": fleet.cache_hits, "misses": fleet.cache_misses, "hit_ratio": fleet.cache_hit_ratio},
+        "aliases": {alias: target.shares() for alias, target in fleet.aliases.items()},
     }

@@ -20,7 +20,8 @@ from gateway_support import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from producer import RerankClient
-from producer.constants import WORKERS_KEY
+from producer.aliases import delete_alias, set_alias
+from producer.constants import WORKERS_KEY, alias_history_key
 from producer.fleet_state import read_fleet
 from producer.presence import WorkerPresence
 from producer.settings import Settings
@@ -102,9 +103,12 @@ def test_two_worker_processes_share_the_work_and_the_exporter_sums_them(
             assert all(handle.result(timeout=60).results for handle in handles)
             for i in range(5):
                 client.dispatch(client.build(f"waiting {i}", ["doc"], lane="bulk", model=name))
+            set_alias(client.app.backend.client, "multi-gray", {name: 75, "tiny-bert": 25})
             wait_until(lambda: _reachable(port), timeout=30)
             samples = scrape(port)
         finally:
+            delete_alias(client.app.backend.client, "multi-gray")
+            client.app.backend.client.delete(alias_history_key("multi-gray"))
             exporter.terminate()
             exporter.wait(10)
         logs = [worker.log() for worker in workers]
@@ -115,6 +119,7 @@ def test_two_worker_processes_share_the_work_and_the_exporter_sums_them(
     assert value(samples, "rerankq_lane_workers", model=name, lane="interactive") == 2
     assert value(samples, "rerankq_lane_workers", model=name, lane="bulk") == 0
     assert value(samples, "rerankq_redis_up") == 1
+    assert value(samples, "rerankq_alias_share", alias="multi-gray", model=name) == 75
 
 
 def _reachable(port: int) -> bool:
@@ -148,7 +153,7 @@ def test_status_lists_workers_lanes_and_the_cache(workers: dict, client: RerankC
     assert {"tiny-bert", "tiny-xlmr", "all-minilm-l6-v2"} <= {w["model"] for w in status["workers"]}
     lane = next(lane for lane in status["lanes"] if lane["model"] == "tiny-bert" and lane["lane"] == "interactive")
     assert lane["workers"] >= 1 and lane["depth"] == lane["waiting"] + lane["held"]
-    assert set(status["cache"]) == {"hits", "misses", "hit_ratio"}
+    assert set(status["cache"]) == {"hits", "misses", "hit_ratio"} and isinstance(status["aliases"], dict)
     table = subprocess.run([sys.executable, "-m", "rerankq", "status"], capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and "queues" in table.stdout and "cache:" in table.stdout
 
