@@ -1,0 +1,80 @@
+"""Model manifests: one TOML file per version, local weights beside it, dtype and token budget per device."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from producer.errors import ModelLoadError
+from producer.registry import load_manifests
+from producer.settings import Settings, get_settings
+from rerankq.cli import app
+from worker.loading import load_backend, resolve_model
+from worker.main import token_budget_for
+
+MANIFEST = """
+name = "acme-rerank-v2"
+source = "./acme-rerank-v2"
+revision = "v2.0"
+max_length = 128
+dtype = { cpu = "bfloat16" }
+token_budget = { cuda = 32768, cpu = 4096 }
+languages = ["en", "zh"]
+"""
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, model_dirs: dict[str, Path]) -> Path:
+    shutil.copytree(model_dirs["tiny-bert"], tmp_path / "acme-rerank-v2")
+    (tmp_path / "acme-rerank-v2.toml").write_text(MANIFEST)
+    return tmp_path
+
+
+def test_a_manifest_names_weights_beside_it_and_its_per_device_settings(models_dir: Path) -> None:
+    manifest = load_manifests(models_dir)["acme-rerank-v2"]
+    assert manifest.source == str(models_dir / "acme-rerank-v2")  # relative to the manifest's folder
+    assert (manifest.dtype_for("cpu"), manifest.dtype_for("cuda:0")) == ("bfloat16", "float16")  # cuda: default
+    assert (manifest.token_budget_for("cpu"), manifest.token_budget_for("cuda")) == (4096, 32768)
+    assert manifest.checks_language("zh") and not manifest.checks_language("de")
+
+
+def test_the_worker_loads_in_the_manifest_dtype_and_budget(models_dir: Path) -> None:
+    settings = get_settings().model_copy(update={"models_dir": models_dir})
+    manifest = resolve_model("acme-rerank-v2", None, settings)
+    backend = load_backend(manifest, "cpu")
+    assert next(backend.model.parameters()).dtype == torch.bfloat16  # type: ignore[attr-defined]
+    scores = backend.forward(backend.encode("query", ["a document", "another one"], backend.max_length))
+    assert all(torch.isfinite(torch.tensor(scores)))
+    assert token_budget_for(manifest, "cpu", settings) == 4096
+    assert token_budget_for(manifest, "cpu", Settings(token_budget=1000)) == 1000  # RERANKQ_TOKEN_BUDGET wins
+
+
+def test_bad_manifests_are_refused_with_the_file_named(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('name = "v1"\nsource = "x"\ndtype = { cpu = "float16" }\n')
+    with pytest.raises(ModelLoadError, match=r"(?s)a\.toml is invalid.*float16 on CPU"):
+        load_manifests(tmp_path)
+    (tmp_path / "a.toml").write_text('name = "v1"\nsource = "x"\n')
+    (tmp_path / "b.toml").write_text('name = "v1"\nsource = "y"\n')
+    with pytest.raises(ModelLoadError, match="both name 'v1'"):
+        load_manifests(tmp_path)
+    (tmp_path / "b.toml").write_text('name = "bad name!"\nsource = "y"\n')
+    with pytest.raises(ModelLoadError, match=r"b\.toml is invalid"):
+        load_manifests(tmp_path)
+
+
+def test_models_check_by_manifest_name(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A random tiny model behind a manifest: every file check passes, the golden ranking (by chance)
+    is checked only in the manifest's languages; here it is off to test the lookup by name."""
+    monkeypatch.setenv("RERANKQ_MODELS_DIR", str(models_dir))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["models", "check", "acme-rerank-v2", "--device", "cpu", "--languages", "xx"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert f"checking acme-rerank-v2 ({models_dir / 'acme-rerank-v2'})" in result.output
+    assert "skipped: the golden set has no items in xx" in result.output
