@@ -22,6 +22,7 @@ from producer.settings import get_settings
 from rerankq.cli import app
 from rerankq.fleet import GatewayProcess
 
+# scores compared across different forward passes agree to 1e-5 (test_batcher's bound), not exactly
 QUERY = "what is a cross-encoder"
 DOCS = ["A cross-encoder reads query and document together.", "Apples grow on trees.", "Redis is a data store."]
 
@@ -75,7 +76,7 @@ def test_split_ratio_over_many_jobs(alias_client: RerankClient, broker: redis.Re
         result = next(r for r in results if r.model == version)
         document = f"document number {results.index(result)}"
         direct = alias_client.rank(QUERY, [document], model=version, cache=False)
-        assert result.results[0].score == pytest.approx(direct[0].score, abs=1e-6)
+        assert result.results[0].score == pytest.approx(direct[0].score, abs=1e-5)
 
 
 def test_result_names_version_and_revision(alias_client: RerankClient, broker: redis.Redis, fresh_alias: str) -> None:
@@ -135,7 +136,7 @@ def test_versions_never_share_cached_scores(alias_client: RerankClient, broker: 
     assert (first.model, second.model) == ("tiny-bert", "tiny-xlmr")
     assert second.device != "cache" and second.stats.cache_hits == 0  # not the other version's scores
     direct = alias_client.rank(query, DOCS, model="tiny-xlmr", cache=False)
-    assert [d.score for d in second.results] == pytest.approx([d.score for d in direct], abs=1e-6)
+    assert [d.score for d in second.results] == pytest.approx([d.score for d in direct], abs=1e-5)
 
 
 def test_default_alias_moves_requests_without_a_model(broker: redis.Redis, workers: dict) -> None:
@@ -163,7 +164,10 @@ def test_a_bulk_record_is_scored_by_one_version(broker: redis.Redis, fresh_alias
         for result in results:
             direct = client.rank(records[result.position]["query"], DOCS * 2, model=result.model, cache=False)
             by_index = {d.index: d.score for d in direct}
-            assert [r.score for r in result.results] == pytest.approx([by_index[r.index] for r in result.results])
+            # 1e-5: bulk pairs ride differently padded forward passes (test_batcher's bound)
+            assert [r.score for r in result.results] == pytest.approx(
+                [by_index[r.index] for r in result.results], abs=1e-5
+            )
 
 
 runner = CliRunner()
