@@ -39,7 +39,9 @@ async def create_job(
     if body.callback_url is not None and callbacks is None:
         raise InvalidRequest("callback_url", "callbacks need RERANKQ_CALLBACK_SECRET set on the gateway (to sign them)")
     texts = document_texts(body.documents, body.rank_fields)
-    job = await service.submit(body.query, texts, body.model, top_n=body.top_n, return_documents=body.return_documents)
+    job = await service.submit(
+        body.query, texts, body.model, top_n=body.top_n, return_documents=body.return_documents, **body.text_options()
+    )
     if body.callback_url is not None and callbacks is not None:
         await callbacks.register(job.job_id, str(body.callback_url))
     status_url = str(request.url_for("get_job", job_id=job.job_id))

@@ -40,9 +40,13 @@ async def rerank_v2(body: CohereV2Request, service: Service, response: Response)
 @router.post("/rerank", response_model_exclude_none=True)
 async def rerank_tei(body: TeiRequest, service: Service, response: Response) -> list[TeiHit]:
     """text-embeddings-inference: every text, highest score first."""
-    if body.truncation_direction.lower() == "left":
-        raise InvalidRequest("truncation_direction", "only 'Right' is supported: the end of a long text is cut")
-    result = await service.rank(body.query, body.texts, body.model, normalize=not body.raw_scores)
+    result = await service.rank(
+        body.query,
+        body.texts,
+        body.model,
+        normalize=not body.raw_scores,
+        truncation_direction=body.truncation_direction,
+    )
     name_served_version(response, result)
     return [
         TeiHit(index=hit.index, score=hit.score, text=body.texts[hit.index] if body.return_text else None)
@@ -54,7 +58,7 @@ async def _cohere(
     body: CohereV1Request | CohereV2Request, service: RerankService, response: Response, api_version: str
 ) -> CohereResponse:
     texts = document_texts(body.documents, body.rank_fields)
-    result = await service.rank(body.query, texts, body.model, top_n=body.top_n)
+    result = await service.rank(body.query, texts, body.model, top_n=body.top_n, **body.text_options())
     name_served_version(response, result)
     return cohere_response(result, api_version, body.documents if body.return_documents else None)
 
@@ -90,7 +94,13 @@ def _document_text(i: int, document: Document, rank_fields: list[str] | None) ->
 def cohere_response(result: RerankResult, api_version: str, documents: list[Document] | None) -> CohereResponse:
     """``documents``: the request's originals to echo back; None to echo the job's own texts, if any."""
     hits = [
-        RerankHit(index=hit.index, relevance_score=hit.score, document=_echo(hit.index, hit.document, documents))
+        RerankHit(
+            index=hit.index,
+            relevance_score=hit.score,
+            document=_echo(hit.index, hit.document, documents),
+            span=hit.span,
+            chunks=hit.chunks,
+        )
         for hit in result.results
     ]
     meta: dict[str, Any] = {"api_version": {"version": api_version}, "billed_units": {"search_units": 1}}

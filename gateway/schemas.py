@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
+from producer.text_options import TEXT_OPTIONS
+
 Document = str | dict[str, Any]
 
 
@@ -23,16 +25,32 @@ class _CohereRequest(_Request):
     top_n: int | None = Field(None, ge=1)
     return_documents: bool = False
     rank_fields: list[str] | None = None
+    # Long documents (producer.text_options). Cohere's own: max_chunks_per_doc (v1; chunks the
+    # documents) and max_tokens_per_doc (v2; truncates them); the rest are rerankq's. Values are
+    # checked where the job is built, so the error names the field the same way the SDK does.
+    max_chunks_per_doc: Any = None
+    max_tokens_per_doc: Any = None
+    long_documents: Any = None
+    chunk_tokens: Any = None
+    chunk_overlap: Any = None
+    aggregate: Any = None
+    truncation_direction: Any = None
+    max_length: Any = None
+
+    def text_options(self) -> dict[str, Any]:
+        """The options as SDK keyword arguments; ``max_chunks_per_doc`` alone means chunking."""
+        options = {name: getattr(self, name) for name in TEXT_OPTIONS if getattr(self, name) is not None}
+        if self.max_chunks_per_doc is not None and self.long_documents is None:
+            options["long_documents"] = "chunk"
+        return options
 
 
 class CohereV1Request(_CohereRequest):
     """Cohere v1 and Jina: documents as strings or objects; ``rank_fields`` picks object fields."""
 
-    max_chunks_per_doc: int | None = Field(None, ge=1)  # accepted; long documents are truncated
-
 
 class CohereV2Request(_CohereRequest):
-    max_tokens_per_doc: int | None = Field(None, ge=1)  # accepted; documents are truncated at max_length
+    """Cohere v2: documents as strings (objects too, as v1)."""
 
 
 class TeiRequest(_Request):
@@ -40,7 +58,7 @@ class TeiRequest(_Request):
     texts: list[str]
     raw_scores: bool = False
     return_text: bool = False
-    truncate: bool | None = None
+    truncate: bool | None = None  # accepted; rerankq always truncates (see truncation_direction)
     truncation_direction: Literal["Right", "right", "Left", "left"] = "Right"
     model: str | None = None  # not in TEI (one model per server); lets TEI clients pick one here
 
@@ -53,6 +71,8 @@ class RerankHit(BaseModel):
     index: int
     relevance_score: float
     document: dict[str, Any] | None = None
+    span: tuple[int, int] | None = None  # chunked: the best window's characters [start, end)
+    chunks: int | None = None  # chunked: windows scored
 
 
 class CohereResponse(BaseModel):

@@ -255,8 +255,8 @@ class BulkRanker:
 
     def _build(self, query: str, documents: list[str], route: Route) -> RerankJob:
         """Every document's score comes back (top_n applies to the merged record)."""
-        normalize, cache = self.options.get("normalize", True), self.options.get("cache", True)
-        job = self.client.build(query, documents, lane="bulk", model=route.model, normalize=normalize, cache=cache)
+        options: JobOptions = {**self.options, "model": route.model, "top_n": None}
+        job = self.client.build(query, documents, lane="bulk", **options)
         return job.model_copy(update={"alias": route.alias}) if route.alias else job
 
     def _settle(self, position: int, offset: int, outcome: RerankResult | JobFailed) -> None:

@@ -24,6 +24,7 @@ from producer.contract import (
 )
 from producer.jobs import JobHandle, JobStatus
 from producer.settings import Settings, get_settings
+from producer.text_options import text_options
 from producer.transport import make_celery
 
 
@@ -74,6 +75,7 @@ class RerankClient:
             return_documents=options.get("return_documents", False),
             normalize=options.get("normalize", True),
             cache=options.get("cache", True),
+            text=text_options(options),
             settings=self.settings,
         )
 
@@ -135,7 +137,9 @@ class RerankClient:
         return ranker.run(records, ordered=ordered)
 
     def _with_cached_scores(self, job: RerankJob) -> RerankJob:
-        if not (job.cache and self.cache.enabled):
+        # a chunked document's score is made of its windows' scores: only the worker, holding the
+        # tokenizer, knows its windows (it looks them up in the cache itself)
+        if not (job.cache and self.cache.enabled) or job.text.chunked:
             return job
         identity = self.cache.identity(job.model)
         if identity is None:  # no worker has served this model yet: nothing can be cached

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Sequence
 from typing import Any, TypedDict
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from producer.constants import DEFAULT_LANE, MODEL_NAME_PATTERN, SCORE_KEY_PREFIX, Lane
 from producer.errors import InvalidRequest, RequestTooLarge
 from producer.settings import Settings
+from producer.text_options import TextOptions, check_chunk_pairs
 
 
 class RerankJob(BaseModel):
@@ -34,7 +36,7 @@ class RerankJob(BaseModel):
     top_n: int | None = None
     return_documents: bool = False
     normalize: bool = True
-    max_length: int | None = None
+    text: TextOptions = TextOptions()  # token limits, truncation, chunking (producer.text_options)
     enqueued_at: float = Field(default_factory=time.time)
     # Result cache (see producer.cache): ``cache=False`` neither reads nor writes it.
     # ``cached_scores`` holds what the producer found under ``cache_identity``; the worker uses
@@ -54,6 +56,16 @@ class JobOptions(TypedDict, total=False):
     return_documents: bool  # attach each document's text to its result
     normalize: bool  # sigmoid into [0, 1] (default) or raw logits
     cache: bool  # read and write the result cache (default True)
+    # Long documents (see producer.text_options): tokens per pair, per document, truncation side,
+    # and chunk-and-aggregate scoring.
+    max_length: int | None
+    max_tokens_per_doc: int | None
+    truncation_direction: str  # "right" (default) or "left"
+    long_documents: str  # "truncate" (default) or "chunk"
+    chunk_tokens: int | None
+    chunk_overlap: int
+    max_chunks_per_doc: int | None
+    aggregate: str  # "max" (default), "mean" or "first"
 
 
 class RankedDocument(BaseModel):
@@ -64,6 +76,9 @@ class RankedDocument(BaseModel):
     index: int
     score: float
     document: str | None = None
+    # chunked documents: the best window's character span [start, end) and how many were scored
+    span: tuple[int, int] | None = None
+    chunks: int | None = None
 
 
 class JobStats(BaseModel):
@@ -108,6 +123,7 @@ def build_job(
     return_documents: bool = False,
     normalize: bool = True,
     cache: bool = True,
+    text: TextOptions | None = None,
     settings: Settings,
 ) -> RerankJob:
     """Check every rule and build the job; raises ``InvalidRequest`` naming the field and the limit."""
@@ -115,6 +131,8 @@ def build_job(
     check_query(query, settings)
     docs = check_documents(documents, settings)
     check_top_n(top_n)
+    text = text or TextOptions()
+    check_chunk_pairs(len(docs), text, settings)
     return RerankJob(
         job_id=new_job_id(),
         model=model,
@@ -125,6 +143,7 @@ def build_job(
         return_documents=bool(return_documents),
         normalize=bool(normalize),
         cache=bool(cache),
+        text=text,
     )
 
 
@@ -134,6 +153,7 @@ def check_job(job: RerankJob, settings: Settings) -> None:
     check_query(job.query, settings)
     check_documents(job.documents, settings)
     check_top_n(job.top_n)
+    check_chunk_pairs(len(job.documents), job.text, settings)
     if any(not 0 <= i < len(job.documents) for i in job.cached_scores):
         raise InvalidRequest("cached_scores", f"indices must lie in 0..{len(job.documents) - 1}")
 
@@ -147,6 +167,8 @@ def check_query(query: Any, settings: Settings) -> None:
     if not isinstance(query, str) or not query.strip():
         raise InvalidRequest("query", "must be a non-empty string", f"got {_kind(query)}")
     _check_text("query", query, settings.max_query_chars)
+    if not any(_visible(char) for char in query):
+        raise InvalidRequest("query", "must hold visible text", "got only whitespace, control or zero-width characters")
 
 
 def check_documents(documents: Any, settings: Settings) -> list[str]:
@@ -184,6 +206,11 @@ def _check_text(field: str, text: str, max_chars: int) -> None:
         raise InvalidRequest(field, "must be valid Unicode text", f"unpaired surrogate at {e.start}") from e
 
 
+def _visible(char: str) -> bool:
+    # Z* separators, C* controls / format (zero-width) / unassigned code points carry no text
+    return unicodedata.category(char)[0] not in "ZC"
+
+
 def _kind(value: Any) -> str:
     return type(value).__name__
 
@@ -191,14 +218,14 @@ def _kind(value: Any) -> str:
 def score_options(job: RerankJob) -> str:
     """Every per-job option that changes a score, canonically. The worker's own settings that
     change scores (weights, default max_length) are part of its model identity instead."""
-    return f"normalize={int(job.normalize)};max_length={job.max_length or 0};long_documents=truncate"
+    return f"normalize={int(job.normalize)};{job.text.pair_options()}"
 
 
-def model_identity(name: str, revision: str, kind: str, fingerprint: str, max_length: int) -> str:
+def model_identity(name: str, revision: str, kind: str, fingerprint: str, max_length: int, query_share: float) -> str:
     """What cached scores are keyed on: which weights, and the worker settings that change scores.
     Workers publish it per model; the producer reads the revision back out of it for answers it
     makes from the cache alone."""
-    return f"{name}@{revision}|{kind}|{fingerprint}|max_length={max_length}"
+    return f"{name}@{revision}|{kind}|{fingerprint}|max_length={max_length};query_share={query_share}"
 
 
 def revision_of(identity: str | None) -> str | None:

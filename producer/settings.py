@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     max_batch_pairs: int | None = Field(None, ge=1)  # None: 128 on a GPU, 32 on CPU (batch_pairs_for)
     max_wait_ms: float = Field(5.0, ge=0)
     max_length: int | None = Field(None, ge=8)  # None: the model manifest's max_length
+    # Long documents (producer.text_options): the query's most of max_length (the document always
+    # keeps the rest), the default windows per document when chunking, and the most chunk pairs
+    # one job may ask for (documents x max_chunks_per_doc), refused before enqueueing.
+    query_share: float = Field(0.75, gt=0, lt=1)
+    max_chunks_per_doc: int = Field(10, ge=1)
+    max_chunk_pairs: int = Field(10_000, ge=1)
     # Padded tokens in one bulk forward pass while interactive jobs are about: what an
     # interactive job may wait behind (a forward pass cannot be interrupted).
     bulk_busy_token_budget: int = Field(2048, ge=1)

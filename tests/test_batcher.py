@@ -43,7 +43,8 @@ def test_many_small_jobs_merge_into_one_forward_pass(backend: CrossEncoderBacken
     try:
         with batcher.preparing():  # as a worker's job threads do while more jobs arrive
             futures = [
-                batcher.submit(backend.encode(f"query {i}", [f"doc {j}" for j in range(5)], 512)) for i in range(20)
+                batcher.submit(backend.encode(f"query {i}", [f"doc {j}" for j in range(5)], backend.limits(512)))
+                for i in range(20)
             ]
         results: list[ScoredJob] = [f.result(timeout=30) for f in futures]
     finally:
@@ -51,13 +52,13 @@ def test_many_small_jobs_merge_into_one_forward_pass(backend: CrossEncoderBacken
     assert len({batch for r in results for batch in r.batch_ids}) < 20
     for i, result in enumerate(results):
         assert result.scores == pytest.approx(
-            backend.forward(backend.encode(f"query {i}", [f"doc {j}" for j in range(5)], 512)), abs=1e-5
+            backend.forward(backend.encode(f"query {i}", [f"doc {j}" for j in range(5)], backend.limits(512))), abs=1e-5
         )
 
 
 def test_a_large_job_is_split_and_routed_back_in_order(backend: CrossEncoderBackend) -> None:
     documents = [f"document {i} " * (1 + i % 9) for i in range(300)]
-    pairs = backend.encode("query", documents, 512)
+    pairs = backend.encode("query", documents, backend.limits(512))
     batcher = Batcher(backend, token_budget=2048, max_batch_pairs=32, max_wait_ms=0)
     batcher.start()
     try:
@@ -76,13 +77,18 @@ def test_a_failing_forward_pass_fails_its_jobs_not_the_batcher(backend: CrossEnc
         broken = EncodedPair(({"input_ids": [0, 10**9, 2], "attention_mask": [1, 1, 1]},), 3)  # id out of vocabulary
         with pytest.raises(IndexError):
             batcher.submit([broken]).result(timeout=30)
-        assert len(batcher.submit(backend.encode("q", ["still serving"], 512)).result(timeout=30).scores) == 1
+        assert (
+            len(batcher.submit(backend.encode("q", ["still serving"], backend.limits(512))).result(timeout=30).scores)
+            == 1
+        )
     finally:
         batcher.stop()
 
 
 def _two_jobs(backend: CrossEncoderBackend) -> list[list[EncodedPair]]:
-    return [backend.encode(f"query {i}", [f"doc {j} of job {i}" for j in range(4)], 512) for i in range(2)]
+    return [
+        backend.encode(f"query {i}", [f"doc {j} of job {i}" for j in range(4)], backend.limits(512)) for i in range(2)
+    ]
 
 
 def test_a_lone_job_runs_at_once_without_waiting_for_company(backend: CrossEncoderBackend) -> None:
@@ -124,7 +130,9 @@ def test_jobs_prepared_together_share_one_forward_pass(backend: CrossEncoderBack
 def test_without_cross_job_batching_each_job_gets_its_own_forward_pass(backend: CrossEncoderBackend) -> None:
     batcher = Batcher(backend, token_budget=100_000, max_batch_pairs=256, max_wait_ms=600_000, cross_job=False)
     batcher.start()
-    jobs = [backend.encode(f"query {i}", [f"doc {j}" * (1 + j) for j in range(6)], 512) for i in range(5)]
+    jobs = [
+        backend.encode(f"query {i}", [f"doc {j}" * (1 + j) for j in range(6)], backend.limits(512)) for i in range(5)
+    ]
     try:
         with batcher.preparing():
             futures = [batcher.submit(pairs) for pairs in jobs]

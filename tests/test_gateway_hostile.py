@@ -60,7 +60,12 @@ FIELDS = {
     "truncate": json_values,
     "truncation_direction": st.one_of(st.sampled_from(["Right", "left", "up"]), json_values),
     "max_tokens_per_doc": json_values,
-    "max_chunks_per_doc": json_values,
+    "max_chunks_per_doc": st.one_of(st.integers(-2, 50), json_values),
+    "long_documents": st.one_of(st.sampled_from(["truncate", "chunk", "split"]), json_values),
+    "chunk_tokens": st.one_of(st.integers(-5, 600), json_values),
+    "chunk_overlap": st.one_of(st.integers(-5, 600), json_values),
+    "aggregate": st.one_of(st.sampled_from(["max", "mean", "first", "median"]), json_values),
+    "max_length": st.one_of(st.integers(-5, 100_000), json_values),
     "callback_url": st.one_of(st.just("http://127.0.0.1:9/x"), odd_text, json_values),
     "unknown_field": json_values,
 }

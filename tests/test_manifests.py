@@ -47,7 +47,7 @@ def test_the_worker_loads_in_the_manifest_dtype_and_budget(models_dir: Path) -> 
     manifest = resolve_model("acme-rerank-v2", None, settings)
     backend = load_backend(manifest, "cpu")
     assert next(backend.model.parameters()).dtype == torch.bfloat16  # type: ignore[attr-defined]
-    scores = backend.forward(backend.encode("query", ["a document", "another one"], backend.max_length))
+    scores = backend.forward(backend.encode("query", ["a document", "another one"], backend.limits()))
     assert all(torch.isfinite(torch.tensor(scores)))
     assert token_budget_for(manifest, "cpu", settings) == 4096
     assert token_budget_for(manifest, "cpu", Settings(token_budget=1000)) == 1000  # RERANKQ_TOKEN_BUDGET wins

@@ -60,7 +60,7 @@ def test_budget_halves_on_oom_and_recovers_gradually() -> None:
 
 
 def test_an_oom_batch_is_split_and_every_score_is_correct(tiny_backend: CrossEncoderBackend) -> None:
-    pairs = tiny_backend.encode("query", SHORT, 512)
+    pairs = tiny_backend.encode("query", SHORT, tiny_backend.limits(512))
     faulty = OomInjectingBackend(tiny_backend, batch_tokens=100, pair_tokens=None)
     batcher = Batcher(faulty, token_budget=100_000, max_batch_pairs=256, max_wait_ms=0)
     [result] = _run(batcher, [pairs])
@@ -71,8 +71,8 @@ def test_an_oom_batch_is_split_and_every_score_is_correct(tiny_backend: CrossEnc
 def test_a_pair_too_large_alone_fails_only_its_own_job(tiny_backend: CrossEncoderBackend) -> None:
     faulty = OomInjectingBackend(tiny_backend, batch_tokens=None, pair_tokens=40)
     batcher = Batcher(faulty, token_budget=100_000, max_batch_pairs=256, max_wait_ms=50)
-    good = tiny_backend.encode("query", SHORT[:5], 512)
-    bad = tiny_backend.encode("query", [SHORT[0], LONG], 512)
+    good = tiny_backend.encode("query", SHORT[:5], tiny_backend.limits(512))
+    bad = tiny_backend.encode("query", [SHORT[0], LONG], tiny_backend.limits(512))
     good_result, bad_result = _run(batcher, [good, bad])
     assert isinstance(bad_result, PairTooLarge) and "does not fit alone" in str(bad_result)
     assert good_result.scores == pytest.approx(tiny_backend.forward(good), abs=1e-5)

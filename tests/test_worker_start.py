@@ -67,7 +67,7 @@ def test_max_length_truncates_like_the_reference_and_is_capped_by_the_model(mode
     manifest = resolve_model(str(model_dirs["tiny-bert"]), None, get_settings())
     backend = load_backend(manifest, "cpu", 16)
     long_doc = "a cross-encoder reads the query and the document together " * 20
-    pairs = backend.encode("what is a reranker", [long_doc, "short"], backend.max_length)
+    pairs = backend.encode("what is a reranker", [long_doc, "short"], backend.limits())
     assert backend.max_length == 16 and max(p.length for p in pairs) == 16
     reference = CrossEncoder(str(model_dirs["tiny-bert"]), device="cpu", max_length=16)
     expected = reference.predict(
@@ -85,7 +85,8 @@ def test_model_identity_changes_with_weights_and_max_length(model_dirs: dict[str
     manifest = resolve_model(str(model_dirs["tiny-bert"]), "same-name", settings)
     retrained = resolve_model(str(build_tiny_bert(tmp_path / "retrained", seed=7)), "same-name", settings)
     backend = load_backend(manifest, "cpu", 64)
-    identity = model_identity(manifest, backend)
-    assert identity == model_identity(manifest, load_backend(manifest, "cpu", 64))
-    assert identity != model_identity(retrained, load_backend(retrained, "cpu", 64))
-    assert identity != model_identity(manifest, load_backend(manifest, "cpu", 32))
+    identity = model_identity(manifest, backend, 0.75)
+    assert identity == model_identity(manifest, load_backend(manifest, "cpu", 64), 0.75)
+    assert identity != model_identity(retrained, load_backend(retrained, "cpu", 64), 0.75)
+    assert identity != model_identity(manifest, load_backend(manifest, "cpu", 32), 0.75)
+    assert identity != model_identity(manifest, backend, 0.5)  # the query's share changes scores too

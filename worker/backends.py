@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
+from worker.text_windows import PairLimits, TextCutter
+
 Features = dict[str, list[int]]
 
 
@@ -30,14 +32,25 @@ class Backend(ABC):
     """One loaded model on one device."""
 
     kind: str
+    cutter: TextCutter  # cuts queries and documents by this model's tokens (worker.text_windows)
 
     def __init__(self, device: str, max_length: int) -> None:
         self.device = device
         self.max_length = max_length
 
+    def limits(self, max_length: int | None = None) -> PairLimits:
+        """Plain limits: the worker's max_length (or one given), nothing else."""
+        return PairLimits(max_length or self.max_length)
+
+    def encode(self, query: str, documents: Sequence[str], limits: PairLimits) -> list[EncodedPair]:
+        """Tokenize one job's pairs: the query cut to its share of ``max_length``, each document
+        to what fits beside it (``max_tokens_per_doc`` at most, from the side the limits keep)."""
+        query, budget = self.cutter.fit_query(query, limits)
+        return self.encode_pairs(query, self.cutter.cut(documents, budget, limits.direction), limits.max_length)
+
     @abstractmethod
-    def encode(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
-        """Tokenize one job's pairs, truncated to ``max_length`` tokens."""
+    def encode_pairs(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
+        """Tokenize pairs that fit (``longest_first`` truncation to ``max_length`` as a safety net)."""
 
     @abstractmethod
     def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
@@ -53,7 +66,7 @@ class Backend(ABC):
             torch.cuda.empty_cache()
 
     def warm_up(self) -> None:
-        self.forward(self.encode("warm-up query", ["warm-up document"], self.max_length))
+        self.forward(self.encode("warm-up query", ["warm-up document"], self.limits()))
 
 
 class CrossEncoderBackend(Backend):
@@ -65,8 +78,9 @@ class CrossEncoderBackend(Backend):
         super().__init__(device, max_length)
         self.model = model.eval()
         self.tokenizer = model.tokenizer
+        self.cutter = TextCutter(self.tokenizer, paired=True)
 
-    def encode(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
+    def encode_pairs(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
         encoded = self.tokenizer(
             [query] * len(documents), list(documents), truncation="longest_first", max_length=max_length
         )
@@ -96,8 +110,9 @@ class BiEncoderBackend(Backend):
         super().__init__(device, max_length)
         self.model = model.eval()
         self.tokenizer = model.tokenizer
+        self.cutter = TextCutter(self.tokenizer, paired=False)
 
-    def encode(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
+    def encode_pairs(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
         encoded = _unbatch(self.tokenizer([query, *documents], truncation=True, max_length=max_length))
         query_features = encoded[0]
         return [
@@ -127,11 +142,12 @@ class OomInjectingBackend(Backend):
         super().__init__(inner.device, inner.max_length)
         self.inner = inner
         self.kind = inner.kind
+        self.cutter = inner.cutter
         self.batch_tokens = batch_tokens
         self.pair_tokens = pair_tokens
 
-    def encode(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
-        return self.inner.encode(query, documents, max_length)
+    def encode_pairs(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
+        return self.inner.encode_pairs(query, documents, max_length)
 
     def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
         longest = max(pair.length for pair in batch)

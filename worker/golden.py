@@ -87,7 +87,7 @@ def score_golden(backend: Backend, items: Sequence[GoldenItem]) -> list[GoldenSc
     """Raw model scores of every golden pair, through the backend's own encode and forward, in
     passes of up to 16 pairs across items (fewer, fuller passes: 2.2 s instead of 3.1 s for the
     default set on bge-reranker-v2-m3 on a 2-core CPU)."""
-    encoded = [pair for item in items for pair in backend.encode(item.query, _passages(item), backend.max_length)]
+    encoded = [pair for item in items for pair in backend.encode(item.query, _passages(item), backend.limits())]
     scores: list[float] = []
     for start in range(0, len(encoded), _BATCH_PAIRS):
         scores += backend.forward(encoded[start : start + _BATCH_PAIRS])

@@ -6,6 +6,7 @@ Every failure is a ``ModelLoadError`` whose message names the missing file or th
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -37,10 +38,33 @@ def resolve_model(spec: str, name: str | None, settings: Settings) -> ModelManif
         return manifest.model_copy(update={"name": name or manifest.name})
     path = Path(spec).expanduser()
     if path.is_dir():
-        return ModelManifest(name=_checked_name(name or path.resolve().name), source=str(path.resolve()))
+        limit = folder_token_limit(path)
+        name = _checked_name(name or path.resolve().name)
+        return ModelManifest(name=name, source=str(path.resolve()), max_length=min(512, limit), model_max_length=limit)
     if _looks_like_path(spec):
         raise ModelLoadError(f"model folder {spec} does not exist")
     return ModelManifest(name=_checked_name(name or spec.rsplit("/", 1)[-1]), source=spec)
+
+
+def folder_token_limit(folder: Path) -> int:
+    """The most tokens a folder's model reads: its tokenizer's ``model_max_length`` (transformers
+    writes a huge placeholder when unknown), else its position table, else 512."""
+    tokenizer_limit = _json_field(folder / "tokenizer_config.json", "model_max_length")
+    if isinstance(tokenizer_limit, int) and 8 <= tokenizer_limit < 1_000_000:
+        return tokenizer_limit
+    positions = _json_field(folder / "config.json", "max_position_embeddings")
+    if isinstance(positions, int) and positions >= 8:
+        # RoBERTa-family position tables start at padding_idx + 1 (2 slots unused)
+        roberta = _json_field(folder / "config.json", "model_type") in ("roberta", "xlm-roberta", "camembert")
+        return positions - 2 if roberta else positions
+    return 512
+
+
+def _json_field(path: Path, field: str) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get(field)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def pick_device(device: str, min_free_gpu_mb: int = 0, fallback_to_cpu: bool = False) -> str:
@@ -99,14 +123,14 @@ def load_backend(manifest: ModelManifest, device: str, max_length: int | None = 
     return backend
 
 
-def model_identity(manifest: ModelManifest, backend: Backend) -> str:
+def model_identity(manifest: ModelManifest, backend: Backend, query_share: float) -> str:
     """What cached scores are keyed on: which weights, and the worker settings that change scores.
 
-    New weights, a new revision or another max_length give another identity, so a model change
-    can never serve stale scores."""
+    New weights, a new revision, another max_length or query share give another identity, so a
+    model change can never serve stale scores."""
     fingerprint = weights_fingerprint(manifest)
     revision = served_revision(manifest, fingerprint)
-    return identity_of(manifest.name, revision, manifest.kind, fingerprint, backend.max_length)
+    return identity_of(manifest.name, revision, manifest.kind, fingerprint, backend.max_length, query_share)
 
 
 def served_revision(manifest: ModelManifest, fingerprint: str) -> str:

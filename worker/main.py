@@ -66,7 +66,7 @@ def load_runtime(options: WorkerOptions) -> Runtime:
     backend.warm_up()
     load_s = time.perf_counter() - started
     metrics.MODEL_LOAD.labels(manifest.name, device).set(load_s)
-    identity = model_identity(manifest, backend)
+    identity = model_identity(manifest, backend, settings.query_share)
     cache = ScoreCache(settings)
     cache.publish_identity(manifest.name, identity)
     cross_job = settings.cross_job_batching if options.cross_job_batching is None else options.cross_job_batching

@@ -14,13 +14,22 @@ from celery.exceptions import Ignore
 from pydantic import ValidationError
 
 from producer.constants import LANE_PRIORITY, STATE_REROUTED, TASK_RERANK, cancel_key, deliveries_key, queue_name
-from producer.contract import JobStats, RerankJob, RerankResult, check_job, rank_scores, score_options
+from producer.contract import (
+    JobStats,
+    RankedDocument,
+    RerankJob,
+    RerankResult,
+    check_job,
+    rank_scores,
+    score_options,
+)
 from producer.errors import InvalidRequest, JobFailed
 from worker import metrics
 from worker.app import app
 from worker.backends import EncodedPair
 from worker.oom import PairTooLarge
 from worker.runtime import Runtime, current
+from worker.text_windows import PairLimits, Span, aggregate
 
 log = logging.getLogger("rerankq.jobs")
 
@@ -122,27 +131,50 @@ def count_redelivery(job_id: str, runtime: Runtime) -> None:
 
 @dataclass
 class PreparedJob:
-    """A job with its cached scores looked up and the rest tokenized, ready for the batcher."""
+    """A job with its cached scores looked up and the rest tokenized, ready for the batcher.
+    What gets scored are texts: the documents, or (chunked) each document's windows."""
 
     job: RerankJob
     started: float
-    known: dict[str, float]  # scores by document text, from the cache
+    known: dict[str, float]  # scores by text, from the cache
     late_hits: int
-    missing: list[str]  # distinct documents to score
+    missing: list[str]  # distinct texts to score
     pairs: list[EncodedPair]
     tokenize_ms: float
+    windows: dict[str, list[Span]] | None = None  # chunked: each distinct document's windows
 
 
 def prepare(job: RerankJob, runtime: Runtime, look_again: bool = False) -> PreparedJob:
-    """Scores from the cache where present; the rest (each distinct document once) tokenized."""
+    """Scores from the cache where present; the rest (each distinct text once) tokenized."""
     started = time.time()
-    known, late_hits = known_scores(job, runtime, look_again)
-    missing = [doc for doc in dict.fromkeys(job.documents) if doc not in known]
-    max_length = min(job.max_length or runtime.backend.max_length, runtime.manifest.model_max_length)
     tokenize_started = time.perf_counter()
-    pairs = runtime.backend.encode(job.query, missing, max_length) if missing else []
+    limits = job_limits(job, runtime)
+    windows = document_windows(job, runtime, limits) if job.text.chunked else None
+    texts = list(dict.fromkeys(_texts(job, windows)))
+    known, late_hits = known_scores(job, runtime, texts, look_again)
+    missing = [text for text in texts if text not in known]
+    pairs = runtime.backend.encode(job.query, missing, limits) if missing else []
     tokenize_ms = (time.perf_counter() - tokenize_started) * 1000
-    return PreparedJob(job, started, known, late_hits, missing, pairs, tokenize_ms)
+    return PreparedJob(job, started, known, late_hits, missing, pairs, tokenize_ms, windows)
+
+
+def job_limits(job: RerankJob, runtime: Runtime) -> PairLimits:
+    model_limit = runtime.manifest.model_max_length
+    return PairLimits.of(job.text, runtime.backend.max_length, model_limit, runtime.settings.query_share)
+
+
+def document_windows(job: RerankJob, runtime: Runtime, limits: PairLimits) -> dict[str, list[Span]]:
+    """Each distinct document's windows, sized to what fits beside the (cut) query."""
+    cutter = runtime.backend.cutter
+    _, budget = cutter.fit_query(job.query, limits)
+    most = job.text.chunks_per_doc(runtime.settings)
+    return {doc: cutter.windows(doc, budget, job.text, most) for doc in dict.fromkeys(job.documents)}
+
+
+def _texts(job: RerankJob, windows: dict[str, list[Span]] | None) -> list[str]:
+    if windows is None:
+        return list(job.documents)
+    return [span.of(doc) for doc, spans in windows.items() for span in spans]
 
 
 def finish(work: PreparedJob, runtime: Runtime, lane: str) -> RerankResult:
@@ -153,10 +185,10 @@ def finish(work: PreparedJob, runtime: Runtime, lane: str) -> RerankResult:
     if job.cache and runtime.cache.enabled and (computed or work.late_hits):
         options = score_options(job)
         runtime.cache.store(job.model, runtime.identity, options, job.query, computed, hits=work.late_hits)
-    scores = [known[doc] if doc in known else computed[doc] for doc in job.documents]
+    scored = known | computed
     stats.queue_ms = max(0.0, (work.started - job.enqueued_at) * 1000)
-    stats.cache_hits = sum(1 for doc in job.documents if doc in known)
-    results = rank_scores(scores, job.top_n, job.documents if job.return_documents else None)
+    stats.cache_hits = sum(1 for doc in job.documents if all(text in known for text in _texts_of(doc, work.windows)))
+    results = ranked(job, scored, work.windows)
     top_score = results[0].score if results else None
     log_job(job, lane, runtime, stats, top_score)
     metrics.observe_job(job.model, lane, len(job.documents), stats, top_score if job.normalize else None)
@@ -172,6 +204,29 @@ def finish(work: PreparedJob, runtime: Runtime, lane: str) -> RerankResult:
     )
 
 
+def ranked(job: RerankJob, scored: dict[str, float], windows: dict[str, list[Span]] | None) -> list[RankedDocument]:
+    """Documents by score. Chunked: each document's windows aggregated, and its result names the
+    span of the window that scored best (for ``first``, the first) and how many were scored."""
+    documents = job.documents if job.return_documents else None
+    if windows is None:
+        return rank_scores([scored[doc] for doc in job.documents], job.top_n, documents)
+    per_document = [
+        aggregate([scored[span.of(doc)] for span in windows[doc]], job.text.aggregate) for doc in job.documents
+    ]
+    results = rank_scores([score for score, _ in per_document], job.top_n, documents)
+    return [
+        _with_span(result, windows[job.documents[result.index]], per_document[result.index][1]) for result in results
+    ]
+
+
+def _with_span(result: RankedDocument, spans: list[Span], best: int) -> RankedDocument:
+    return result.model_copy(update={"span": (spans[best].start, spans[best].end), "chunks": len(spans)})
+
+
+def _texts_of(doc: str, windows: dict[str, list[Span]] | None) -> list[str]:
+    return [doc] if windows is None else [span.of(doc) for span in windows[doc]]
+
+
 def refuse_non_finite(job: RerankJob, computed: dict[str, float]) -> None:
     """Never serve or cache a NaN: the start-up check catches broken weights, but an input can still
     overflow (fp16 on a GPU). The job fails with the reason; the worker keeps serving."""
@@ -181,10 +236,10 @@ def refuse_non_finite(job: RerankJob, computed: dict[str, float]) -> None:
         raise JobFailed(job.job_id, f"the model scored {bad} of {len(computed)} pairs NaN or infinity; nothing served")
 
 
-def known_scores(job: RerankJob, runtime: Runtime, look_again: bool) -> tuple[dict[str, float], int]:
+def known_scores(job: RerankJob, runtime: Runtime, texts: list[str], look_again: bool) -> tuple[dict[str, float], int]:
     """What the producer found, if it used this worker's model identity. The worker looks up the
-    rest itself when the producer could not (another identity, none known yet) or when
-    ``look_again`` (a redelivered job finds what its crashed worker wrote).
+    rest itself when the producer could not (another identity, none known yet, a chunked job's
+    windows) or when ``look_again`` (a redelivered job finds what its crashed worker wrote).
     Returns (scores by text, late hits)."""
     if not (job.cache and runtime.cache.enabled):
         return {}, 0
@@ -194,7 +249,7 @@ def known_scores(job: RerankJob, runtime: Runtime, look_again: bool) -> tuple[di
         known = {job.documents[i]: score for i, score in job.cached_scores.items()}
         if not look_again:
             return known, 0
-    rest = [doc for doc in job.documents if doc not in known]
+    rest = [text for text in texts if text not in known]
     late = runtime.cache.lookup(job.model, runtime.identity, score_options(job), job.query, rest)
     return known | late, sum(1 for doc in rest if doc in late)
 

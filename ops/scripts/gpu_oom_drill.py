@@ -48,16 +48,16 @@ def main() -> int:
     jobs.append(["short one", "word " * 6000])  # a pair of ~6000 tokens
     batcher = Batcher(device_backend, token_budget=262_144, max_batch_pairs=512, max_wait_ms=50)
     batcher.start()
-    futures = [batcher.submit(device_backend.encode("drill query", docs, 8192)) for docs in jobs]
+    futures = [batcher.submit(device_backend.encode("drill query", docs, device_backend.limits(8192))) for docs in jobs]
     report = {"jobs": len(jobs), "on_device": 0, "cpu_fallback": 0, "max_abs_diff_vs_cpu": 0.0}
     for docs, future in zip(jobs, futures, strict=True):
         try:
             scores = future.result(timeout=600).scores
             report["on_device"] += 1
         except PairTooLarge:
-            scores = cpu_backend.forward(cpu_backend.encode("drill query", docs, 8192))
+            scores = cpu_backend.forward(cpu_backend.encode("drill query", docs, cpu_backend.limits(8192)))
             report["cpu_fallback"] += 1
-        reference = cpu_backend.forward(cpu_backend.encode("drill query", docs, 8192))
+        reference = cpu_backend.forward(cpu_backend.encode("drill query", docs, cpu_backend.limits(8192)))
         diff = max(abs(a - b) for a, b in zip(scores, reference, strict=True))
         report["max_abs_diff_vs_cpu"] = max(report["max_abs_diff_vs_cpu"], diff)
     batcher.stop()

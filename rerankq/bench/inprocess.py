@@ -90,4 +90,4 @@ class InProcessModel:
         return self.backend.model
 
     def _encode(self, job: Job) -> list[EncodedPair]:
-        return self.backend.encode(job.query, job.documents, self.backend.max_length)
+        return self.backend.encode(job.query, job.documents, self.backend.limits())
