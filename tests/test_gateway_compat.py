@@ -42,6 +42,18 @@ def test_cohere_v1_client(gateway: GatewayProcess, client: RerankClient) -> None
     assert response.id and response.meta.api_version.version == "1"
 
 
+def test_cohere_v1_client_chunks_long_documents(gateway: GatewayProcess, client: RerankClient) -> None:
+    """max_chunks_per_doc chunks; the stock client reads results that also carry span and chunks."""
+    long_document = "Cats eat meat and fish. " + "The committee reviewed the annual budget in detail. " * 200
+    co = cohere.Client(api_key=PLAIN_KEY, base_url=gateway.url)
+    response = co.rerank(model="tiny-bert", query=QUERY, documents=[long_document, DOCS[1]], max_chunks_per_doc=4)
+    expected = client.rank(
+        QUERY, [long_document, DOCS[1]], model="tiny-bert", long_documents="chunk", max_chunks_per_doc=4
+    )
+    assert [(r.index, r.relevance_score) for r in response.results] == approx([(r.index, r.score) for r in expected])
+    assert next(r for r in expected if r.index == 0).chunks == 4
+
+
 def test_cohere_v2_client(gateway: GatewayProcess, client: RerankClient) -> None:
     co = cohere.ClientV2(api_key=PLAIN_KEY, base_url=gateway.url)
     response = co.rerank(model="tiny-bert", query=QUERY, documents=DOCS)
