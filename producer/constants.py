@@ -25,6 +25,7 @@ CANCEL_KEY_PREFIX: Final = f"{KEY_PREFIX}:cancel:"  # + "<job id>": workers skip
 WORKERS_KEY: Final = f"{KEY_PREFIX}:workers"  # hash: worker id -> presence (model, lanes, device, seen_at)
 CALLBACKS_DUE_KEY: Final = f"{KEY_PREFIX}:callbacks:due"  # sorted set: job id by next attempt time
 CALLBACKS_KEY: Final = f"{KEY_PREFIX}:callbacks"  # hash: job id -> {url, attempts}
+REJECTED_KEY: Final = f"{KEY_PREFIX}:rejected"  # list, newest first: messages workers refused, with why
 ALIASES_KEY: Final = f"{KEY_PREFIX}:aliases"  # hash: alias -> {"targets": {version: weight}, "set_at"}
 ALIAS_HISTORY_KEY_PREFIX: Final = f"{KEY_PREFIX}:aliases:history:"  # + "<alias>" -> list of earlier values
 # The alias a request without a model name goes to; without such an alias, RERANKQ_DEFAULT_MODEL.

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # more padded tokens, or a pair more tokens, than these. For tests and drills without a GPU.
     fault_oom_batch_tokens: int | None = Field(None, ge=1)
     fault_oom_pair_tokens: int | None = Field(None, ge=1)
+    # Fault injection, off unless set: a job whose query contains this text kills its worker
+    # process mid-job (as a segfault or the kernel's OOM killer would). For reliability drills.
+    fault_crash_marker: str | None = None
 
     # Bulk runs (producer.bulk): a record with more documents becomes several jobs of this size;
     # a run keeps at most this many jobs in Redis at once. Keep the sum over concurrent runs below

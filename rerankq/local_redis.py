@@ -7,9 +7,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
@@ -26,32 +27,58 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class RedisProcess:
+    """A redis-server on one loopback port and data folder that can be killed and started again
+    there, for fault drills. ``appendonly``: queued jobs and results survive a restart (the
+    production setting); without it a restart loses everything in Redis."""
+
+    def __init__(self, workdir: Path, appendonly: bool = False, extra: Sequence[str] = ()) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server not found: install it or set RERANKQ_REDIS_URL")
+        self.port = free_port()
+        self.args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)]
+        self.args += ["--appendonly", "yes" if appendonly else "no", *extra]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, url: str | None = None) -> None:
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
+        wait_for_redis(url or self.url)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save, clients see their connections drop."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
 @contextmanager
 def local_redis_server() -> Iterator[LocalRedis]:
     """Start redis-server (no persistence) and stop it on exit. Raises when the binary is missing."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise FileNotFoundError("redis-server not found: install it or set RERANKQ_REDIS_URL")
-    port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
-        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        process = subprocess.Popen([*args, "--dir", workdir], stdout=subprocess.DEVNULL)
-        server = LocalRedis(f"redis://127.0.0.1:{port}/0", process)
+        server = RedisProcess(Path(workdir))
+        server.start()
+        assert server.process is not None
         try:
-            wait_for_redis(server.url)
-            yield server
+            yield LocalRedis(server.url, server.process)
         finally:
-            process.terminate()
-            process.wait(10)
+            server.stop()
 
 
 def wait_for_redis(url: str, timeout: float = 10) -> None:
+    """Until the server answers PING (a server loading its append-only file answers LOADING)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             redis.Redis.from_url(url).ping()
             return
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.BusyLoadingError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from producer.settings import get_settings
 from producer.transport import make_celery
+from worker.safe_transport import transport_for
 
 app = make_celery(get_settings(), main="rerankq-worker")
 app.conf.imports = ("worker.tasks",)
+# survive and record messages that are not jobs (see worker.rejections, worker.safe_transport)
+app.conf.broker_transport = transport_for(get_settings().redis_url)
+app.conf.worker_consumer = "worker.rejections:RejectingConsumer"

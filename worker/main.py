@@ -23,6 +23,7 @@ from worker.backends import Backend, OomInjectingBackend
 from worker.batcher import Batcher
 from worker.loading import load_checked, model_identity, pick_device, resolve_model
 from worker.presence import PresenceBeacon
+from worker.rejections import use_redis
 from worker.runtime import Runtime, install
 from worker.tasks import served_lane
 
@@ -97,6 +98,7 @@ def load_runtime(options: WorkerOptions) -> Runtime:
         options.lanes or (("interactive", "bulk", "cpu") if device == "cpu" else ("interactive", "bulk"))
     )
     redis_client = redis.Redis.from_url(settings.redis_url)
+    use_redis(redis_client)
     return Runtime(manifest, backend, batcher, settings, redis_client, cache, identity, lanes)
 
 

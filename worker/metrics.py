@@ -27,6 +27,7 @@ JOB_SECONDS = Histogram(
     buckets=SECONDS,
 )
 JOBS = Counter("rerankq_jobs_total", "Jobs a worker finished, by outcome", ["model", "lane", "outcome"])
+REJECTED = Counter("rerankq_messages_rejected_total", "Messages on rerankq queues that were not jobs", ["kind"])
 HELD = Gauge(
     "rerankq_jobs_held", "Jobs reserved by a worker and not finished", ["model", "lane"], multiprocess_mode="livesum"
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from worker import metrics
 from worker.app import app
 from worker.backends import EncodedPair
 from worker.oom import PairTooLarge
+from worker.rejections import record_rejection
 from worker.runtime import Runtime, current
 from worker.text_windows import PairLimits, Span, aggregate
 
@@ -50,6 +52,7 @@ def run_job(task: Task, payload: dict[str, Any], runtime: Runtime, lane: str) ->
         if redelivered:
             count_redelivery(job.job_id, runtime)
         work = prepare(job, runtime, look_again=redelivered)
+    crash_if_asked(job, runtime)
     try:
         result = finish(work, runtime, lane)
     except PairTooLarge as e:
@@ -59,6 +62,14 @@ def run_job(task: Task, payload: dict[str, Any], runtime: Runtime, lane: str) ->
     if redelivered:
         runtime.redis.delete(deliveries_key(job.job_id))
     return result.model_dump()
+
+
+def crash_if_asked(job: RerankJob, runtime: Runtime) -> None:
+    """Fault injection (RERANKQ_FAULT_CRASH_MARKER, off unless set): die mid-job, no clean-up."""
+    marker = runtime.settings.fault_crash_marker
+    if marker and marker in job.query:
+        log.error(json.dumps({"event": "fault_crash", "job_id": job.job_id}))
+        os._exit(137)
 
 
 def served_lane(task: Task) -> str:
@@ -108,8 +119,13 @@ def parse_job(payload: Any, runtime: Runtime) -> RerankJob:
     except ValidationError as e:
         error = e.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "job"
+        record_rejection("invalid_job", f"{field}: {error['msg']}")
         raise InvalidRequest(field, error["msg"]) from e
-    check_job(job, runtime.settings)
+    try:
+        check_job(job, runtime.settings)
+    except InvalidRequest as e:
+        record_rejection("invalid_job", str(e))
+        raise
     if job.model != runtime.model_name:
         raise InvalidRequest("model", f"this worker serves {runtime.model_name!r}", f"got {job.model!r}")
     return job
