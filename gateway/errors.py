@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException
 
 from gateway.service import GatewayBusy
 from producer.errors import (
+    BrokerUnavailable,
     InvalidRequest,
     JobCancelled,
     JobFailed,
@@ -175,6 +176,7 @@ HANDLERS: dict[type[Exception], Any] = {
     NoWorkers: _no_workers,
     GatewayBusy: _busy,
     RedisError: _redis_down,
+    BrokerUnavailable: _redis_down,
     JobCancelled: _job_cancelled,
     JobFailed: _job_failed,
     JobTimeout: _timeout,

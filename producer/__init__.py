@@ -5,6 +5,7 @@ from producer.bulk import BulkDocument, BulkRanked, BulkRecord, RecordResult
 from producer.client import RerankClient
 from producer.contract import JobStats, RankedDocument, RerankResult
 from producer.errors import (
+    BrokerUnavailable,
     InvalidRequest,
     JobCancelled,
     JobFailed,
@@ -23,6 +24,7 @@ from producer.settings import Settings, get_settings
 __all__ = [
     "AsyncJobHandle",
     "AsyncRerankClient",
+    "BrokerUnavailable",
     "BulkDocument",
     "BulkRanked",
     "BulkRecord",

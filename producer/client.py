@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import kombu.exceptions
+import redis
 from celery import states
 from typing_extensions import Unpack
 
@@ -22,6 +24,7 @@ from producer.contract import (
     build_job,
     score_options,
 )
+from producer.errors import BrokerUnavailable
 from producer.jobs import JobHandle, JobStatus
 from producer.settings import Settings, get_settings
 from producer.text_options import text_options
@@ -85,11 +88,15 @@ class RerankClient:
         return ledger.cancel(self.app, self.app.backend.client, job_id, self.settings)
 
     def send(self, job: RerankJob) -> None:
-        """Publish the job, or store its answer at once when the cache holds every document."""
-        job = self.route(job)
-        ledger.record_submitted(self.app.backend.client, job.job_id, job.model, job.lane, self.settings)
-        if (answer := self.dispatch(job)) is not None:
-            self._store(answer)
+        """Publish the job, or store its answer at once when the cache holds every document.
+        Raises ``BrokerUnavailable`` when Redis cannot be reached (kombu retries briefly first)."""
+        try:
+            job = self.route(job)
+            ledger.record_submitted(self.app.backend.client, job.job_id, job.model, job.lane, self.settings)
+            if (answer := self.dispatch(job)) is not None:
+                self._store(answer)
+        except (redis.RedisError, kombu.exceptions.OperationalError) as e:
+            raise BrokerUnavailable("sending a job", type(e).__name__) from e
 
     def dispatch(self, job: RerankJob) -> RerankResult | None:
         """Publish the job on its lane's queue, carrying the cached scores so the worker computes

@@ -7,6 +7,7 @@ RerankError
 ├── NoWorkers                              the model is known but no live worker consumes its lane
 ├── QueueFull                              the lane's queue is deeper than its limit: retry later
 ├── JobNotFound      (also LookupError)   no job with that id (never submitted, or expired)
+├── BrokerUnavailable (also ConnectionError) Redis cannot be reached (down, restarting): retry shortly
 ├── ModelLoadError                         a worker cannot load or serve a model (missing file, bad config)
 │   └── ModelCheckFailed                   a model failed a validation check; says which, what is wrong, the fix
 ├── JobFailed                              the worker reported a failure for this job id
@@ -82,6 +83,19 @@ class JobNotFound(RerankError, LookupError):
 
     def __str__(self) -> str:
         return f"no job {self.job_id!r} (never submitted, or its result expired)"
+
+
+class BrokerUnavailable(RerankError, ConnectionError):
+    """Redis, the queue, could not be reached. Raised while sending (nothing was enqueued) or
+    while waiting (the job may still finish: ask again once Redis is back)."""
+
+    def __init__(self, action: str, detail: str) -> None:
+        self.action = action
+        self.detail = detail
+        super().__init__(action, detail)
+
+    def __str__(self) -> str:
+        return f"the queue (Redis) is unreachable while {self.action}: {self.detail}; retry shortly"
 
 
 class ModelLoadError(RerankError):

@@ -7,13 +7,14 @@ import time
 from typing import Any, TypeGuard
 
 import celery.exceptions
+import redis
 import redis.asyncio as aioredis
 from celery import Celery, states
 from celery.result import AsyncResult
 
 from producer.constants import STATE_REROUTED
 from producer.contract import RerankResult
-from producer.errors import JobCancelled, JobFailed, JobTimeout
+from producer.errors import BrokerUnavailable, JobCancelled, JobFailed, JobTimeout
 
 
 class JobStatus(enum.StrEnum):
@@ -88,6 +89,8 @@ class JobHandle:
             payload = self._async_result.get(timeout=timeout, propagate=False)
         except celery.exceptions.TimeoutError as e:
             raise JobTimeout(self.id, timeout, self.status(), waiting_hint(self._async_result.info)) from e
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"waiting for job {self.id}", type(e).__name__) from e
         return outcome(self.id, self._async_result.state, payload)
 
     def __repr__(self) -> str:

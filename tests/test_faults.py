@@ -10,11 +10,15 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
+from gateway_support import AUTH, GATEWAY_ENV
 
-from producer import JobFailed, RerankClient
+from producer import BrokerUnavailable, JobFailed, JobHandle, JobTimeout, RerankClient
 from producer.constants import REJECTED_KEY, queue_name
-from rerankq.fleet import WorkerProcess, start_worker, stop_worker, wait_until_consuming
+from producer.settings import get_settings
+from rerankq.fleet import WorkerProcess, start_gateway, start_worker, stop_process, stop_worker, wait_until_consuming
+from rerankq.local_redis import RedisProcess
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
@@ -112,3 +116,99 @@ def test_a_job_that_keeps_killing_its_worker_fails_after_the_cap(
         stop_worker(worker)
     assert crashes == 3
     assert '"event": "fault_crash"' in (tmp_path / "w0.log").read_text()
+
+
+# --- Redis killed and restarted -------------------------------------------------------------------
+
+
+def test_redis_restart_mid_run(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Redis (append-only file on, as in production) is killed mid-run and started again on the
+    same port. While it is down the SDK raises BrokerUnavailable and the gateway answers 503; every
+    job sent before either completes or fails with a clear error within its timeout; afterwards
+    the worker, the gateway and the SDK serve again without a restart."""
+    (tmp_path / "redis").mkdir()
+    server = RedisProcess(tmp_path / "redis", appendonly=True)
+    server.start()
+    env = {"RERANKQ_REDIS_URL": server.url}
+    model = "restart-model"
+    worker = start_worker(str(model_dirs["tiny-bert"]), tmp_path / "worker.log", "--name", model, env=env)
+    gateway = start_gateway(tmp_path / "gateway.log", env={**GATEWAY_ENV, **env, "RERANKQ_DEFAULT_MODEL": model})
+    settings = get_settings().model_copy(update={"redis_url": server.url})
+    try:
+        wait_until_consuming(worker)
+        with RerankClient(settings=settings) as client, httpx.Client(base_url=gateway.url, headers=AUTH) as http:
+            documents = [f"document {i} about queues" for i in range(16)]
+            handles = [client.submit(f"before {i}", documents, model=model, cache=False) for i in range(40)]
+            server.kill()
+            with pytest.raises(BrokerUnavailable, match="while sending a job"):
+                client.submit("while down", documents, model=model)
+            down = http.post("/v1/rerank", json={"query": "while down", "documents": documents}, timeout=30)
+            assert down.status_code == 503 and down.json()["error_type"] == "unavailable" and "Retry-After" in down.headers
+            server.start()
+            outcomes = [_outcome(handle) for handle in handles]
+            assert all(outcome in ("ok", "clear error") for outcome in outcomes), outcomes
+            assert outcomes.count("ok") >= 1
+            after = client.submit("after the restart", documents, model=model, cache=False).result(timeout=60)
+            assert len(after.results) == len(documents)
+            assert _gateway_serves_again(http, documents)
+    finally:
+        stop_worker(worker)
+        stop_process(gateway.process)
+        server.stop()
+
+
+def _outcome(handle: JobHandle) -> str:
+    started = time.monotonic()
+    try:
+        result = handle.result(timeout=45)
+    except (JobTimeout, JobFailed, BrokerUnavailable):
+        assert time.monotonic() - started < 60  # never hangs past its timeout
+        return "clear error"
+    return "ok" if len(result.results) == 16 else "wrong"
+
+
+def _gateway_serves_again(http: httpx.Client, documents: list[str]) -> bool:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        response = http.post("/v1/rerank", json={"query": "after", "documents": documents}, timeout=30)
+        if response.status_code == 200:
+            return True
+        assert response.status_code == 503, response.text  # only the documented refusal meanwhile
+        time.sleep(0.5)
+    return False
+
+
+# --- a worker killed mid-batch ------------------------------------------------------------------
+
+
+def test_sigkill_mid_batch_every_job_completes_once_with_correct_scores(
+    client: RerankClient, model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Jobs in the killed worker's hands are redelivered after the visibility timeout and finished
+    by another worker; each caller gets one result, with the scores an undisturbed run gives."""
+    model = f"kill-{uuid.uuid4().hex[:6]}"
+    env = {"RERANKQ_VISIBILITY_TIMEOUT_S": "8", "RERANKQ_JOB_TIME_LIMIT_S": "7", "RERANKQ_MAX_BATCH_PAIRS": "2"}
+    jobs = [(f"kill query {i}", [f"document {i}-{j} about late acks" * 3 for j in range(12)]) for i in range(12)]
+    first = start_worker(str(model_dirs["tiny-bert"]), tmp_path / "first.log", "--name", model, env=env)
+    wait_until_consuming(first)
+    handles = [client.submit(query, documents, model=model, cache=False) for query, documents in jobs]
+    while sum(handle.status() == "started" for handle in handles) < 2:
+        time.sleep(0.01)
+    first.process.kill()
+    first.process.wait()
+    time.sleep(float(env["RERANKQ_VISIBILITY_TIMEOUT_S"]) + 1)
+    second = start_worker(str(model_dirs["tiny-bert"]), tmp_path / "second.log", "--name", model, env=env)
+    try:
+        wait_until_consuming(second)
+        results = [handle.result(timeout=120) for handle in handles]
+        expected = [client.rank(query, documents, model=model, cache=False) for query, documents in jobs]
+    finally:
+        stop_worker(second)
+    for result, reference in zip(results, expected, strict=True):
+        assert [(d.index, d.score) for d in result.results] == [
+            (d.index, pytest.approx(d.score, abs=1e-5)) for d in reference
+        ]
+    assert len({result.job_id for result in results}) == len(jobs)
+    assert '"redelivered": true' in (tmp_path / "second.log").read_text() or any(
+        str(second.process.pid) in batch for result in results for batch in result.stats.batches
+    )
