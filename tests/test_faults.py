@@ -3,11 +3,13 @@ worker, a worker killed mid-batch, Redis killed and restarted mid-run, and a bur
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import pickle
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -17,7 +19,15 @@ from gateway_support import AUTH, GATEWAY_ENV
 from producer import BrokerUnavailable, JobFailed, JobHandle, JobTimeout, RerankClient
 from producer.constants import REJECTED_KEY, queue_name
 from producer.settings import get_settings
-from rerankq.fleet import WorkerProcess, start_gateway, start_worker, stop_process, stop_worker, wait_until_consuming
+from rerankq.fleet import (
+    GatewayProcess,
+    WorkerProcess,
+    start_gateway,
+    start_worker,
+    stop_process,
+    stop_worker,
+    wait_until_consuming,
+)
 from rerankq.local_redis import RedisProcess
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
@@ -143,7 +153,9 @@ def test_redis_restart_mid_run(model_dirs: dict[str, Path], tmp_path: Path) -> N
             with pytest.raises(BrokerUnavailable, match="while sending a job"):
                 client.submit("while down", documents, model=model)
             down = http.post("/v1/rerank", json={"query": "while down", "documents": documents}, timeout=30)
-            assert down.status_code == 503 and down.json()["error_type"] == "unavailable" and "Retry-After" in down.headers
+            assert (
+                down.status_code == 503 and down.json()["error_type"] == "unavailable" and "Retry-After" in down.headers
+            )
             server.start()
             outcomes = [_outcome(handle) for handle in handles]
             assert all(outcome in ("ok", "clear error") for outcome in outcomes), outcomes
@@ -212,3 +224,47 @@ def test_sigkill_mid_batch_every_job_completes_once_with_correct_scores(
     assert '"redelivered": true' in (tmp_path / "second.log").read_text() or any(
         str(second.process.pid) in batch for result in results for batch in result.stats.batches
     )
+
+
+# --- a burst of clients -------------------------------------------------------------------------
+
+BURST_CLIENTS = 200
+BURST_SECONDS = 20
+
+
+def test_gateway_under_a_burst_of_clients(gateway: GatewayProcess, workers: dict[str, WorkerProcess]) -> None:
+    """200 concurrent clients on loopback for 20 s: only 200s and the documented 429/503, every
+    accepted request answered in full, and the gateway's memory bounded."""
+    rss_before = _rss_mb(gateway.process.pid)
+    statuses = asyncio.run(_burst(gateway.url))
+    rss_after = _rss_mb(gateway.process.pid)
+    assert set(statuses) <= {200, 429, 503}, statuses
+    assert statuses[200] > BURST_CLIENTS  # work was accepted and answered, not only refused
+    assert rss_after - rss_before < 300, (rss_before, rss_after)
+
+
+async def _burst(url: str) -> Counter[int]:
+    statuses: Counter[int] = Counter()
+    deadline = time.monotonic() + BURST_SECONDS
+    limits = httpx.Limits(max_connections=BURST_CLIENTS, max_keepalive_connections=BURST_CLIENTS)
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=60, limits=limits) as http:
+
+        async def one_client(i: int) -> None:
+            n = 0
+            while time.monotonic() < deadline:
+                documents = [f"burst {i}-{n} document {j}" for j in range(4)]
+                response = await http.post("/v1/rerank", json={"query": f"burst {i}", "documents": documents})
+                statuses[response.status_code] += 1
+                if response.status_code == 200:
+                    assert len(response.json()["results"]) == 4  # answered in full
+                n += 1
+
+        await asyncio.gather(*(one_client(i) for i in range(BURST_CLIENTS)))
+    return statuses
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
