@@ -268,3 +268,34 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
+
+
+# --- security -----------------------------------------------------------------------------------
+
+
+@pytest.mark.security
+def test_a_password_protected_redis_and_no_secret_or_document_text_in_logs(
+    model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """redis://:password@host works for workers and the SDK; a client without it is refused; the
+    password and the documents' text appear in no log line at INFO."""
+    password, secret_text = "s3cret-Pa55", f"confidential passage {uuid.uuid4().hex}"
+    (tmp_path / "redis").mkdir()
+    server = RedisProcess(tmp_path / "redis", extra=["--requirepass", password])
+    url = server.url.replace("redis://", f"redis://:{password}@")
+    server.start(url)
+    worker = start_worker(
+        str(model_dirs["tiny-bert"]), tmp_path / "worker.log", "--name", "locked", env={"RERANKQ_REDIS_URL": url}
+    )
+    try:
+        wait_until_consuming(worker)
+        with RerankClient(url) as client:
+            assert client.rank("who may read this", [secret_text, "public"], model="locked", cache=False)
+        with RerankClient(server.url) as stranger, pytest.raises(BrokerUnavailable):
+            stranger.submit("no password", ["doc"], model="locked")
+    finally:
+        stop_worker(worker)
+        server.stop()
+    log = (tmp_path / "worker.log").read_text()
+    assert '"event": "job_done"' in log
+    assert password not in log and secret_text not in log
