@@ -2,7 +2,7 @@
 export HF_HUB_OFFLINE ?= 0
 VENV := .venv/bin
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo test test-fast test-faults bench lint audit lock clean
 
 setup:
 	ops/scripts/setup.sh
@@ -18,6 +18,10 @@ test: setup
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(VENV)/pytest -q -m "not slow"
 
+# the fault drills alone (killed workers, a restarted Redis, foreign messages, a burst of clients)
+test-faults: setup
+	HF_HUB_OFFLINE=1 $(VENV)/pytest -q -m "fault or security"
+
 # the full benchmark suite on this machine; writes docs/BENCHMARKS.md (ARGS e.g. --shape tiny-bert --jobs 300)
 bench: setup
 	HF_HUB_OFFLINE=1 $(VENV)/rerankq bench all $(ARGS)
@@ -26,6 +30,15 @@ lint: setup
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
+
+# known vulnerabilities in the locked dependency set (skipped, saying so, where the advisory API is unreachable)
+audit: setup
+	mkdir -p .run
+	ops/scripts/audit.sh
+
+# rewrite requirements.lock from the installed environment (after changing dependencies)
+lock: setup
+	$(VENV)/pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

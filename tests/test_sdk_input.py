@@ -6,10 +6,12 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from producer import InvalidRequest, RerankClient
 from producer.constants import queue_name
-from producer.contract import rank_scores
+from producer.contract import RerankJob, rank_scores
 
 MODEL = "no-worker-model"  # nobody consumes this queue, so its length shows what was enqueued
 
@@ -74,3 +76,43 @@ def test_empty_document_list_is_an_empty_result_without_enqueueing(client: Reran
 def test_rank_scores_sorts_descending_keeps_ties_in_input_order_and_cuts() -> None:
     ranked = rank_scores([0.1, 0.9, 0.5, 0.9], top_n=3, documents=["a", "b", "c", "d"])
     assert [(r.index, r.score, r.document) for r in ranked] == [(1, 0.9, "b"), (3, 0.9, "d"), (2, 0.5, "c")]
+
+
+# --- hostile input, property-based ------------------------------------------------------------
+
+hostile_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(alphabet=st.characters(codec="utf-8", exclude_categories=()), max_size=30)
+    | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12,
+)
+hostile_options = st.fixed_dictionaries(
+    {},
+    optional={
+        name: hostile_values
+        for name in (
+            "top_n", "normalize", "return_documents", "cache", "max_length", "max_tokens_per_doc",
+            "truncation_direction", "long_documents", "chunk_tokens", "chunk_overlap", "max_chunks_per_doc",
+            "aggregate", "model",
+        )
+    },
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=hostile_values, documents=hostile_values, options=hostile_options)
+def test_hostile_input_is_a_clear_error_or_a_valid_job(
+    client: RerankClient, query: Any, documents: Any, options: dict[str, Any]
+) -> None:
+    """Anything at all through the SDK: a job that validates, or an InvalidRequest naming the field,
+    never another exception."""
+    try:
+        job = client.build(query, documents, **options)
+    except InvalidRequest as e:
+        assert e.field and e.limit
+        return
+    assert RerankJob.model_validate_json(job.model_dump_json()) == job  # it travels as JSON intact
