@@ -23,9 +23,10 @@ from collections.abc import Awaitable, Callable
 import httpx
 import redis.asyncio as aioredis
 
+from gateway.callback_targets import check_callback_url
 from gateway.metrics import CALLBACKS
 from producer.constants import CALLBACKS_DUE_KEY, CALLBACKS_KEY
-from producer.errors import JobNotFound
+from producer.errors import InvalidRequest, JobNotFound
 from producer.settings import Settings
 
 log = logging.getLogger("rerankq.gateway")
@@ -67,6 +68,7 @@ class CallbackDispatcher:
         self._attempts = settings.callback_attempts
         self._timeout_s = settings.callback_timeout_s
         self._finished_body = finished_body
+        self._allow_private = settings.callback_allow_private
         self._http = httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False)
         self._task: asyncio.Task[None] | None = None
 
@@ -143,7 +145,11 @@ class CallbackDispatcher:
             "X-Rerankq-Signature": sign(self._secret, int(time.time()), body),
         }
         try:
+            await check_callback_url(url, self._allow_private)  # again: the name may point elsewhere now
             response = await self._http.post(url, content=body, headers=headers)
+        except InvalidRequest as e:
+            log.warning("callback of job %s refused: %s", job_id, e)
+            return 403  # not retryable: the callback is abandoned
         except httpx.HTTPError as e:
             log.info("callback of job %s to %s failed: %s", job_id, url, type(e).__name__)
             return None

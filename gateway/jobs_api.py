@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 
+from gateway.callback_targets import check_callback_url
 from gateway.callbacks import CallbackDispatcher
 from gateway.errors import Conflict
 from gateway.rerank_api import Service, cohere_response, document_texts
@@ -38,6 +39,8 @@ async def create_job(
     """Enqueue a Cohere-v1-shaped request; 202 with the job's id and where to poll it."""
     if body.callback_url is not None and callbacks is None:
         raise InvalidRequest("callback_url", "callbacks need RERANKQ_CALLBACK_SECRET set on the gateway (to sign them)")
+    if body.callback_url is not None:
+        await check_callback_url(str(body.callback_url), service.settings.callback_allow_private)
     texts = document_texts(body.documents, body.rank_fields)
     job = await service.submit(
         body.query, texts, body.model, top_n=body.top_n, return_documents=body.return_documents, **body.text_options()

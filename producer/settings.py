@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     callback_secret: SecretStr | None = None  # HMAC-SHA256 key signing job callbacks
     callback_attempts: int = Field(6, ge=1)
     callback_timeout_s: float = Field(10.0, gt=0)
+    # Callbacks to private, loopback or link-local addresses are refused (server-side request
+    # forgery); allow them only where every client is trusted (see gateway.callback_targets).
+    callback_allow_private: bool = False
 
     # `rerankq flower`: "user:password" pairs, comma-separated, for Flower's basic auth.
     flower_basic_auth: SecretStr | None = None

@@ -29,6 +29,7 @@ GATEWAY_ENV = {
     "RERANKQ_DEFAULT_MODEL": "tiny-bert",
     "RERANKQ_MODEL_ALIASES": json.dumps({ALIAS: "tiny-bert"}),
     "RERANKQ_CALLBACK_SECRET": CALLBACK_SECRET,
+    "RERANKQ_CALLBACK_ALLOW_PRIVATE": "true",  # the tests' callback receiver listens on 127.0.0.1
     "RERANKQ_MAX_DOCUMENTS": str(MAX_DOCUMENTS),
     "RERANKQ_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
 }

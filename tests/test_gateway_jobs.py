@@ -11,6 +11,7 @@ from typing import ClassVar
 import httpx
 import pytest
 from gateway_support import AUTH, CALLBACK_SECRET, GATEWAY_ENV, wait_for_job, wait_until
+from pydantic import SecretStr
 
 from gateway.callbacks import verify
 from producer import JobCancelled, RerankClient
@@ -120,6 +121,29 @@ def test_callback_is_signed_and_retried_until_accepted(http: httpx.Client, recei
     state = json.loads(payload)
     assert state["id"] == job_id and state["status"] == "succeeded" and len(state["result"]["results"]) == len(DOCS)
     assert http.get(f"/v1/jobs/{job_id}").json() == state
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8080/hook", "http://169.254.169.254/latest/meta-data", "http://10.1.2.3/x", "http://[::1]/x"],
+)
+async def test_callbacks_to_private_addresses_are_refused(url: str) -> None:
+    """Server-side request forgery: by default a callback may not reach loopback, private,
+    link-local (cloud metadata) or reserved addresses; nothing is enqueued for the request."""
+    from gateway_support import app_client
+
+    async with app_client(api_keys=[], callback_secret=SecretStr("s"), callback_allow_private=False) as gateway:
+        response = await gateway.post("/v1/jobs", json={"query": QUERY, "documents": DOCS, "callback_url": url})
+    assert response.status_code == 422 and response.json()["field"] == "callback_url"
+    assert "must reach a public address" in response.json()["message"]
+
+
+async def test_a_public_callback_address_passes_the_check() -> None:
+    from gateway.callback_targets import check_callback_url
+
+    await check_callback_url("https://93.184.215.14/hook", allow_private=False)  # a global address
+    await check_callback_url("http://127.0.0.1/hook", allow_private=True)  # the operator's choice
 
 
 def test_callback_url_must_be_http(http: httpx.Client) -> None:
