@@ -32,14 +32,25 @@ class RedisProcess:
     there, for fault drills. ``appendonly``: queued jobs and results survive a restart (the
     production setting); without it a restart loses everything in Redis."""
 
-    def __init__(self, workdir: Path, appendonly: bool = False, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self, workdir: Path, appendonly: bool = False, extra: Sequence[str] = (), tls: Path | None = None
+    ) -> None:
+        """``tls``: a folder holding ca.pem, server.pem and server.key: serve TLS only."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server not found: install it or set RERANKQ_REDIS_URL")
         self.port = free_port()
-        self.args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)]
+        self.args = [binary, "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)]
         self.args += ["--appendonly", "yes" if appendonly else "no", *extra]
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        if tls is None:
+            self.args += ["--port", str(self.port)]
+        else:
+            self.args += ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            self.args += ["--tls-cert-file", str(tls / "server.pem"), "--tls-key-file", str(tls / "server.key")]
+            self.args += ["--tls-ca-cert-file", str(tls / "ca.pem")]
+            ca = tls / "ca.pem"
+            self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, url: str | None = None) -> None:

@@ -7,6 +7,8 @@ import asyncio
 import base64
 import json
 import pickle
+import shutil
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -299,3 +301,48 @@ def test_a_password_protected_redis_and_no_secret_or_document_text_in_logs(
     log = (tmp_path / "worker.log").read_text()
     assert '"event": "job_done"' in log
     assert password not in log and secret_text not in log
+
+
+def _certificates(folder: Path) -> Path:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+    folder.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=rerankq-test-ca")  # fmt: skip
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"
+    )
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")  # fmt: skip
+    return folder
+
+
+@pytest.mark.security
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
+def test_tls_redis(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """rediss:// with a verified certificate carries the worker's and the SDK's traffic; a client
+    that cannot verify the server is refused."""
+    (tmp_path / "redis").mkdir()
+    server = RedisProcess(tmp_path / "redis", tls=_certificates(tmp_path / "tls"))
+    server.start()
+    worker = start_worker(
+        str(model_dirs["tiny-bert"]),
+        tmp_path / "worker.log",
+        "--name",
+        "tls-model",
+        env={"RERANKQ_REDIS_URL": server.url},
+    )
+    try:
+        wait_until_consuming(worker)
+        with RerankClient(server.url) as client:
+            assert len(client.rank("over TLS", ["a", "b"], model="tls-model", cache=False, timeout=30)) == 2
+        unverified = server.url.split("?", 1)[0] + "?ssl_cert_reqs=required"  # no CA: cannot verify
+        with RerankClient(unverified) as stranger, pytest.raises(BrokerUnavailable):
+            stranger.submit("unverified", ["doc"], model="tls-model")
+    finally:
+        stop_worker(worker)
+        server.stop()
