@@ -16,6 +16,7 @@ from gateway.limits import BodySizeLimit
 from gateway.metrics import RequestMetrics
 from gateway.service import RerankService
 from producer.aio import AsyncRerankClient
+from producer.redis_clients import connect_async
 from producer.settings import Settings, get_settings
 
 
@@ -24,7 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = aioredis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        redis = connect_async(settings.redis_url, settings.redis_sentinel_master, health_check_interval=30)
         service = RerankService(settings, AsyncRerankClient(settings=settings), redis)
         await service.start()
         app.state.service = service

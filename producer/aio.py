@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
 from celery import Celery
 from typing_extensions import Unpack
 
 from producer.client import RerankClient
 from producer.contract import JobOptions, RankedDocument, RerankJob
 from producer.jobs import AsyncJobHandle, JobStatus
+from producer.redis_clients import connect_async
 from producer.settings import Settings
 
 
@@ -22,7 +22,7 @@ class AsyncRerankClient:
     def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None) -> None:
         self._sync = RerankClient(redis_url, settings=settings)
         self.settings = self._sync.settings
-        self._redis = aioredis.Redis.from_url(self.settings.redis_url)
+        self._redis = connect_async(self.settings.redis_url, self.settings.redis_sentinel_master)
 
     async def rank(
         self, query: str, documents: Sequence[str], *, timeout: float = 60.0, **options: Unpack[JobOptions]

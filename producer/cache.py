@@ -16,6 +16,7 @@ import redis
 
 from producer.constants import CACHE_STATS_KEY, SCORE_KEY_PREFIX, model_identity_key
 from producer.contract import cache_key
+from producer.redis_clients import connect
 from producer.settings import Settings
 
 log = logging.getLogger("rerankq.cache")
@@ -31,8 +32,9 @@ class ScoreCache:
         self.settings = settings
         self.enabled = settings.cache_enabled
         self.ttl_s = settings.cache_ttl_s
-        self.redis = redis.Redis.from_url(
+        self.redis = connect(
             settings.effective_cache_url,
+            settings.redis_sentinel_master,
             socket_timeout=settings.cache_timeout_s,
             socket_connect_timeout=settings.cache_timeout_s,
         )

@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RERANKQ_", extra="ignore")
 
     redis_url: str = "redis://localhost:6379/0"
+    # With a sentinel:// redis_url (or cache_url): the name the sentinels monitor the primary under.
+    redis_sentinel_master: str = "mymaster"
     default_model: str = "bge-reranker-v2-m3"
     models_dir: Path = _REPO_MODELS_DIR
 

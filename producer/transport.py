@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery
 
+from producer.redis_clients import is_sentinel
 from producer.settings import Settings
 
 
@@ -15,7 +16,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     # different place; set it in all of them (celery/celery#7651).
     # "priority": a worker's BRPOP lists its queues in the order it consumes them (most urgent
     # lane first) instead of kombu's default round robin, so bulk waits while interactive has work.
-    transport_options = {"visibility_timeout": settings.visibility_timeout_s, "queue_order_strategy": "priority"}
+    transport_options: dict[str, Any] = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "queue_order_strategy": "priority",
+    }
+    if is_sentinel(settings.redis_url):  # kombu and Celery's backend find the primary through sentinels
+        transport_options["master_name"] = settings.redis_sentinel_master
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,

@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from producer.fleet_state import read_fleet
+from producer.redis_clients import connect
 from producer.settings import Settings
 from worker.metrics import multiprocess_registry
 
@@ -25,8 +26,8 @@ class FleetCollector(Collector):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.broker = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-        self.cache = redis.Redis.from_url(settings.effective_cache_url, socket_timeout=5)
+        self.broker = connect(settings.redis_url, settings.redis_sentinel_master, socket_timeout=5)
+        self.cache = connect(settings.effective_cache_url, settings.redis_sentinel_master, socket_timeout=5)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("rerankq_redis_up", "Whether the exporter could read Redis at this scrape")

@@ -25,6 +25,7 @@ from producer.aliases import (
 from producer.constants import WORKERS_KEY
 from producer.errors import InvalidRequest, ModelCheckFailed, ModelLoadError
 from producer.presence import WorkerPresence, live_presences, serving
+from producer.redis_clients import connect
 from producer.registry import ModelManifest, load_manifests
 from producer.settings import Settings, get_settings
 
@@ -281,4 +282,4 @@ def _live_workers(client: redis.Redis, settings: Settings) -> list[WorkerPresenc
 
 
 def _redis(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    return connect(settings.redis_url, settings.redis_sentinel_master, socket_timeout=5)

@@ -6,18 +6,20 @@ import json
 import time
 from dataclasses import asdict
 
-import redis
 from rich.console import Console
 from rich.table import Table
 
 from producer.fleet_state import FleetState, read_fleet
+from producer.redis_clients import connect
 from producer.settings import get_settings
 
 
 def print_status(as_json: bool) -> None:
     settings = get_settings()
-    broker = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-    fleet = read_fleet(broker, settings, redis.Redis.from_url(settings.effective_cache_url, socket_timeout=5))
+    broker = connect(settings.redis_url, settings.redis_sentinel_master, socket_timeout=5)
+    fleet = read_fleet(
+        broker, settings, connect(settings.effective_cache_url, settings.redis_sentinel_master, socket_timeout=5)
+    )
     if as_json:
         print(json.dumps(_as_dict(fleet)))
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import pickle
 import shutil
@@ -16,10 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from gateway_support import AUTH, GATEWAY_ENV
 
 from producer import BrokerUnavailable, JobFailed, JobHandle, JobTimeout, RerankClient
-from producer.constants import REJECTED_KEY, queue_name
+from producer.constants import REJECTED_KEY, model_identity_key, queue_name
 from producer.settings import get_settings
 from rerankq.fleet import (
     GatewayProcess,
@@ -30,7 +32,7 @@ from rerankq.fleet import (
     stop_worker,
     wait_until_consuming,
 )
-from rerankq.local_redis import RedisProcess
+from rerankq.local_redis import RedisProcess, free_port
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
@@ -165,6 +167,8 @@ def test_redis_restart_mid_run(model_dirs: dict[str, Path], tmp_path: Path) -> N
             after = client.submit("after the restart", documents, model=model, cache=False).result(timeout=60)
             assert len(after.results) == len(documents)
             assert _gateway_serves_again(http, documents)
+            del handles  # their results unsubscribe on collection: while this Redis still runs
+            gc.collect()
     finally:
         stop_worker(worker)
         stop_process(gateway.process)
@@ -346,3 +350,33 @@ def test_tls_redis(model_dirs: dict[str, Path], tmp_path: Path) -> None:
     finally:
         stop_worker(worker)
         server.stop()
+
+
+@pytest.mark.security
+def test_redis_through_sentinel(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """sentinel:// URLs (kombu's form) for broker, results and rerankq's own clients: the worker
+    and the SDK find the primary through a sentinel."""
+    (tmp_path / "primary").mkdir()
+    primary = RedisProcess(tmp_path / "primary")
+    primary.start()
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\nsentinel monitor rerankq-primary 127.0.0.1 {primary.port} 1\n"
+    )
+    sentinel = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+    url = f"sentinel://127.0.0.1:{port}/0"
+    env = {"RERANKQ_REDIS_URL": url, "RERANKQ_REDIS_SENTINEL_MASTER": "rerankq-primary"}
+    worker = start_worker(str(model_dirs["tiny-bert"]), tmp_path / "worker.log", "--name", "ha-model", env=env)
+    try:
+        wait_until_consuming(worker)
+        settings = get_settings().model_copy(update={"redis_url": url, "redis_sentinel_master": "rerankq-primary"})
+        with RerankClient(settings=settings) as client:
+            result = client.submit("through a sentinel", ["a", "b"], model="ha-model", cache=True).result(timeout=30)
+        assert len(result.results) == 2
+        assert redis.Redis.from_url(primary.url).exists(model_identity_key("ha-model"))  # the primary holds it
+    finally:
+        stop_worker(worker)
+        sentinel.terminate()
+        sentinel.wait(10)
+        primary.stop()

@@ -9,13 +9,13 @@ import socket
 import time
 from dataclasses import asdict, dataclass
 
-import redis
 import torch
 from celery import Task, signals
 
 from producer.cache import ScoreCache
 from producer.constants import Lane, by_priority, queue_name
 from producer.contract import revision_of
+from producer.redis_clients import connect
 from producer.registry import ModelManifest
 from producer.settings import Settings, get_settings
 from worker import metrics
@@ -97,7 +97,7 @@ def load_runtime(options: WorkerOptions) -> Runtime:
     lanes = by_priority(
         options.lanes or (("interactive", "bulk", "cpu") if device == "cpu" else ("interactive", "bulk"))
     )
-    redis_client = redis.Redis.from_url(settings.redis_url)
+    redis_client = connect(settings.redis_url, settings.redis_sentinel_master)
     use_redis(redis_client)
     return Runtime(manifest, backend, batcher, settings, redis_client, cache, identity, lanes)
 
