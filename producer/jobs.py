@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from typing import Any, TypeGuard
 
@@ -15,6 +16,8 @@ from celery.result import AsyncResult
 from producer.constants import STATE_REROUTED
 from producer.contract import RerankResult
 from producer.errors import BrokerUnavailable, JobCancelled, JobFailed, JobTimeout
+
+log = logging.getLogger("rerankq.jobs")
 
 
 class JobStatus(enum.StrEnum):
@@ -88,10 +91,21 @@ class JobHandle:
         try:
             payload = self._async_result.get(timeout=timeout, propagate=False)
         except celery.exceptions.TimeoutError as e:
-            raise JobTimeout(self.id, timeout, self.status(), waiting_hint(self._async_result.info)) from e
+            error = JobTimeout(self.id, timeout, self.status(), waiting_hint(self._async_result.info))
+            self._stop_listening()
+            raise error from e
         except redis.RedisError as e:
             raise BrokerUnavailable(f"waiting for job {self.id}", type(e).__name__) from e
         return outcome(self.id, self._async_result.state, payload)
+
+    def _stop_listening(self) -> None:
+        """Celery's backend keeps a waited-for result (and its pub/sub subscription) until it is
+        ready; after a timeout nobody may ask again, so a long-lived client would collect them.
+        A later ``result()`` subscribes afresh."""
+        try:
+            self._async_result.backend.remove_pending_result(self._async_result)
+        except (redis.RedisError, RuntimeError) as e:  # Redis gone: the subscription went with it
+            log.debug("could not unsubscribe from job %s: %s", self.id, e)
 
     def __repr__(self) -> str:
         return f"JobHandle(id={self.id!r})"

@@ -152,7 +152,7 @@ def test_redis_restart_mid_run(model_dirs: dict[str, Path], tmp_path: Path) -> N
         wait_until_consuming(worker)
         with RerankClient(settings=settings) as client, httpx.Client(base_url=gateway.url, headers=AUTH) as http:
             documents = [f"document {i} about queues" for i in range(16)]
-            handles = [client.submit(f"before {i}", documents, model=model, cache=False) for i in range(40)]
+            handles = [client.submit(f"before {i}", documents, model=model, cache=False) for i in range(20)]
             server.kill()
             with pytest.raises(BrokerUnavailable, match="while sending a job"):
                 client.submit("while down", documents, model=model)
@@ -161,7 +161,8 @@ def test_redis_restart_mid_run(model_dirs: dict[str, Path], tmp_path: Path) -> N
                 down.status_code == 503 and down.json()["error_type"] == "unavailable" and "Retry-After" in down.headers
             )
             server.start()
-            outcomes = [_outcome(handle) for handle in handles]
+            deadline = time.monotonic() + 60  # one budget for all: a lost job costs its wait once
+            outcomes = [_outcome(handle, deadline) for handle in handles]
             assert all(outcome in ("ok", "clear error") for outcome in outcomes), outcomes
             assert outcomes.count("ok") >= 1
             after = client.submit("after the restart", documents, model=model, cache=False).result(timeout=60)
@@ -175,12 +176,13 @@ def test_redis_restart_mid_run(model_dirs: dict[str, Path], tmp_path: Path) -> N
         server.stop()
 
 
-def _outcome(handle: JobHandle) -> str:
+def _outcome(handle: JobHandle, deadline: float) -> str:
+    timeout = max(1.0, deadline - time.monotonic())
     started = time.monotonic()
     try:
-        result = handle.result(timeout=45)
+        result = handle.result(timeout=timeout)
     except (JobTimeout, JobFailed, BrokerUnavailable):
-        assert time.monotonic() - started < 60  # never hangs past its timeout
+        assert time.monotonic() - started < timeout + 15  # never hangs past its timeout
         return "clear error"
     return "ok" if len(result.results) == 16 else "wrong"
 
