@@ -188,9 +188,7 @@ def document_windows(job: RerankJob, runtime: Runtime, limits: PairLimits) -> di
 
 
 def _texts(job: RerankJob, windows: dict[str, list[Span]] | None) -> list[str]:
-    if windows is None:
-        return list(job.documents)
-    return [span.of(doc) for doc, spans in windows.items() for span in spans]
+    return [text for doc in job.documents for text in _texts_of(doc, windows)]
 
 
 def finish(work: PreparedJob, runtime: Runtime, lane: str) -> RerankResult:
