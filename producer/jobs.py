@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import enum
-import logging
 import time
-from typing import Any, TypeGuard
+from collections.abc import Callable
+from typing import Any, TypeGuard, TypeVar
 
-import celery.exceptions
 import redis
 import redis.asyncio as aioredis
 from celery import Celery, states
-from celery.result import AsyncResult
 
 from producer.constants import STATE_REROUTED
 from producer.contract import RerankResult
 from producer.errors import BrokerUnavailable, JobCancelled, JobFailed, JobTimeout
 
-log = logging.getLogger("rerankq.jobs")
+T = TypeVar("T")
+POLL_S = 1.0  # the longest a waiter relies on pub/sub alone before reading the key again
 
 
 class JobStatus(enum.StrEnum):
@@ -78,34 +77,58 @@ def is_ready(meta: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
 
 
 class JobHandle:
-    """A submitted job. ``result()`` blocks until the worker answers or the timeout passes."""
+    """A submitted job. ``result()`` blocks until the worker answers or the timeout passes.
+
+    Celery's ``AsyncResult.get`` waits on the result channel's pub/sub message alone: a message
+    it misses (seen in CI: the job stored SUCCESS, ``get()`` waited out its 600 s) is never
+    noticed. This handle subscribes, reads the result key, and reads it again at least every
+    ``POLL_S`` while it waits, as the gateway's waiter and the bulk watcher do. Key naming and
+    decoding stay Celery's (``backend.get_key_for_task`` / ``decode_result``).
+    """
 
     def __init__(self, app: Celery, job_id: str) -> None:
         self.id = job_id
-        self._async_result = AsyncResult(job_id, app=app)
+        self._backend = app.backend
+        self._redis = app.backend.client
+        self._key = self._backend.get_key_for_task(job_id)
 
     def status(self) -> JobStatus:
-        return status_of(self._async_result.state)
+        meta = self._guarded("reading job", self._read_meta)
+        return status_of(meta["status"]) if meta else JobStatus.PENDING
 
     def result(self, timeout: float = 60.0) -> RerankResult:
-        try:
-            payload = self._async_result.get(timeout=timeout, propagate=False)
-        except celery.exceptions.TimeoutError as e:
-            error = JobTimeout(self.id, timeout, self.status(), waiting_hint(self._async_result.info))
-            self._stop_listening()
-            raise error from e
-        except redis.RedisError as e:
-            raise BrokerUnavailable(f"waiting for job {self.id}", type(e).__name__) from e
-        return outcome(self.id, self._async_result.state, payload)
+        deadline = time.monotonic() + timeout
+        meta = self._guarded("waiting for job", lambda: self._wait(deadline))
+        if not is_ready(meta):
+            status = status_of(meta["status"]) if meta else JobStatus.PENDING
+            raise JobTimeout(self.id, timeout, status, waiting_hint(meta["result"] if meta else None))
+        return outcome_of_meta(self._backend, self.id, meta)
 
-    def _stop_listening(self) -> None:
-        """Celery's backend keeps a waited-for result (and its pub/sub subscription) until it is
-        ready; after a timeout nobody may ask again, so a long-lived client would collect them.
-        A later ``result()`` subscribes afresh."""
+    def _wait(self, deadline: float) -> dict[str, Any] | None:
+        meta = self._read_meta()
+        if is_ready(meta):  # finished already (or answered from the cache): no subscription
+            return meta
+        with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+            pubsub.subscribe(self._key)  # subscribe first, then read: no lost wake-up
+            meta = self._read_meta()
+            while not is_ready(meta) and (remaining := deadline - time.monotonic()) > 0:
+                message = pubsub.get_message(timeout=min(remaining, POLL_S))
+                meta = self._decode(message["data"]) if message else self._read_meta()
+        return meta
+
+    def _guarded(self, action: str, read: Callable[[], T]) -> T:
         try:
-            self._async_result.backend.remove_pending_result(self._async_result)
-        except (redis.RedisError, RuntimeError) as e:  # Redis gone: the subscription went with it
-            log.debug("could not unsubscribe from job %s: %s", self.id, e)
+            return read()
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"{action} {self.id}", type(e).__name__) from e
+
+    def _read_meta(self) -> dict[str, Any] | None:
+        raw = self._redis.get(self._key)
+        return self._decode(raw) if raw else None
+
+    def _decode(self, raw: bytes) -> dict[str, Any]:
+        meta: dict[str, Any] = self._backend.decode_result(raw)
+        return meta
 
     def __repr__(self) -> str:
         return f"JobHandle(id={self.id!r})"
@@ -139,7 +162,7 @@ class AsyncJobHandle:
                 if remaining <= 0:
                     status = status_of(meta["status"]) if meta else JobStatus.PENDING
                     raise JobTimeout(self.id, timeout, status, waiting_hint(meta["result"] if meta else None))
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, 1.0))
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, POLL_S))
                 meta = self._decode(message["data"]) if message else await self._read_meta()
         assert meta is not None
         return outcome_of_meta(self._backend, self.id, meta)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -160,6 +161,23 @@ def test_timeout_names_the_job_and_its_status(client: RerankClient) -> None:
         handle.result(timeout=0.5)
     assert info.value.job_id == handle.id
     assert handle.id in str(info.value) and "pending" in str(info.value)
+
+
+def test_a_result_whose_message_was_missed_is_still_noticed(client: RerankClient) -> None:
+    """The worker's result lands while the pub/sub message announcing it is lost (written here
+    with a plain SET, no PUBLISH): result() reads the key again and returns well before its
+    timeout instead of waiting it out."""
+    handle = client.submit(QUERY, DOCS[:2], model="model-with-no-worker", cache=False)
+    answer = {"job_id": handle.id, "model": "model-with-no-worker", "device": "cpu", "results": []}
+    meta = {"status": "SUCCESS", "result": answer, "traceback": None, "children": [], "task_id": handle.id}
+    backend = client.app.backend
+    store = threading.Timer(0.5, backend.client.set, (backend.get_key_for_task(handle.id), json.dumps(meta)))
+    store.start()
+    try:
+        result = handle.result(timeout=30)
+    finally:
+        store.cancel()
+    assert result.job_id == handle.id and handle.status() == "succeeded"
 
 
 def test_threads_of_a_web_app_can_share_one_client(workers: dict, client: RerankClient) -> None:
