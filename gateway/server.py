@@ -35,7 +35,8 @@ def check_bind(host: str, have_keys: bool, insecure: bool) -> None:
 
 
 def serve(host: str, port: int, insecure: bool, workers: int = 1) -> None:
-    check_bind(host, bool(get_settings().api_keys), insecure)
+    settings = get_settings()
+    check_bind(host, bool(settings.api_keys), insecure)
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # several processes answer /metrics in turn: share one folder so each serves the sum
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rerankq-gateway-metrics-")
@@ -46,5 +47,6 @@ def serve(host: str, port: int, insecure: bool, workers: int = 1) -> None:
         port=port,
         workers=workers,
         proxy_headers=True,
+        timeout_keep_alive=settings.gateway_keep_alive_s,
         log_level="info",
     )

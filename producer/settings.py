@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(2, ge=1)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # refused before parsing: 413
     max_waiting_requests: int = Field(2000, ge=1)  # requests one gateway process holds open; more: 503
+    # An idle keep-alive connection is closed after this long. Longer than clients and load
+    # balancers keep theirs (httpx 5 s, aiohttp 15 s, AWS ALB and nginx 60 s), so the client always
+    # closes first: at uvicorn's default of 5 s a request sent on a connection the gateway was
+    # closing that instant was reset (seen in the burst drill).
+    gateway_keep_alive_s: int = Field(65, ge=1)
     public_metrics: bool = False  # serve /metrics without an API key
     callback_secret: SecretStr | None = None  # HMAC-SHA256 key signing job callbacks
     callback_attempts: int = Field(6, ge=1)

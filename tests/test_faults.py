@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
+import http.client
 import json
 import pickle
 import shutil
@@ -249,6 +250,23 @@ def test_gateway_under_a_burst_of_clients(gateway: GatewayProcess, workers: dict
     assert set(statuses) <= {200, 429, 503}, statuses
     assert statuses[200] > BURST_CLIENTS  # work was accepted and answered, not only refused
     assert rss_after - rss_before < 300, (rss_before, rss_after)
+
+
+def test_an_idle_connection_outlives_a_clients_keep_alive(gateway: GatewayProcess) -> None:
+    """Clients keep idle connections for a while (httpx 5 s) and reuse them; a gateway that closes
+    one at the same moment resets the request sent on it. The gateway keeps idle connections
+    longer (RERANKQ_GATEWAY_KEEP_ALIVE_S, 65 s), so a connection idle for 6 s carries the next one."""
+    url = httpx.URL(gateway.url)
+    connection = http.client.HTTPConnection(url.host, url.port, timeout=10)
+    try:
+        for pause in (0, 6):
+            time.sleep(pause)
+            connection.request("GET", "/healthz")
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+    finally:
+        connection.close()
 
 
 async def _burst(url: str) -> Counter[int]:
