@@ -194,10 +194,14 @@ def _status(url: str) -> int | None:
         return None
 
 
-def test_a_gateway_of_several_processes_serves_their_summed_metrics(workers: dict, tmp_path: Path) -> None:
+def test_a_gateway_of_several_processes_serves_their_summed_metrics(
+    workers: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Whichever process answers the scrape, /metrics counts the requests all of them served."""
-    env = {"RERANKQ_PUBLIC_METRICS": "true", "PROMETHEUS_MULTIPROC_DIR": ""}  # the gateway picks its own folder
-    gateway = start_gateway(tmp_path / "gateway.log", "--workers", "2", env=env)
+    # unset, not empty: the gateway picks its own folder (prometheus-client would take an empty
+    # value for the current directory and leave its files there)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    gateway = start_gateway(tmp_path / "gateway.log", "--workers", "2", env={"RERANKQ_PUBLIC_METRICS": "true"})
     port = int(gateway.url.rsplit(":", 1)[1])
     healthz = {"endpoint": "/healthz", "method": "GET", "status": "200"}
     try:
