@@ -14,18 +14,15 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import Any
 
 import redis.asyncio as aioredis
 from celery import Celery
 from redis.exceptions import RedisError
 
 from gateway.metrics import WAITING
-from producer.jobs import is_ready
+from producer.jobs import Meta, decode_meta, is_ready
 
 log = logging.getLogger("rerankq.gateway")
-
-Meta = dict[str, Any]
 
 
 class ResultWaiter:
@@ -74,7 +71,7 @@ class ResultWaiter:
     async def read(self, job_id: str) -> Meta | None:
         """The job's meta as stored now, or None (queued, or unknown)."""
         raw = await self._redis.get(self._backend.get_key_for_task(job_id))
-        return self._decode(raw) if raw else None
+        return decode_meta(self._backend, raw)
 
     async def _forget(self, key: str, future: asyncio.Future[Meta]) -> None:
         futures = self._waiting.get(key, set())
@@ -101,7 +98,7 @@ class ResultWaiter:
         while (remaining := until - loop.time()) > 0:
             message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
             if message is not None and message["type"] == "message":
-                self._settle(_text(message["channel"]), self._decode(message["data"]))
+                self._settle(_text(message["channel"]), decode_meta(self._backend, message["data"]))
 
     async def _poll_pending(self) -> None:
         keys = list(self._waiting)
@@ -109,18 +106,14 @@ class ResultWaiter:
             return
         for key, raw in zip(keys, await self._redis.mget(keys), strict=True):
             if raw:
-                self._settle(key, self._decode(raw))
+                self._settle(key, decode_meta(self._backend, raw))
 
-    def _settle(self, key: str, meta: Meta) -> None:
+    def _settle(self, key: str, meta: Meta | None) -> None:
         if not is_ready(meta):
             return
         for future in self._waiting.get(key, set()):
             if not future.done():
                 future.set_result(meta)
-
-    def _decode(self, raw: bytes) -> Meta:
-        meta: Meta = self._backend.decode_result(raw)
-        return meta
 
 
 def _text(value: bytes | str) -> str:

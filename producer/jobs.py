@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, TypeGuard
 
 import redis
 import redis.asyncio as aioredis
@@ -15,7 +14,7 @@ from producer.constants import STATE_REROUTED
 from producer.contract import RerankResult
 from producer.errors import BrokerUnavailable, JobCancelled, JobFailed, JobTimeout
 
-T = TypeVar("T")
+Meta = dict[str, Any]  # a job's state as Celery's backend stores it: status, result, ...
 POLL_S = 1.0  # the longest a waiter relies on pub/sub alone before reading the key again
 
 
@@ -63,7 +62,7 @@ def outcome(job_id: str, state: str, payload: Any) -> RerankResult:
     raise JobFailed(job_id, reason)
 
 
-def outcome_of_meta(backend: Any, job_id: str, meta: dict[str, Any]) -> RerankResult:
+def outcome_of_meta(backend: Any, job_id: str, meta: Meta) -> RerankResult:
     """``outcome`` for a finished job's meta as read from the result backend (failures arrive
     serialized; Celery's backend turns them back into exceptions)."""
     payload = meta["result"]
@@ -72,8 +71,22 @@ def outcome_of_meta(backend: Any, job_id: str, meta: dict[str, Any]) -> RerankRe
     return outcome(job_id, meta["status"], payload)
 
 
-def is_ready(meta: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
+def is_ready(meta: Meta | None) -> TypeGuard[Meta]:
     return meta is not None and meta["status"] in states.READY_STATES
+
+
+def decode_meta(backend: Any, raw: bytes | None) -> Meta | None:
+    """A result key's or message's value as Celery's backend stored it (None: nothing stored)."""
+    meta: Meta | None = backend.decode_result(raw) if raw else None
+    return meta
+
+
+def settle(backend: Any, job_id: str, timeout: float, meta: Meta | None) -> RerankResult:
+    """A waited-for job's result, its failure, or ``JobTimeout`` when its meta is not final."""
+    if not is_ready(meta):
+        status = status_of(meta["status"]) if meta else JobStatus.PENDING
+        raise JobTimeout(job_id, timeout, status, waiting_hint(meta["result"] if meta else None))
+    return outcome_of_meta(backend, job_id, meta)
 
 
 class JobHandle:
@@ -93,18 +106,20 @@ class JobHandle:
         self._key = self._backend.get_key_for_task(job_id)
 
     def status(self) -> JobStatus:
-        meta = self._guarded("reading job", self._read_meta)
+        try:
+            meta = self._read_meta()
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"reading job {self.id}", type(e).__name__) from e
         return status_of(meta["status"]) if meta else JobStatus.PENDING
 
     def result(self, timeout: float = 60.0) -> RerankResult:
-        deadline = time.monotonic() + timeout
-        meta = self._guarded("waiting for job", lambda: self._wait(deadline))
-        if not is_ready(meta):
-            status = status_of(meta["status"]) if meta else JobStatus.PENDING
-            raise JobTimeout(self.id, timeout, status, waiting_hint(meta["result"] if meta else None))
-        return outcome_of_meta(self._backend, self.id, meta)
+        try:
+            meta = self._wait(time.monotonic() + timeout)
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"waiting for job {self.id}", type(e).__name__) from e
+        return settle(self._backend, self.id, timeout, meta)
 
-    def _wait(self, deadline: float) -> dict[str, Any] | None:
+    def _wait(self, deadline: float) -> Meta | None:
         meta = self._read_meta()
         if is_ready(meta):  # finished already (or answered from the cache): no subscription
             return meta
@@ -113,34 +128,19 @@ class JobHandle:
             meta = self._read_meta()
             while not is_ready(meta) and (remaining := deadline - time.monotonic()) > 0:
                 message = pubsub.get_message(timeout=min(remaining, POLL_S))
-                meta = self._decode(message["data"]) if message else self._read_meta()
+                meta = decode_meta(self._backend, message["data"]) if message else self._read_meta()
         return meta
 
-    def _guarded(self, action: str, read: Callable[[], T]) -> T:
-        try:
-            return read()
-        except redis.RedisError as e:
-            raise BrokerUnavailable(f"{action} {self.id}", type(e).__name__) from e
-
-    def _read_meta(self) -> dict[str, Any] | None:
-        raw = self._redis.get(self._key)
-        return self._decode(raw) if raw else None
-
-    def _decode(self, raw: bytes) -> dict[str, Any]:
-        meta: dict[str, Any] = self._backend.decode_result(raw)
-        return meta
+    def _read_meta(self) -> Meta | None:
+        return decode_meta(self._backend, self._redis.get(self._key))
 
     def __repr__(self) -> str:
         return f"JobHandle(id={self.id!r})"
 
 
 class AsyncJobHandle:
-    """The asyncio twin of ``JobHandle``: waiting never blocks the event loop.
-
-    Celery's result API is blocking, so this reads Celery's own result key and listens on the
-    channel Celery's Redis backend publishes to when a job finishes, through redis.asyncio;
-    key naming and decoding stay Celery's (``backend.get_key_for_task`` / ``decode_result``).
-    """
+    """The asyncio twin of ``JobHandle``, waiting the same way through redis.asyncio: it never
+    blocks the event loop (Celery's result API is blocking)."""
 
     def __init__(self, app: Celery, redis: aioredis.Redis, job_id: str) -> None:
         self.id = job_id
@@ -149,31 +149,30 @@ class AsyncJobHandle:
         self._key = self._backend.get_key_for_task(job_id)
 
     async def status(self) -> JobStatus:
-        meta = await self._read_meta()
+        try:
+            meta = await self._read_meta()
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"reading job {self.id}", type(e).__name__) from e
         return status_of(meta["status"]) if meta else JobStatus.PENDING
 
     async def result(self, timeout: float = 60.0) -> RerankResult:
-        deadline = time.monotonic() + timeout
+        try:
+            meta = await self._wait(time.monotonic() + timeout)
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"waiting for job {self.id}", type(e).__name__) from e
+        return settle(self._backend, self.id, timeout, meta)
+
+    async def _wait(self, deadline: float) -> Meta | None:
         async with self._redis.pubsub() as pubsub:
             await pubsub.subscribe(self._key)  # subscribe first, then read: no lost wake-up
             meta = await self._read_meta()
-            while not is_ready(meta):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    status = status_of(meta["status"]) if meta else JobStatus.PENDING
-                    raise JobTimeout(self.id, timeout, status, waiting_hint(meta["result"] if meta else None))
+            while not is_ready(meta) and (remaining := deadline - time.monotonic()) > 0:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, POLL_S))
-                meta = self._decode(message["data"]) if message else await self._read_meta()
-        assert meta is not None
-        return outcome_of_meta(self._backend, self.id, meta)
-
-    async def _read_meta(self) -> dict[str, Any] | None:
-        raw = await self._redis.get(self._key)
-        return self._decode(raw) if raw else None
-
-    def _decode(self, raw: bytes) -> dict[str, Any]:
-        meta: dict[str, Any] = self._backend.decode_result(raw)
+                meta = decode_meta(self._backend, message["data"]) if message else await self._read_meta()
         return meta
+
+    async def _read_meta(self) -> Meta | None:
+        return decode_meta(self._backend, await self._redis.get(self._key))
 
     def __repr__(self) -> str:
         return f"AsyncJobHandle(id={self.id!r})"

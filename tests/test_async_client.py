@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -51,3 +52,20 @@ async def test_async_empty_documents_and_bad_input(redis_server) -> None:
         assert await aclient.rank(QUERY, [], model="tiny-xlmr") == []
         with pytest.raises(ValueError, match="documents\\[0\\]"):
             await aclient.rank(QUERY, [1], model="tiny-xlmr")  # type: ignore[list-item]
+
+
+async def test_async_result_whose_message_was_missed_is_still_noticed(redis_server) -> None:
+    """As for the blocking handle: a result stored without its pub/sub message (a plain SET)
+    is read from its key within a second, not at the timeout."""
+    async with AsyncRerankClient(redis_server.url) as aclient:
+        handle = await aclient.submit(QUERY, DOCS, model="async-model-with-no-worker", cache=False)
+        answer = {"job_id": handle.id, "model": "async-model-with-no-worker", "device": "cpu", "results": []}
+        meta = {"status": "SUCCESS", "result": answer, "traceback": None, "children": [], "task_id": handle.id}
+        backend = aclient.app.backend
+
+        async def store_silently() -> None:
+            await asyncio.sleep(0.5)
+            backend.client.set(backend.get_key_for_task(handle.id), json.dumps(meta))
+
+        result, _ = await asyncio.gather(handle.result(timeout=30), store_silently())
+    assert result.job_id == handle.id
