@@ -20,13 +20,13 @@ from celery import Celery
 from redis.exceptions import RedisError
 
 from gateway.metrics import WAITING
-from producer.jobs import Meta, decode_meta, is_ready
+from producer.jobs import POLL_S, Meta, decode_meta, is_ready
 
 log = logging.getLogger("rerankq.gateway")
 
 
 class ResultWaiter:
-    def __init__(self, app: Celery, redis: aioredis.Redis, poll_s: float = 1.0) -> None:
+    def __init__(self, app: Celery, redis: aioredis.Redis, poll_s: float = POLL_S) -> None:
         self._backend = app.backend
         self._redis = redis
         self._poll_s = poll_s

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeGuard
 
 import redis
@@ -38,6 +40,20 @@ _STATUS_OF_STATE = {
 
 def status_of(state: str) -> JobStatus:
     return _STATUS_OF_STATE.get(state, JobStatus.PENDING)
+
+
+def status_of_meta(meta: Meta | None) -> JobStatus:
+    """A stored job's status; nothing stored yet is pending."""
+    return status_of(meta["status"]) if meta else JobStatus.PENDING
+
+
+@contextmanager
+def broker_errors(action: str) -> Iterator[None]:
+    """Redis errors while following a job surface as ``BrokerUnavailable`` naming the action."""
+    try:
+        yield
+    except redis.RedisError as e:
+        raise BrokerUnavailable(action, type(e).__name__) from e
 
 
 def waiting_hint(info: Any) -> str:
@@ -84,8 +100,7 @@ def decode_meta(backend: Any, raw: bytes | None) -> Meta | None:
 def settle(backend: Any, job_id: str, timeout: float, meta: Meta | None) -> RerankResult:
     """A waited-for job's result, its failure, or ``JobTimeout`` when its meta is not final."""
     if not is_ready(meta):
-        status = status_of(meta["status"]) if meta else JobStatus.PENDING
-        raise JobTimeout(job_id, timeout, status, waiting_hint(meta["result"] if meta else None))
+        raise JobTimeout(job_id, timeout, status_of_meta(meta), waiting_hint(meta["result"] if meta else None))
     return outcome_of_meta(backend, job_id, meta)
 
 
@@ -106,17 +121,12 @@ class JobHandle:
         self._key = self._backend.get_key_for_task(job_id)
 
     def status(self) -> JobStatus:
-        try:
-            meta = self._read_meta()
-        except redis.RedisError as e:
-            raise BrokerUnavailable(f"reading job {self.id}", type(e).__name__) from e
-        return status_of(meta["status"]) if meta else JobStatus.PENDING
+        with broker_errors(f"reading job {self.id}"):
+            return status_of_meta(self._read_meta())
 
     def result(self, timeout: float = 60.0) -> RerankResult:
-        try:
+        with broker_errors(f"waiting for job {self.id}"):
             meta = self._wait(time.monotonic() + timeout)
-        except redis.RedisError as e:
-            raise BrokerUnavailable(f"waiting for job {self.id}", type(e).__name__) from e
         return settle(self._backend, self.id, timeout, meta)
 
     def _wait(self, deadline: float) -> Meta | None:
@@ -149,17 +159,12 @@ class AsyncJobHandle:
         self._key = self._backend.get_key_for_task(job_id)
 
     async def status(self) -> JobStatus:
-        try:
-            meta = await self._read_meta()
-        except redis.RedisError as e:
-            raise BrokerUnavailable(f"reading job {self.id}", type(e).__name__) from e
-        return status_of(meta["status"]) if meta else JobStatus.PENDING
+        with broker_errors(f"reading job {self.id}"):
+            return status_of_meta(await self._read_meta())
 
     async def result(self, timeout: float = 60.0) -> RerankResult:
-        try:
+        with broker_errors(f"waiting for job {self.id}"):
             meta = await self._wait(time.monotonic() + timeout)
-        except redis.RedisError as e:
-            raise BrokerUnavailable(f"waiting for job {self.id}", type(e).__name__) from e
         return settle(self._backend, self.id, timeout, meta)
 
     async def _wait(self, deadline: float) -> Meta | None:

@@ -12,20 +12,18 @@ Celery's own ``ResultSet`` waits for a fixed set of jobs; a bulk run needs a sli
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery import Celery
 
 from producer.constants import cancel_key
 from producer.contract import RerankResult
 from producer.errors import JobFailed
-from producer.jobs import is_ready, outcome_of_meta
+from producer.jobs import POLL_S, decode_meta, is_ready, outcome_of_meta
 
 Outcome = RerankResult | JobFailed
 
 
 class ResultWatcher:
-    def __init__(self, app: Celery, poll_s: float = 1.0) -> None:
+    def __init__(self, app: Celery, poll_s: float = POLL_S) -> None:
         self._backend = app.backend
         self._redis = app.backend.client
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -58,7 +56,7 @@ class ResultWatcher:
         return done
 
     def _outcome(self, job_id: str, raw: bytes) -> Outcome | None:
-        meta: dict[str, Any] = self._backend.decode_result(raw)
+        meta = decode_meta(self._backend, raw)
         if not is_ready(meta):
             return None
         try:
