@@ -2,14 +2,20 @@
 export HF_HUB_OFFLINE ?= 0
 VENV := .venv/bin
 
-.PHONY: setup demo test test-fast test-faults bench lint audit lock clean
+.PHONY: setup setup-demo demo test test-fast test-faults wheel-smoke bench lint audit lock clean
 
+# everything for development: tests, linters, every extra (editable install)
 setup:
-	ops/scripts/setup.sh
+	ops/scripts/setup.sh dev
 	ops/scripts/ensure-redis-server.sh
 	ops/scripts/ensure-docker-compose.sh
 
-demo: setup
+# only what the demo needs: rerankq[worker] and a redis-server
+setup-demo:
+	ops/scripts/setup.sh demo
+	ops/scripts/ensure-redis-server.sh
+
+demo: setup-demo
 	$(VENV)/rerankq demo
 
 test: setup
@@ -21,6 +27,10 @@ test-fast: setup
 # the fault drills alone (killed workers, a restarted Redis, foreign messages, a burst of clients)
 test-faults: setup
 	HF_HUB_OFFLINE=1 $(VENV)/pytest -q -m "fault or security"
+
+# the wheel as users get it: built, installed into a fresh virtualenv, run from outside the checkout
+wheel-smoke:
+	ops/scripts/wheel-smoke.sh
 
 # the full benchmark suite on this machine; writes docs/BENCHMARKS.md (ARGS e.g. --shape tiny-bert --jobs 300)
 bench: setup

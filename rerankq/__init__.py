@@ -1,1 +1,114 @@
-"""The ``rerankq`` command line. The SDK lives in ``producer``; the worker in ``worker``."""
+"""rerankq: cross-encoder reranking behind a Celery task queue on Redis.
+
+The public API, re-exported here the way httpx does it::
+
+    from rerankq import RerankClient, AsyncRerankClient, RerankResult, RerankError
+
+``import rerankq`` is light: the names below are imported on first use (PEP 562), so a web app,
+the gateway and ``rerankq --version`` never load the worker side, and nothing here imports torch.
+The worker lives in ``rerankq.worker``, the HTTP gateway in ``rerankq.gateway``.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module, metadata
+from typing import TYPE_CHECKING, Any
+
+from rerankq.errors import (
+    BrokerUnavailable,
+    IncompatibleFormat,
+    InvalidRequest,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    JobTimeout,
+    ModelCheckFailed,
+    ModelLoadError,
+    NoWorkers,
+    QueueFull,
+    RequestTooLarge,
+    RerankError,
+    UnknownModel,
+)
+
+if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports them lazily
+    from rerankq.producer.aio import AsyncRerankClient
+    from rerankq.producer.bulk import BulkDocument, BulkRanked, BulkRecord, RecordResult
+    from rerankq.producer.client import RerankClient
+    from rerankq.producer.contract import JobStats, RankedDocument, RerankResult
+    from rerankq.producer.jobs import AsyncJobHandle, JobHandle, JobStatus
+    from rerankq.producer.settings import Settings, get_settings
+
+
+def _version() -> str:
+    try:
+        return metadata.version("rerankq")
+    except metadata.PackageNotFoundError:  # a bare checkout on sys.path, never installed
+        return "0+unknown"
+
+
+__version__ = _version()
+
+# public name -> the module that defines it (imported on first access)
+_LAZY = {
+    "AsyncRerankClient": "rerankq.producer.aio",
+    "RerankClient": "rerankq.producer.client",
+    "AsyncJobHandle": "rerankq.producer.jobs",
+    "JobHandle": "rerankq.producer.jobs",
+    "JobStatus": "rerankq.producer.jobs",
+    "JobStats": "rerankq.producer.contract",
+    "RankedDocument": "rerankq.producer.contract",
+    "RerankResult": "rerankq.producer.contract",
+    "BulkDocument": "rerankq.producer.bulk",
+    "BulkRanked": "rerankq.producer.bulk",
+    "BulkRecord": "rerankq.producer.bulk",
+    "RecordResult": "rerankq.producer.bulk",
+    "Settings": "rerankq.producer.settings",
+    "get_settings": "rerankq.producer.settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rerankq' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+__all__ = [
+    "AsyncJobHandle",
+    "AsyncRerankClient",
+    "BrokerUnavailable",
+    "BulkDocument",
+    "BulkRanked",
+    "BulkRecord",
+    "IncompatibleFormat",
+    "InvalidRequest",
+    "JobCancelled",
+    "JobFailed",
+    "JobHandle",
+    "JobNotFound",
+    "JobStats",
+    "JobStatus",
+    "JobTimeout",
+    "ModelCheckFailed",
+    "ModelLoadError",
+    "NoWorkers",
+    "QueueFull",
+    "RankedDocument",
+    "RecordResult",
+    "RequestTooLarge",
+    "RerankClient",
+    "RerankError",
+    "RerankResult",
+    "Settings",
+    "UnknownModel",
+    "__version__",
+    "get_settings",
+]

@@ -9,12 +9,30 @@ from typing import Annotated, cast
 
 import typer
 
-from producer.constants import LANES, Lane
-from producer.errors import ModelLoadError
+from rerankq.errors import ModelLoadError
+from rerankq.extras import needs_extra
 from rerankq.models_cli import models_app
+from rerankq.producer.constants import LANES, Lane
 
 app = typer.Typer(help="rerankq: cross-encoder reranking behind a Celery queue on Redis.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from rerankq import __version__
+
+        typer.echo(f"rerankq {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """rerankq: cross-encoder reranking behind a Celery queue on Redis."""
 
 
 def _setup_logging(level: int = logging.INFO) -> None:
@@ -63,8 +81,10 @@ def worker(
 ) -> None:
     """Serve one model version: check and load it once, then consume its queues."""
     _setup_logging()
-    from producer.settings import get_settings
-    from worker.main import WorkerOptions, run_worker
+    from rerankq.producer.settings import get_settings
+
+    with needs_extra("worker", "worker"):
+        from rerankq.worker.main import WorkerOptions, run_worker
 
     options = WorkerOptions(
         model=model or get_settings().default_model,
@@ -108,7 +128,8 @@ def gateway(
 ) -> None:
     """Serve the HTTP gateway: Cohere/Jina/TEI rerank endpoints and the async jobs API."""
     _setup_logging()
-    from gateway.server import UnsafeBind, serve
+    with needs_extra("gateway", "gateway"):
+        from rerankq.gateway.server import UnsafeBind, serve
 
     try:
         serve(host, port, insecure, workers)
@@ -122,7 +143,10 @@ def demo(
     model: Annotated[str | None, typer.Option(help="Model to try first (default: the configured default).")] = None,
 ) -> None:
     """Start a worker, rerank English and Chinese samples, print the ranking, shut down."""
-    from rerankq.demo import run_demo
+    with needs_extra("demo", "worker"):
+        import torch  # noqa: F401  (the demo starts a worker process, which needs it)
+
+        from rerankq.demo import run_demo
 
     raise typer.Exit(run_demo(model))
 
@@ -150,9 +174,10 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Also one JSON object per result on its own line.")] = False,
 ) -> None:
     """Measure rerankq against the raw model and the usual recipes, side by side, on real workers."""
-    from rerankq.bench.runner import BenchOptions, run
-    from rerankq.bench.scenarios import SCENARIOS
-    from rerankq.shapes import SHAPES
+    with needs_extra("bench", "worker"):
+        from rerankq.bench.runner import BenchOptions, run
+        from rerankq.bench.scenarios import SCENARIOS
+        from rerankq.shapes import SHAPES
 
     if scenario != "all" and scenario not in SCENARIOS:
         raise typer.BadParameter(f"must be one of {', '.join(SCENARIOS)}, all; got {scenario!r}", param_hint="SCENARIO")
@@ -176,8 +201,8 @@ def cache_stats(as_json: Annotated[bool, typer.Option("--json", help="One JSON o
     from rich.console import Console
     from rich.table import Table
 
-    from producer.cache import ScoreCache
-    from producer.settings import get_settings
+    from rerankq.producer.cache import ScoreCache
+    from rerankq.producer.settings import get_settings
 
     stats = ScoreCache(get_settings()).stats()
     looked_up = stats["hits"] + stats["misses"]
@@ -194,8 +219,8 @@ def cache_stats(as_json: Annotated[bool, typer.Option("--json", help="One JSON o
 @cache_app.command("clear")
 def cache_clear(model: Annotated[str | None, typer.Option(help="Only this model's scores.")] = None) -> None:
     """Delete cached scores (all, or one model's)."""
-    from producer.cache import ScoreCache
-    from producer.settings import get_settings
+    from rerankq.producer.cache import ScoreCache
+    from rerankq.producer.settings import get_settings
 
     deleted = ScoreCache(get_settings()).clear(model)
     typer.echo(f"deleted {deleted} cached scores" + (f" of {model}" if model else ""))
@@ -209,8 +234,10 @@ def exporter(
     """Serve queue depths per model and lane (waiting + held: what autoscalers scale on), worker
     counts and cache look-ups; with PROMETHEUS_MULTIPROC_DIR, also this host's worker metrics."""
     _setup_logging()
-    from producer.settings import get_settings
-    from rerankq.exporter import serve_exporter
+    from rerankq.producer.settings import get_settings
+
+    with needs_extra("exporter", "gateway"):
+        from rerankq.exporter import serve_exporter
 
     serve_exporter(get_settings(), port, host)
 
@@ -223,7 +250,10 @@ def flower(
 ) -> None:
     """Flower on rerankq's broker (task events and per-model, per-lane queues), with basic auth
     from RERANKQ_FLOWER_BASIC_AUTH ("user:password", comma-separated)."""
-    from rerankq.flower import UnsafeFlower, run_flower
+    with needs_extra("flower", "flower"):
+        import flower  # noqa: F401  (Celery loads it as a command plugin, and misses it silently)
+
+        from rerankq.flower import UnsafeFlower, run_flower
 
     try:
         run_flower(port, address, insecure)
@@ -275,9 +305,9 @@ def bulk_run(
     from redis.exceptions import ConnectionError as RedisConnectionError
     from rich.console import Console
 
-    from producer import RerankClient, get_settings
     from rerankq.bulk.formats import BulkFileError
     from rerankq.bulk.run import BulkOptions, BulkUsageError, run_bulk
+    from rerankq.producer import RerankClient, get_settings
 
     options = BulkOptions(input, output, errors, model, top_n, max_in_flight, restart, log_every)
     console = Console(stderr=True)

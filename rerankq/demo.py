@@ -13,11 +13,11 @@ from urllib.parse import urlparse
 from rich.console import Console
 from rich.table import Table
 
-from producer import RerankClient
-from producer.errors import ModelLoadError
-from producer.registry import find_manifest, source_path
-from producer.settings import get_settings
+from rerankq.errors import ModelLoadError
 from rerankq.fleet import redis_for_run, start_worker, stop_worker, wait_until_consuming
+from rerankq.producer import RerankClient
+from rerankq.producer.registry import find_manifest, source_path
+from rerankq.producer.settings import get_settings
 
 OFFLINE_MODEL = "all-minilm-l6-v2"
 RUN_DIR = Path(".run")

@@ -12,10 +12,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from producer.fleet_state import read_fleet
-from producer.redis_clients import connect
-from producer.settings import Settings
-from worker.metrics import multiprocess_registry
+from rerankq.producer.fleet_state import read_fleet
+from rerankq.producer.redis_clients import connect
+from rerankq.producer.settings import Settings
+from rerankq.worker.metrics import multiprocess_registry
 
 log = logging.getLogger("rerankq.exporter")
 LANE = ["model", "lane"]

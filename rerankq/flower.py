@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from gateway.server import is_loopback
-from producer.settings import get_settings
-from producer.transport import make_celery
+from rerankq.listen import is_loopback
+from rerankq.producer.settings import get_settings
+from rerankq.producer.transport import make_celery
 
 
 class UnsafeFlower(Exception):

@@ -12,7 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from producer.aliases import (
+from rerankq.errors import InvalidRequest, ModelCheckFailed, ModelLoadError
+from rerankq.extras import needs_extra
+from rerankq.producer.aliases import (
     AliasTarget,
     alias_history,
     delete_alias,
@@ -22,12 +24,11 @@ from producer.aliases import (
     static_aliases,
     stored_aliases,
 )
-from producer.constants import WORKERS_KEY
-from producer.errors import InvalidRequest, ModelCheckFailed, ModelLoadError
-from producer.presence import WorkerPresence, live_presences, serving
-from producer.redis_clients import connect
-from producer.registry import ModelManifest, load_manifests
-from producer.settings import Settings, get_settings
+from rerankq.producer.constants import WORKERS_KEY
+from rerankq.producer.presence import WorkerPresence, live_presences, serving
+from rerankq.producer.redis_clients import connect
+from rerankq.producer.registry import ModelManifest, load_manifests
+from rerankq.producer.settings import Settings, get_settings
 
 models_app = typer.Typer(help="Model versions: check custom weights, compare versions, aliases.", no_args_is_help=True)
 alias_app = typer.Typer(help="Aliases: point a name at a version, split traffic, roll back.", no_args_is_help=True)
@@ -56,8 +57,9 @@ def check(
 ) -> None:
     """Check a model in order, stopping at the first failure: config, tokenizer, weights,
     architecture, outputs on the golden set, golden ranking. Exit status 0 only when all pass."""
-    from worker.golden import GoldenSetError, load_golden
-    from worker.loading import load_checked, pick_device, resolve_model
+    with needs_extra("models check", "worker"):
+        from rerankq.worker.golden import GoldenSetError, load_golden
+        from rerankq.worker.loading import load_checked, pick_device, resolve_model
 
     try:
         items = load_golden(golden)
@@ -100,9 +102,10 @@ def diff(
 ) -> None:
     """Score a golden set with both versions: rank correlation, items each ranks right, and the
     pairs whose score changed most."""
-    from worker.golden import GoldenSetError, load_golden
-    from worker.loading import load_backend, pick_device, resolve_model
-    from worker.model_diff import diff_models
+    with needs_extra("models diff", "worker"):
+        from rerankq.worker.golden import GoldenSetError, load_golden
+        from rerankq.worker.loading import load_backend, pick_device, resolve_model
+        from rerankq.worker.model_diff import diff_models
 
     settings = get_settings()
     try:
@@ -122,7 +125,7 @@ def diff(
 
 
 def _print_diff(a: str, b: str, report: object) -> None:
-    from worker.model_diff import DiffReport
+    from rerankq.worker.model_diff import DiffReport
 
     report = cast(DiffReport, report)
     console.print(f"A = {a}\nB = {b}\n{report.pairs} pairs in {report.items} golden items")

@@ -9,9 +9,9 @@ from dataclasses import asdict
 from rich.console import Console
 from rich.table import Table
 
-from producer.fleet_state import FleetState, read_fleet
-from producer.redis_clients import connect
-from producer.settings import get_settings
+from rerankq.producer.fleet_state import FleetState, read_fleet
+from rerankq.producer.redis_clients import connect
+from rerankq.producer.settings import get_settings
 
 
 def print_status(as_json: bool) -> None:

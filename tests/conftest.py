@@ -19,8 +19,6 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["RERANKQ_CHECK_RANKING"] = "false"
 
 
-from producer import RerankClient
-from producer.settings import Settings, get_settings
 from rerankq.fleet import (
     GatewayProcess,
     WorkerProcess,
@@ -32,6 +30,8 @@ from rerankq.fleet import (
     wait_until_consuming,
 )
 from rerankq.local_redis import local_redis_server
+from rerankq.producer import RerankClient
+from rerankq.producer.settings import Settings, get_settings
 from rerankq.shapes import build_tiny_bert, build_tiny_xlm_roberta
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from gateway import create_app
-from producer.settings import get_settings
+from rerankq.gateway import create_app
+from rerankq.producer.settings import get_settings
 
 PLAIN_KEY = "rk-test-plain-key"
 HASHED_KEY = "rk-test-hashed-key"

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoTokenizer, BertForSequenceClassification, BertModel
 
 from rerankq.shapes import build_tiny_bert
-from worker.golden import load_golden
+from rerankq.worker.golden import load_golden
 
 TRAIN_STEPS = 300
 

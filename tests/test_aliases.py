@@ -14,13 +14,13 @@ import redis
 from gateway_support import AUTH
 from typer.testing import CliRunner
 
-from producer import RerankClient
-from producer.aliases import AliasTarget, alias_history, delete_alias, rollback_alias, set_alias
-from producer.constants import alias_history_key, model_identity_key
-from producer.contract import revision_of
-from producer.settings import get_settings
 from rerankq.cli import app
 from rerankq.fleet import GatewayProcess
+from rerankq.producer import RerankClient
+from rerankq.producer.aliases import AliasTarget, alias_history, delete_alias, rollback_alias, set_alias
+from rerankq.producer.constants import alias_history_key, model_identity_key
+from rerankq.producer.contract import revision_of
+from rerankq.producer.settings import get_settings
 
 # scores compared across different forward passes agree to 1e-5 (test_batcher's bound), not exactly
 QUERY = "what is a cross-encoder"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from producer import AsyncRerankClient, JobTimeout, RerankClient
+from rerankq.producer import AsyncRerankClient, JobTimeout, RerankClient
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sentence_transformers import CrossEncoder
 
-from worker.backends import CrossEncoderBackend, EncodedPair
-from worker.batcher import Batcher, ScoredJob, _Item, _Submission, plan_batches
+from rerankq.worker.backends import CrossEncoderBackend, EncodedPair
+from rerankq.worker.batcher import Batcher, ScoredJob, _Item, _Submission, plan_batches
 
 # Raw logits (the tiny model's reach about ±5) of one pair padded in different batches, summed by
 # two torch threads in whichever order they finish: fp32 noise up to ~1.2e-5 was seen in CI.

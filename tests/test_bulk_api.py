@@ -13,10 +13,10 @@ import redis
 from gateway_support import wait_until
 from worker_support import paused
 
-from producer import BulkRecord, RecordResult, RerankClient
-from producer.constants import queue_keys, queue_name
-from producer.settings import Settings
 from rerankq.fleet import WorkerProcess
+from rerankq.producer import BulkRecord, RecordResult, RerankClient
+from rerankq.producer.constants import queue_keys, queue_name
+from rerankq.producer.settings import Settings
 
 MODEL = "tiny-bert"
 # Bulk jobs ride other forward passes than the interactive reference: padding to another length

@@ -20,8 +20,8 @@ from gateway_support import wait_until
 from test_bulk_api import BATCH_TOLERANCE, depth
 from worker_support import paused
 
-from producer import RerankClient
 from rerankq.fleet import WorkerProcess
+from rerankq.producer import RerankClient
 
 MODEL = "tiny-bert"
 

@@ -11,13 +11,13 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from producer import RerankClient
-from producer.cache import ScoreCache
-from producer.constants import SCORE_KEY_PREFIX, TASK_RERANK, queue_name
-from producer.contract import cache_key
 from rerankq.cli import app as cli
 from rerankq.fleet import WorkerProcess, start_worker, stop_worker, wait_until_consuming
 from rerankq.local_redis import free_port
+from rerankq.producer import RerankClient
+from rerankq.producer.cache import ScoreCache
+from rerankq.producer.constants import SCORE_KEY_PREFIX, TASK_RERANK, queue_name
+from rerankq.producer.contract import cache_key
 from rerankq.shapes import build_tiny_bert
 
 pytestmark = pytest.mark.slow

@@ -21,9 +21,6 @@ import pytest
 import redis
 from gateway_support import AUTH, GATEWAY_ENV
 
-from producer import BrokerUnavailable, JobFailed, JobHandle, JobTimeout, RerankClient
-from producer.constants import REJECTED_KEY, model_identity_key, queue_name
-from producer.settings import get_settings
 from rerankq.fleet import (
     GatewayProcess,
     WorkerProcess,
@@ -34,6 +31,9 @@ from rerankq.fleet import (
     wait_until_consuming,
 )
 from rerankq.local_redis import RedisProcess, free_port
+from rerankq.producer import BrokerUnavailable, JobFailed, JobHandle, JobTimeout, RerankClient
+from rerankq.producer.constants import REJECTED_KEY, model_identity_key, queue_name
+from rerankq.producer.settings import get_settings
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 

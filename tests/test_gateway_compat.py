@@ -10,8 +10,8 @@ import httpx
 import pytest
 from gateway_support import ALIAS, AUTH, PLAIN_KEY
 
-from producer import RerankClient
 from rerankq.fleet import GatewayProcess
+from rerankq.producer import RerankClient
 
 os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"
 

@@ -15,10 +15,10 @@ import pytest
 import redis
 from gateway_support import AUTH, HASHED_KEY, MAX_BODY_BYTES, MAX_DOCUMENTS, PLAIN_KEY, PausedModel, app_client
 
-from gateway.server import UnsafeBind, check_bind
-from producer import RerankClient
-from producer.constants import JOB_KEY_PREFIX, queue_name
 from rerankq.fleet import GatewayProcess, free_port
+from rerankq.gateway.server import UnsafeBind, check_bind
+from rerankq.producer import RerankClient
+from rerankq.producer.constants import JOB_KEY_PREFIX, queue_name
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,8 @@ from gateway_support import AUTH, PausedModel, wait_for_job
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from producer.constants import queue_name
 from rerankq.fleet import GatewayProcess
+from rerankq.producer.constants import queue_name
 
 pytestmark = pytest.mark.slow
 

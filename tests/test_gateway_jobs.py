@@ -13,10 +13,10 @@ import pytest
 from gateway_support import AUTH, CALLBACK_SECRET, GATEWAY_ENV, wait_for_job, wait_until
 from pydantic import SecretStr
 
-from gateway.callbacks import verify
-from producer import JobCancelled, RerankClient
-from producer.ledger import record_submitted
 from rerankq.fleet import GatewayProcess, start_gateway, stop_process
+from rerankq.gateway.callbacks import verify
+from rerankq.producer import JobCancelled, RerankClient
+from rerankq.producer.ledger import record_submitted
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +140,7 @@ async def test_callbacks_to_private_addresses_are_refused(url: str) -> None:
 
 
 async def test_a_public_callback_address_passes_the_check() -> None:
-    from gateway.callback_targets import check_callback_url
+    from rerankq.gateway.callback_targets import check_callback_url
 
     await check_callback_url("https://93.184.215.14/hook", allow_private=False)  # a global address
     await check_callback_url("http://127.0.0.1/hook", allow_private=True)  # the operator's choice

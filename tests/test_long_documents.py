@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from sentence_transformers import CrossEncoder
 from transformers import AutoTokenizer
 
-from producer import InvalidRequest, RequestTooLarge, RerankClient
 from rerankq.fleet import GatewayProcess, running_workers
+from rerankq.producer import InvalidRequest, RequestTooLarge, RerankClient
 from rerankq.shapes import build_tiny_xlm_roberta
-from worker.text_windows import token_windows
+from rerankq.worker.text_windows import token_windows
 
 pytestmark = pytest.mark.usefixtures("workers")
 QUERY = "how do rerankers read long documents"

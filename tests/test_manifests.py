@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from producer.errors import ModelLoadError
-from producer.registry import load_manifests
-from producer.settings import Settings, get_settings
 from rerankq.cli import app
-from worker.loading import load_backend, resolve_model
-from worker.main import token_budget_for
+from rerankq.errors import ModelLoadError
+from rerankq.producer.registry import load_manifests
+from rerankq.producer.settings import Settings, get_settings
+from rerankq.worker.loading import load_backend, resolve_model
+from rerankq.worker.main import token_budget_for
 
 MANIFEST = """
 name = "acme-rerank-v2"
@@ -40,6 +40,18 @@ def test_a_manifest_names_weights_beside_it_and_its_per_device_settings(models_d
     assert (manifest.dtype_for("cpu"), manifest.dtype_for("cuda:0")) == ("bfloat16", "float16")  # cuda: default
     assert (manifest.token_budget_for("cpu"), manifest.token_budget_for("cuda")) == (4096, 32768)
     assert manifest.checks_language("zh") and not manifest.checks_language("de")
+
+
+def test_the_shipped_manifests_come_with_the_package_and_a_users_folder_adds_and_overrides(tmp_path: Path) -> None:
+    shipped = load_manifests(None)
+    assert {"bge-reranker-v2-m3", "all-minilm-l6-v2"} <= set(shipped)
+    assert shipped["bge-reranker-v2-m3"].source == "BAAI/bge-reranker-v2-m3"
+    (tmp_path / "mine.toml").write_text('name = "bge-reranker-v2-m3"\nsource = "./my-bge"\nmax_length = 1024\n')
+    (tmp_path / "extra.toml").write_text('name = "acme-rerank-v3"\nsource = "acme/rerank-v3"\n')
+    merged = load_manifests(tmp_path)
+    assert merged["bge-reranker-v2-m3"].source == str(tmp_path / "my-bge")  # the user's folder wins by name
+    assert merged["bge-reranker-v2-m3"].max_length == 1024
+    assert merged["acme-rerank-v3"].source == "acme/rerank-v3" and "all-minilm-l6-v2" in merged
 
 
 def test_the_worker_loads_in_the_manifest_dtype_and_budget(models_dir: Path) -> None:

@@ -23,12 +23,12 @@ from model_support import (
 )
 from typer.testing import CliRunner
 
-from producer.errors import ModelCheckFailed
-from producer.settings import get_settings
 from rerankq.cli import app
-from worker.golden import GoldenSetError, load_golden
-from worker.loading import load_checked, resolve_model
-from worker.validation import Passed
+from rerankq.errors import ModelCheckFailed
+from rerankq.producer.settings import get_settings
+from rerankq.worker.golden import DEFAULT_GOLDEN, GoldenSetError, load_golden
+from rerankq.worker.loading import load_checked, resolve_model
+from rerankq.worker.validation import Passed
 
 runner = CliRunner()
 
@@ -126,7 +126,7 @@ def test_each_broken_export_fails_its_check_with_a_fix(good_model: Path, tmp_pat
 def test_one_wrong_language_points_at_the_manifest_languages(good_model: Path, tmp_path: Path) -> None:
     """A model that ranks English right and one Chinese item wrong: the fix names the language."""
     golden = tmp_path / "golden.jsonl"
-    lines = (Path(__file__).parent.parent / "worker/golden/default.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = DEFAULT_GOLDEN.read_text(encoding="utf-8").splitlines()
     swapped = (
         lines[-1].replace('"relevant"', '"tmp"').replace('"irrelevant"', '"relevant"').replace('"tmp"', '"irrelevant"')
     )
@@ -213,9 +213,9 @@ def test_diff_reports_agreement_and_the_largest_changes(good_model: Path, tmp_pa
 
 def test_a_nan_score_at_serve_time_fails_the_job_instead_of_serving_it() -> None:
     """The start-up check cannot see every input; an input that overflows still never returns NaN."""
-    from producer.contract import build_job
-    from producer.errors import JobFailed
-    from worker.tasks import refuse_non_finite
+    from rerankq.errors import JobFailed
+    from rerankq.producer.contract import build_job
+    from rerankq.worker.tasks import refuse_non_finite
 
     job = build_job("q", ["a", "b"], model="m", settings=get_settings())
     refuse_non_finite(job, {"a": 0.5, "b": -2.0})

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from sentence_transformers import CrossEncoder
 
-from producer import JobTimeout, RerankClient
 from rerankq.fleet import WorkerProcess, start_worker, stop_worker, wait_until_consuming
-from worker.backends import CrossEncoderBackend, OomInjectingBackend
-from worker.batcher import Batcher
-from worker.oom import AdaptiveBudget, PairTooLarge
+from rerankq.producer import JobTimeout, RerankClient
+from rerankq.worker.backends import CrossEncoderBackend, OomInjectingBackend
+from rerankq.worker.batcher import Batcher
+from rerankq.worker.oom import AdaptiveBudget, PairTooLarge
 
 MODEL = "oom-model"
 SHORT = [f"short passage number {i}" for i in range(40)]

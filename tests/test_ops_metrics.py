@@ -19,13 +19,13 @@ import redis
 from gateway_support import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from producer import RerankClient
-from producer.aliases import delete_alias, set_alias
-from producer.constants import WORKERS_KEY, alias_history_key
-from producer.fleet_state import read_fleet
-from producer.presence import WorkerPresence
-from producer.settings import Settings
 from rerankq.fleet import free_port, running_workers, start_gateway, stop_process
+from rerankq.producer import RerankClient
+from rerankq.producer.aliases import delete_alias, set_alias
+from rerankq.producer.constants import WORKERS_KEY, alias_history_key
+from rerankq.producer.fleet_state import read_fleet
+from rerankq.producer.presence import WorkerPresence
+from rerankq.producer.settings import Settings
 
 pytestmark = pytest.mark.slow
 

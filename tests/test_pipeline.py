@@ -18,10 +18,10 @@ import redis
 import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
-from producer import JobFailed, JobTimeout, RerankClient
-from producer.constants import TASK_RERANK, deliveries_key, queue_name
-from producer.contract import RerankJob
-from producer.settings import Settings
+from rerankq.producer import JobFailed, JobTimeout, RerankClient
+from rerankq.producer.constants import TASK_RERANK, deliveries_key, queue_name
+from rerankq.producer.contract import RerankJob
+from rerankq.producer.settings import Settings
 from rerankq.shapes import CORPUS
 
 pytestmark = pytest.mark.slow
@@ -137,7 +137,7 @@ def test_a_job_can_be_fetched_by_id_from_another_process(workers: dict, client: 
     handle = client.submit(QUERY, DOCS[:3], model="tiny-bert", top_n=2, return_documents=True, cache=False)
     expected = handle.result(timeout=30)
     script = (
-        "import json, sys; from producer import RerankClient; "
+        "import json, sys; from rerankq import RerankClient; "
         "r = RerankClient().job(sys.argv[1]).result(timeout=30); print(json.dumps(r.model_dump()))"
     )
     out = subprocess.run([sys.executable, "-c", script, handle.id], capture_output=True, text=True, check=True)

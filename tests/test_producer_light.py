@@ -8,15 +8,15 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from producer import Settings
+from rerankq.producer import Settings
 
 
 def test_importing_and_using_the_sdk_never_imports_torch(redis_server) -> None:
     script = (
-        "import sys; from producer import RerankClient, AsyncRerankClient; "
+        "import sys; import rerankq; from rerankq import RerankClient, AsyncRerankClient, RerankResult; "
         "RerankClient(sys.argv[1]).submit('q', ['d'], model='light-check'); "
-        "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'worker') if m in sys.modules]; "
-        "print(heavy)"
+        "heavy = ('torch', 'transformers', 'sentence_transformers', 'rerankq.worker', 'rerankq.gateway', 'fastapi'); "
+        "print([m for m in heavy if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", script, redis_server.url], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -12,9 +12,9 @@ import pytest
 from gateway_support import wait_until
 from test_bulk_api import depth
 
-from producer import RerankClient
-from producer.constants import queue_name
 from rerankq.fleet import WorkerProcess, start_worker, stop_worker, wait_until_consuming
+from rerankq.producer import RerankClient
+from rerankq.producer.constants import queue_name
 
 pytestmark = pytest.mark.slow
 DOCS = [f"passage {i} " + "lorem ipsum dolor sit amet " * 6 for i in range(20)]

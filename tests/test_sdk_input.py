@@ -9,9 +9,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from producer import InvalidRequest, RerankClient
-from producer.constants import queue_name
-from producer.contract import RerankJob, rank_scores
+from rerankq.producer import InvalidRequest, RerankClient
+from rerankq.producer.constants import queue_name
+from rerankq.producer.contract import RerankJob, rank_scores
 
 MODEL = "no-worker-model"  # nobody consumes this queue, so its length shows what was enqueued
 

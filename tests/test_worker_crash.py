@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from producer import RerankClient
 from rerankq.fleet import start_worker, stop_worker, wait_until_consuming
+from rerankq.producer import RerankClient
 
 pytestmark = pytest.mark.slow
 

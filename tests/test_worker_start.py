@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from producer import ModelLoadError
-from producer.settings import get_settings
-from worker.loading import load_backend, resolve_model
+from rerankq.producer import ModelLoadError
+from rerankq.producer.settings import get_settings
+from rerankq.worker.loading import load_backend, resolve_model
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -79,7 +79,7 @@ def test_max_length_truncates_like_the_reference_and_is_capped_by_the_model(mode
 
 def test_model_identity_changes_with_weights_and_max_length(model_dirs: dict[str, Path], tmp_path: Path) -> None:
     from rerankq.shapes import build_tiny_bert
-    from worker.loading import model_identity
+    from rerankq.worker.loading import model_identity
 
     settings = get_settings()
     manifest = resolve_model(str(model_dirs["tiny-bert"]), "same-name", settings)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from producer import RerankClient
-from producer.constants import WORKERS_KEY, Lane, queue_name
-from producer.presence import WorkerPresence
+from rerankq.producer import RerankClient
+from rerankq.producer.constants import WORKERS_KEY, Lane, queue_name
+from rerankq.producer.presence import WorkerPresence
 
 
 def worker_id_of(client: RerankClient, model: str) -> str:

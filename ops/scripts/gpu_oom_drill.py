@@ -23,9 +23,9 @@ from sentence_transformers import CrossEncoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from rerankq.shapes import build_tiny_xlm_roberta
-from worker.backends import Backend, CrossEncoderBackend, OomInjectingBackend
-from worker.batcher import Batcher
-from worker.oom import PairTooLarge
+from rerankq.worker.backends import Backend, CrossEncoderBackend, OomInjectingBackend
+from rerankq.worker.batcher import Batcher
+from rerankq.worker.oom import PairTooLarge
 
 
 def main() -> int:

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 from sentence_transformers import CrossEncoder
 
-from producer.settings import Settings
 from rerankq.bench.workload import Job, total_pairs
-from worker.backends import Backend, CrossEncoderBackend, EncodedPair
-from worker.batcher import Batcher, BatchStats
-from worker.loading import load_backend, pick_device, resolve_model
+from rerankq.producer.settings import Settings
+from rerankq.worker.backends import Backend, CrossEncoderBackend, EncodedPair
+from rerankq.worker.batcher import Batcher, BatchStats
+from rerankq.worker.loading import load_backend, pick_device, resolve_model
 
 
 @dataclass(frozen=True)

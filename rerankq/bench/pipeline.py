@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from producer import RerankClient
 from rerankq.bench.inprocess import Timed
 from rerankq.bench.workload import Job, make_jobs, total_pairs, uniform
 from rerankq.fleet import WorkerProcess, running_workers
+from rerankq.producer import RerankClient
 
 JOB_TIMEOUT_S = 600.0
 _runs = itertools.count(1)

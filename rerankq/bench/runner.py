@@ -10,14 +10,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from producer.settings import get_settings
 from rerankq.bench.inprocess import InProcessModel
 from rerankq.bench.pipeline import Fleet
 from rerankq.bench.report import Record, machine, print_record, write_markdown
 from rerankq.bench.scenarios import SCENARIOS, BenchContext
 from rerankq.fleet import redis_for_run
+from rerankq.producer.settings import get_settings
 from rerankq.shapes import shape_folder
-from worker.loading import pick_device, resolve_model
+from rerankq.worker.loading import pick_device, resolve_model
 
 DEFAULT_SHAPE = "minilm-l6"
 BENCHMARKS_MD = Path("docs/BENCHMARKS.md")

@@ -172,8 +172,8 @@ def priority(ctx: BenchContext) -> Iterator[Record]:
 def startup(ctx: BenchContext) -> Iterator[Record]:
     """What the model checks add to a worker's start: load + warm-up alone vs with every check
     (the golden-ranking check off: benchmark shapes carry random weights)."""
-    from producer.settings import get_settings
-    from worker.loading import load_backend, load_checked, resolve_model
+    from rerankq.producer.settings import get_settings
+    from rerankq.worker.loading import load_backend, load_checked, resolve_model
 
     manifest, device = resolve_model(ctx.fleet.spec, None, get_settings()), ctx.fleet.device
     plain, checked = [], []

@@ -19,9 +19,6 @@ from typing import Any, BinaryIO
 
 from rich.console import Console
 
-from producer import RecordResult, RerankClient
-from producer.constants import DEFAULT_ALIAS, WORKERS_KEY
-from producer.presence import live_presences, serving
 from rerankq.bulk.checkpoint import Checkpoint
 from rerankq.bulk.formats import (
     BulkFileError,
@@ -34,6 +31,9 @@ from rerankq.bulk.formats import (
     read_records,
 )
 from rerankq.bulk.progress import Tally, display_for
+from rerankq.producer import RecordResult, RerankClient
+from rerankq.producer.constants import DEFAULT_ALIAS, WORKERS_KEY
+from rerankq.producer.presence import live_presences, serving
 
 CHECKPOINT_EVERY_S = 1.0
 EXIT_FAILED_RECORDS = 1

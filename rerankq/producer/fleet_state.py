@@ -1,0 +1,75 @@
+"""The fleet as Redis sees it: live workers, and per model and lane the jobs waiting and held.
+
+What an autoscaler needs is the work not yet done: messages waiting in a lane (every kombu
+priority sub-list of its queue, which Redis list-length scalers miss) plus jobs workers have
+reserved and not finished (each worker reports those in its presence entry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis
+
+from rerankq.producer.aliases import AliasTarget, static_aliases, stored_aliases
+from rerankq.producer.constants import CACHE_STATS_KEY, LANES, WORKERS_KEY, queue_keys, queue_name
+from rerankq.producer.presence import WorkerPresence, live_presences, serving
+from rerankq.producer.registry import load_manifests
+from rerankq.producer.settings import Settings
+
+
+@dataclass(frozen=True)
+class LaneState:
+    model: str
+    lane: str
+    waiting: int  # messages in Redis
+    held: int  # reserved by live workers, not finished
+    workers: int  # live workers consuming the lane
+
+    @property
+    def depth(self) -> int:
+        return self.waiting + self.held
+
+
+@dataclass(frozen=True)
+class FleetState:
+    workers: list[WorkerPresence]
+    lanes: list[LaneState]
+    cache_hits: int
+    cache_misses: int
+    aliases: dict[str, AliasTarget] = field(default_factory=dict)  # static and live, live winning
+
+    @property
+    def cache_hit_ratio(self) -> float | None:
+        looked_up = self.cache_hits + self.cache_misses
+        return self.cache_hits / looked_up if looked_up else None
+
+
+def read_fleet(client: redis.Redis, settings: Settings, cache: redis.Redis | None = None) -> FleetState:
+    """One snapshot: a presence read and one pipelined LLEN per queue list from the broker, the
+    cache counters from the cache Redis (``cache``; default the broker)."""
+    entries = cast(dict[Any, Any], client.hgetall(WORKERS_KEY))
+    workers, _ = live_presences(entries, settings.presence_interval_s)
+    models = sorted({*load_manifests(settings.models_dir), *(w.model for w in workers)})
+    pairs = [(model, lane) for model in models for lane in LANES]
+    pipe = client.pipeline(transaction=False)
+    for model, lane in pairs:
+        for key in queue_keys(queue_name(model, lane)):
+            pipe.llen(key)
+    lengths = pipe.execute()
+    counters = cast(dict[bytes, bytes], (cache or client).hgetall(CACHE_STATS_KEY))
+    steps = len(lengths) // len(pairs) if pairs else 0
+    lanes = [
+        LaneState(
+            model,
+            lane,
+            waiting=sum(lengths[i * steps : (i + 1) * steps]),
+            held=sum(w.held.get(lane, 0) for w in workers if w.model == model),
+            workers=len(serving(workers, model, lane)),
+        )
+        for i, (model, lane) in enumerate(pairs)
+    ]
+    stats = {k.decode(): int(v) for k, v in counters.items()}
+    aliases = static_aliases(settings) | stored_aliases(client)
+    return FleetState(workers, lanes, stats.get("hits", 0), stats.get("misses", 0), aliases)

@@ -1,0 +1,179 @@
+"""Model backends: tokenize on the job's thread (pre), one padded forward pass per batch (forward).
+
+Pairs are tokenized once, unpadded, when a job arrives; the batcher pads them per batch. That
+way token lengths are known for packing and no text is tokenized twice.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from sentence_transformers import CrossEncoder, SentenceTransformer
+
+from rerankq.worker.text_windows import PairLimits, TextCutter
+
+Features = dict[str, list[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPair:
+    """One (query, document) pair, tokenized. ``length`` is what padding costs per pair."""
+
+    features: tuple[Features, ...]
+    length: int
+
+
+class Backend(ABC):
+    """One loaded model on one device."""
+
+    kind: str
+    cutter: TextCutter  # cuts queries and documents by this model's tokens (rerankq.worker.text_windows)
+
+    def __init__(self, device: str, max_length: int) -> None:
+        self.device = device
+        self.max_length = max_length
+
+    def limits(self, max_length: int | None = None) -> PairLimits:
+        """Plain limits: the worker's max_length (or one given), nothing else."""
+        return PairLimits(max_length or self.max_length)
+
+    def encode(self, query: str, documents: Sequence[str], limits: PairLimits) -> list[EncodedPair]:
+        """Tokenize one job's pairs: the query cut to its share of ``max_length``, each document
+        to what fits beside it (``max_tokens_per_doc`` at most, from the side the limits keep)."""
+        query, budget = self.cutter.fit_query(query, limits)
+        return self.encode_pairs(query, self.cutter.cut(documents, budget, limits.direction), limits.max_length)
+
+    @abstractmethod
+    def encode_pairs(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
+        """Tokenize pairs that fit (``longest_first`` truncation to ``max_length`` as a safety net)."""
+
+    @abstractmethod
+    def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
+        """Raw scores for one batch, in batch order."""
+
+    @abstractmethod
+    def normalize(self, raw: float) -> float:
+        """Map a raw score into [0, 1]."""
+
+    def free_memory(self) -> None:
+        """Give cached device memory back after an out-of-memory error."""
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def warm_up(self) -> None:
+        self.forward(self.encode("warm-up query", ["warm-up document"], self.limits()))
+
+
+class CrossEncoderBackend(Backend):
+    """A sentence-transformers ``CrossEncoder`` with one logit per pair; normalised by sigmoid."""
+
+    kind = "cross-encoder"
+
+    def __init__(self, model: CrossEncoder, device: str, max_length: int) -> None:
+        super().__init__(device, max_length)
+        self.model = model.eval()
+        self.tokenizer = model.tokenizer
+        self.cutter = TextCutter(self.tokenizer, paired=True)
+
+    def encode_pairs(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
+        encoded = self.tokenizer(
+            [query] * len(documents), list(documents), truncation="longest_first", max_length=max_length
+        )
+        return [EncodedPair(features=(features,), length=len(features["input_ids"])) for features in _unbatch(encoded)]
+
+    @torch.inference_mode()
+    def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
+        features = _pad(self.tokenizer, [pair.features[0] for pair in batch], self.device)
+        scores: torch.Tensor = self.model({**features, "modality": "text"})["scores"]
+        values: list[float] = scores.float().reshape(len(batch), -1)[:, 0].tolist()
+        return values
+
+    def normalize(self, raw: float) -> float:
+        return _sigmoid(raw)
+
+
+class BiEncoderBackend(Backend):
+    """A sentence-transformers bi-encoder scored by cosine similarity of the two embeddings.
+
+    Not a reranker: it never sees query and document together. Served so that an offline
+    model can stand behind the same worker interface, and labelled as such everywhere.
+    """
+
+    kind = "bi-encoder"
+
+    def __init__(self, model: SentenceTransformer, device: str, max_length: int) -> None:
+        super().__init__(device, max_length)
+        self.model = model.eval()
+        self.tokenizer = model.tokenizer
+        self.cutter = TextCutter(self.tokenizer, paired=False)
+
+    def encode_pairs(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
+        encoded = _unbatch(self.tokenizer([query, *documents], truncation=True, max_length=max_length))
+        query_features = encoded[0]
+        return [
+            EncodedPair(features=(query_features, doc), length=len(query_features["input_ids"]) + len(doc["input_ids"]))
+            for doc in encoded[1:]
+        ]
+
+    @torch.inference_mode()
+    def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
+        sequences = [pair.features[0] for pair in batch] + [pair.features[1] for pair in batch]
+        features = _pad(self.tokenizer, sequences, self.device)
+        embeddings = self.model({**features, "modality": "text"})["sentence_embedding"].float()
+        embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
+        queries, documents = embeddings[: len(batch)], embeddings[len(batch) :]
+        values: list[float] = (queries * documents).sum(dim=-1).tolist()
+        return values
+
+    def normalize(self, raw: float) -> float:
+        return min(1.0, max(0.0, (raw + 1.0) / 2.0))
+
+
+class OomInjectingBackend(Backend):
+    """Fault injection for tests and drills, off unless configured: raises the real
+    ``torch.OutOfMemoryError`` that CUDA raises when a batch or a pair is larger than a limit."""
+
+    def __init__(self, inner: Backend, batch_tokens: int | None, pair_tokens: int | None) -> None:
+        super().__init__(inner.device, inner.max_length)
+        self.inner = inner
+        self.kind = inner.kind
+        self.cutter = inner.cutter
+        self.batch_tokens = batch_tokens
+        self.pair_tokens = pair_tokens
+
+    def encode_pairs(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
+        return self.inner.encode_pairs(query, documents, max_length)
+
+    def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
+        longest = max(pair.length for pair in batch)
+        if self.pair_tokens is not None and longest > self.pair_tokens:
+            raise torch.OutOfMemoryError(f"injected: a pair of {longest} tokens > {self.pair_tokens}")
+        if self.batch_tokens is not None and len(batch) * longest > self.batch_tokens:
+            raise torch.OutOfMemoryError(f"injected: batch of {len(batch) * longest} tokens > {self.batch_tokens}")
+        return self.inner.forward(batch)
+
+    def normalize(self, raw: float) -> float:
+        return self.inner.normalize(raw)
+
+
+def _unbatch(encoded: Any) -> list[Features]:
+    keys = list(encoded.keys())
+    return [dict(zip(keys, values, strict=True)) for values in zip(*(encoded[k] for k in keys), strict=True)]
+
+
+def _pad(tokenizer: Any, features: list[Features], device: str) -> dict[str, torch.Tensor]:
+    padded = tokenizer.pad(features, padding=True, return_tensors="pt")
+    return {name: tensor.to(device) for name, tensor in padded.items()}
+
+
+def _sigmoid(x: float) -> float:
+    # float64 and overflow-safe; equals torch.sigmoid on float32 logits within float32 precision
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)

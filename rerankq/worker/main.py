@@ -1,0 +1,171 @@
+"""Start a worker: load and warm the model, start the batcher, then let Celery consume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from celery import Task, signals
+
+from rerankq.producer.cache import ScoreCache
+from rerankq.producer.constants import Lane, by_priority, queue_name
+from rerankq.producer.contract import revision_of
+from rerankq.producer.redis_clients import connect
+from rerankq.producer.registry import ModelManifest
+from rerankq.producer.settings import Settings, get_settings
+from rerankq.worker import metrics
+from rerankq.worker.backends import Backend, OomInjectingBackend
+from rerankq.worker.batcher import Batcher
+from rerankq.worker.loading import load_checked, model_identity, pick_device, resolve_model
+from rerankq.worker.presence import PresenceBeacon
+from rerankq.worker.rejections import use_redis
+from rerankq.worker.runtime import Runtime, install
+from rerankq.worker.tasks import served_lane
+
+log = logging.getLogger("rerankq.worker")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What `rerankq worker` was asked for."""
+
+    model: str
+    device: str = "auto"
+    concurrency: int = 32
+    name: str | None = None
+    max_length: int | None = None
+    lanes: tuple[Lane, ...] | None = None  # None: interactive and bulk (+ cpu on a CPU worker)
+    min_free_gpu_mb: int = 0
+    fallback_to_cpu: bool = False
+    torch_threads: int | None = None  # None: RERANKQ_TORCH_THREADS, else torch's default
+    cross_job_batching: bool | None = None  # None: RERANKQ_CROSS_JOB_BATCHING
+    metrics_port: int | None = None  # None: RERANKQ_WORKER_METRICS_PORT (0: off)
+    check_ranking: bool | None = None  # None: RERANKQ_CHECK_RANKING (on)
+
+
+def load_runtime(options: WorkerOptions) -> Runtime:
+    """Everything a worker process holds: one model instance, one batcher, one Redis client."""
+    settings = get_settings()
+    manifest = resolve_model(options.model, options.name, settings)
+    device = pick_device(options.device, options.min_free_gpu_mb, options.fallback_to_cpu)
+    if threads := options.torch_threads or settings.torch_threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    backend = load_checked(
+        manifest,
+        device,
+        max_length=options.max_length or settings.max_length,
+        check_ranking=settings.check_ranking if options.check_ranking is None else options.check_ranking,
+        report=lambda passed: log.info("model check %s passed: %s", passed.check, passed.detail),
+    )
+    backend = with_fault_injection(backend, settings)
+    backend.warm_up()
+    load_s = time.perf_counter() - started
+    metrics.MODEL_LOAD.labels(manifest.name, device).set(load_s)
+    identity = model_identity(manifest, backend, settings.query_share)
+    cache = ScoreCache(settings)
+    cache.publish_identity(manifest.name, identity)
+    cross_job = settings.cross_job_batching if options.cross_job_batching is None else options.cross_job_batching
+    batcher = Batcher(
+        backend,
+        token_budget_for(manifest, device, settings),
+        settings.batch_pairs_for(device),
+        settings.max_wait_ms,
+        settings.max_consecutive_ooms,
+        cross_job=cross_job,
+        busy_token_budget=settings.bulk_busy_token_budget,
+        observer=metrics.BatchMetrics(manifest.name, device),
+    )
+    batcher.start()
+    log.info(
+        "model %s ready: %s@%s (%s) on %s in %.2fs, max_length %d, %d torch threads, cross-job batching %s",
+        manifest.name,
+        manifest.source,
+        revision_of(identity),
+        backend.kind,
+        device,
+        load_s,
+        backend.max_length,
+        torch.get_num_threads(),
+        "on" if cross_job else "off",
+    )
+    lanes = by_priority(
+        options.lanes or (("interactive", "bulk", "cpu") if device == "cpu" else ("interactive", "bulk"))
+    )
+    redis_client = connect(settings.redis_url, settings.redis_sentinel_master)
+    use_redis(redis_client)
+    return Runtime(manifest, backend, batcher, settings, redis_client, cache, identity, lanes)
+
+
+def token_budget_for(manifest: ModelManifest, device: str, settings: Settings) -> int:
+    """RERANKQ_TOKEN_BUDGET when set, else the manifest's budget for this device, else the default."""
+    if "token_budget" in settings.model_fields_set:
+        return settings.token_budget
+    return manifest.token_budget_for(device) or settings.token_budget
+
+
+def with_fault_injection(backend: Backend, settings: Settings) -> Backend:
+    if settings.fault_oom_batch_tokens is None and settings.fault_oom_pair_tokens is None:
+        return backend
+    log.warning(
+        "FAULT INJECTION ON: out-of-memory above %s batch tokens / %s pair tokens",
+        settings.fault_oom_batch_tokens,
+        settings.fault_oom_pair_tokens,
+    )
+    return OomInjectingBackend(backend, settings.fault_oom_batch_tokens, settings.fault_oom_pair_tokens)
+
+
+def run_worker(options: WorkerOptions) -> None:
+    """Serve one model until stopped. Jobs are reserved by a thread pool so their pairs can share batches."""
+    runtime = load_runtime(options)
+    install(runtime)
+    # Celery's own success line carries the return value (document text when asked for);
+    # rerankq logs its own line per job instead.
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+    from rerankq.worker.app import app  # imported after install so tasks always find the model
+
+    queues = ",".join(queue_name(runtime.model_name, lane) for lane in runtime.lanes)
+    worker_id = f"rerankq-{runtime.model_name}-{os.getpid()}@{socket.gethostname()}"
+    beacon = PresenceBeacon(runtime, worker_id)
+    signals.worker_ready.connect(lambda **_: beacon.start(), weak=False)
+    signals.worker_shutting_down.connect(lambda **_: beacon.stop(), weak=False)
+    signals.task_failure.connect(lambda sender, **_: count_failure(sender, runtime), weak=False)
+    if port := options.metrics_port if options.metrics_port is not None else runtime.settings.worker_metrics_port:
+        metrics.serve(port)
+        log.info("metrics on http://0.0.0.0:%d/metrics", port)
+    log.info("consuming %s with %d job threads", queues, options.concurrency)
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                f"--concurrency={options.concurrency}",
+                f"--queues={queues}",
+                f"--hostname={worker_id}",
+                "--task-events",
+                "--loglevel=INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ]
+        )
+    finally:
+        beacon.stop()
+        runtime.batcher.stop()
+        log_batcher_totals(runtime)
+        metrics.process_exited()
+
+
+def count_failure(task: Task, runtime: Runtime) -> None:
+    metrics.JOBS.labels(runtime.model_name, served_lane(task), "failed").inc()
+
+
+def log_batcher_totals(runtime: Runtime) -> None:
+    """At shutdown: what the batcher did over the worker's life (the benchmarks read this line)."""
+    stats = runtime.batcher.stats
+    totals = {"event": "batcher_totals", "model": runtime.model_name, **asdict(stats)}
+    log.info(json.dumps(totals | {"padding_ratio": round(stats.padding_ratio, 4)}))

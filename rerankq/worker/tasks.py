@@ -1,0 +1,324 @@
+"""The rerank task: check the job, tokenize, hand pairs to the batcher, rank, log one line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore
+from pydantic import ValidationError
+
+from rerankq.errors import IncompatibleFormat, InvalidRequest, JobFailed
+from rerankq.producer.constants import (
+    LANE_PRIORITY,
+    STATE_REROUTED,
+    TASK_RERANK,
+    cancel_key,
+    deliveries_key,
+    queue_name,
+)
+from rerankq.producer.contract import (
+    JobStats,
+    RankedDocument,
+    RerankJob,
+    RerankResult,
+    check_job,
+    rank_scores,
+    read_job,
+    score_options,
+)
+from rerankq.worker import metrics
+from rerankq.worker.app import app
+from rerankq.worker.backends import EncodedPair
+from rerankq.worker.oom import PairTooLarge
+from rerankq.worker.rejections import record_rejection
+from rerankq.worker.runtime import Runtime, current
+from rerankq.worker.text_windows import PairLimits, Span, aggregate
+
+log = logging.getLogger("rerankq.jobs")
+
+
+@app.task(name=TASK_RERANK, bind=True)  # type: ignore[untyped-decorator]
+def rerank(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+    runtime, lane = current(), served_lane(self)
+    with runtime.holding(lane):
+        return run_job(self, payload, runtime, lane)
+
+
+def run_job(task: Task, payload: dict[str, Any], runtime: Runtime, lane: str) -> dict[str, Any]:
+    # kombu marks a message it puts back (its worker died or shut down before acking) as redelivered
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+    with runtime.batcher.preparing():  # the batcher may wait for these pairs to join a batch
+        job = parse_job(payload, runtime)
+        skip_if_cancelled(task, job, runtime)
+        if redelivered:
+            count_redelivery(job.job_id, runtime)
+        work = prepare(job, runtime, look_again=redelivered)
+    crash_if_asked(job, runtime)
+    try:
+        result = finish(work, runtime, lane)
+    except PairTooLarge as e:
+        if "cpu" in runtime.lanes or job.rerouted_from is not None:
+            raise JobFailed(job.job_id, f"{e}, and this is already the cpu fallback") from e
+        move_to_cpu_lane(task, job, runtime, str(e))  # raises celery.exceptions.Ignore
+    if redelivered:
+        runtime.redis.delete(deliveries_key(job.job_id))
+    return result.model_dump()
+
+
+def crash_if_asked(job: RerankJob, runtime: Runtime) -> None:
+    """Fault injection (RERANKQ_FAULT_CRASH_MARKER, off unless set): die mid-job, no clean-up."""
+    marker = runtime.settings.fault_crash_marker
+    if marker and marker in job.query:
+        log.error(json.dumps({"event": "fault_crash", "job_id": job.job_id}))
+        os._exit(137)
+
+
+def served_lane(task: Task) -> str:
+    """The lane (queue) this job came off: ``rerankq.<model>.<lane>``."""
+    queue = str((task.request.delivery_info or {}).get("routing_key") or "")
+    lane = queue.rsplit(".", 1)[-1]
+    return lane if lane in LANE_PRIORITY else "unknown"
+
+
+def skip_if_cancelled(task: Task, job: RerankJob, runtime: Runtime) -> None:
+    """A job cancelled while queued is acknowledged and dropped. Its cancelled state is stored
+    again: Celery marked it STARTED on the way in, over the canceller's."""
+    if runtime.redis.exists(cancel_key(job.job_id)):
+        task.backend.mark_as_revoked(job.job_id, reason="cancelled")
+        metrics.JOBS.labels(job.model, served_lane(task), "cancelled").inc()
+        log.info(json.dumps({"event": "job_cancelled", "job_id": job.job_id, "model": job.model}))
+        raise Ignore()
+
+
+def move_to_cpu_lane(task: Task, job: RerankJob, runtime: Runtime, reason: str) -> None:
+    """Hand the job to the model's cpu lane under the same id: the producer's handle resolves as
+    before, with the CPU worker's answer. Until a CPU worker starts it, its state says why it waits."""
+    queue = queue_name(job.model, "cpu")
+    runtime.redis.delete(deliveries_key(job.job_id))  # a fresh delivery count for the CPU worker
+    runtime.cpu_reroutes += 1
+    metrics.CPU_REROUTES.labels(job.model).inc()
+    metrics.JOBS.labels(job.model, served_lane(task), "rerouted").inc()
+    log.warning(
+        json.dumps(
+            {
+                "event": "cpu_reroute",
+                "job_id": job.job_id,
+                "model": job.model,
+                "reason": reason,
+                "cpu_reroutes_total": runtime.cpu_reroutes,
+            }
+        )
+    )
+    task.update_state(state=STATE_REROUTED, meta={"lane": "cpu", "queue": queue, "model": job.model, "reason": reason})
+    moved = job.model_copy(update={"rerouted_from": runtime.backend.device})
+    task.replace(rerank.signature(args=[moved.model_dump()], queue=queue, argsrepr=f"<{job.model}: rerouted>"))
+
+
+def parse_job(payload: Any, runtime: Runtime) -> RerankJob:
+    try:
+        job = read_job(payload)
+    except IncompatibleFormat as e:  # the job fails with the reason; this worker serves the next one
+        record_rejection("incompatible_format", str(e))
+        raise
+    except ValidationError as e:
+        error = e.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "job"
+        record_rejection("invalid_job", f"{field}: {error['msg']}")
+        raise InvalidRequest(field, error["msg"]) from e
+    try:
+        check_job(job, runtime.settings)
+    except InvalidRequest as e:
+        record_rejection("invalid_job", str(e))
+        raise
+    if job.model != runtime.model_name:
+        raise InvalidRequest("model", f"this worker serves {runtime.model_name!r}", f"got {job.model!r}")
+    return job
+
+
+def count_redelivery(job_id: str, runtime: Runtime) -> None:
+    """Late acks redeliver a job whose worker died; a job that keeps killing workers must stop.
+    Only redeliveries are counted (the first delivery costs no round trip)."""
+    key = deliveries_key(job_id)
+    pipe = runtime.redis.pipeline()
+    pipe.incr(key)
+    pipe.expire(key, runtime.settings.visibility_timeout_s * 4)
+    redeliveries, _ = pipe.execute()
+    deliveries = redeliveries + 1
+    cap = runtime.settings.max_deliveries
+    if deliveries > cap:
+        raise JobFailed(job_id, f"delivered {deliveries} times (cap {cap}); it may be crashing its worker")
+
+
+@dataclass
+class PreparedJob:
+    """A job with its cached scores looked up and the rest tokenized, ready for the batcher.
+    What gets scored are texts: the documents, or (chunked) each document's windows."""
+
+    job: RerankJob
+    started: float
+    known: dict[str, float]  # scores by text, from the cache
+    late_hits: int
+    missing: list[str]  # distinct texts to score
+    pairs: list[EncodedPair]
+    tokenize_ms: float
+    windows: dict[str, list[Span]] | None = None  # chunked: each distinct document's windows
+
+
+def prepare(job: RerankJob, runtime: Runtime, look_again: bool = False) -> PreparedJob:
+    """Scores from the cache where present; the rest (each distinct text once) tokenized."""
+    started = time.time()
+    tokenize_started = time.perf_counter()
+    limits = job_limits(job, runtime)
+    windows = document_windows(job, runtime, limits) if job.text.chunked else None
+    texts = list(dict.fromkeys(_texts(job, windows)))
+    known, late_hits = known_scores(job, runtime, texts, look_again)
+    missing = [text for text in texts if text not in known]
+    pairs = runtime.backend.encode(job.query, missing, limits) if missing else []
+    tokenize_ms = (time.perf_counter() - tokenize_started) * 1000
+    return PreparedJob(job, started, known, late_hits, missing, pairs, tokenize_ms, windows)
+
+
+def job_limits(job: RerankJob, runtime: Runtime) -> PairLimits:
+    model_limit = runtime.manifest.model_max_length
+    return PairLimits.of(job.text, runtime.backend.max_length, model_limit, runtime.settings.query_share)
+
+
+def document_windows(job: RerankJob, runtime: Runtime, limits: PairLimits) -> dict[str, list[Span]]:
+    """Each distinct document's windows, sized to what fits beside the (cut) query."""
+    cutter = runtime.backend.cutter
+    _, budget = cutter.fit_query(job.query, limits)
+    most = job.text.chunks_per_doc(runtime.settings)
+    return {doc: cutter.windows(doc, budget, job.text, most) for doc in dict.fromkeys(job.documents)}
+
+
+def _texts(job: RerankJob, windows: dict[str, list[Span]] | None) -> list[str]:
+    return [text for doc in job.documents for text in _texts_of(doc, windows)]
+
+
+def finish(work: PreparedJob, runtime: Runtime, lane: str) -> RerankResult:
+    """Score the misses in the shared batcher, store them in the cache, rank, log one line."""
+    job, known = work.job, work.known
+    computed, stats = compute_scores(work, runtime)
+    refuse_non_finite(job, computed)
+    if job.cache and runtime.cache.enabled and (computed or work.late_hits):
+        options = score_options(job)
+        runtime.cache.store(job.model, runtime.identity, options, job.query, computed, hits=work.late_hits)
+    scored = known | computed
+    stats.queue_ms = max(0.0, (work.started - job.enqueued_at) * 1000)
+    stats.cache_hits = sum(1 for doc in job.documents if all(text in known for text in _texts_of(doc, work.windows)))
+    results = ranked(job, scored, work.windows)
+    top_score = results[0].score if results else None
+    log_job(job, lane, runtime, stats, top_score)
+    metrics.observe_job(job.model, lane, len(job.documents), stats, top_score if job.normalize else None)
+    return RerankResult(
+        job_id=job.job_id,
+        model=job.model,
+        revision=runtime.revision,
+        alias=job.alias,
+        device=runtime.backend.device,
+        results=results,
+        stats=stats,
+        rerouted_from=job.rerouted_from,
+    )
+
+
+def ranked(job: RerankJob, scored: dict[str, float], windows: dict[str, list[Span]] | None) -> list[RankedDocument]:
+    """Documents by score. Chunked: each document's windows aggregated, and its result names the
+    span of the window that scored best (for ``first``, the first) and how many were scored."""
+    documents = job.documents if job.return_documents else None
+    if windows is None:
+        return rank_scores([scored[doc] for doc in job.documents], job.top_n, documents)
+    per_document = [
+        aggregate([scored[span.of(doc)] for span in windows[doc]], job.text.aggregate) for doc in job.documents
+    ]
+    results = rank_scores([score for score, _ in per_document], job.top_n, documents)
+    return [
+        _with_span(result, windows[job.documents[result.index]], per_document[result.index][1]) for result in results
+    ]
+
+
+def _with_span(result: RankedDocument, spans: list[Span], best: int) -> RankedDocument:
+    return result.model_copy(update={"span": (spans[best].start, spans[best].end), "chunks": len(spans)})
+
+
+def _texts_of(doc: str, windows: dict[str, list[Span]] | None) -> list[str]:
+    return [doc] if windows is None else [span.of(doc) for span in windows[doc]]
+
+
+def refuse_non_finite(job: RerankJob, computed: dict[str, float]) -> None:
+    """Never serve or cache a NaN: the start-up check catches broken weights, but an input can still
+    overflow (fp16 on a GPU). The job fails with the reason; the worker keeps serving."""
+    bad = sum(not math.isfinite(score) for score in computed.values())
+    if bad:
+        log.error(json.dumps({"event": "non_finite_scores", "job_id": job.job_id, "model": job.model, "pairs": bad}))
+        raise JobFailed(job.job_id, f"the model scored {bad} of {len(computed)} pairs NaN or infinity; nothing served")
+
+
+def known_scores(job: RerankJob, runtime: Runtime, texts: list[str], look_again: bool) -> tuple[dict[str, float], int]:
+    """What the producer found, if it used this worker's model identity. The worker looks up the
+    rest itself when the producer could not (another identity, none known yet, a chunked job's
+    windows) or when ``look_again`` (a redelivered job finds what its crashed worker wrote).
+    Returns (scores by text, late hits)."""
+    if not (job.cache and runtime.cache.enabled):
+        return {}, 0
+    if job.cache_identity != runtime.identity:
+        known = {}
+    else:
+        known = {job.documents[i]: score for i, score in job.cached_scores.items()}
+        if not look_again:
+            return known, 0
+    rest = [text for text in texts if text not in known]
+    late = runtime.cache.lookup(job.model, runtime.identity, score_options(job), job.query, rest)
+    return known | late, sum(1 for doc in rest if doc in late)
+
+
+def compute_scores(work: PreparedJob, runtime: Runtime) -> tuple[dict[str, float], JobStats]:
+    """Score the tokenized pairs in the shared batcher; scores by document text."""
+    if not work.pairs:
+        return {}, JobStats()
+    submitted = time.time()
+    priority = LANE_PRIORITY[work.job.lane]
+    scored = runtime.batcher.submit(work.pairs, priority).result(timeout=runtime.settings.job_time_limit_s)
+    backend = runtime.backend
+    scores = [backend.normalize(s) for s in scored.scores] if work.job.normalize else scored.scores
+    stats = JobStats(
+        pairs=len(work.pairs),
+        tokens=sum(pair.length for pair in work.pairs),
+        tokenize_ms=work.tokenize_ms,
+        infer_ms=(time.time() - submitted) * 1000,
+        batches=scored.batch_ids,
+        waited_batches=scored.waited_batches,
+    )
+    return dict(zip(work.missing, scores, strict=True)), stats
+
+
+def log_job(job: RerankJob, lane: str, runtime: Runtime, stats: JobStats, top_score: float | None) -> None:
+    """One structured line per job (a warning when slow); document text is never logged."""
+    worker_ms = stats.queue_ms + stats.tokenize_ms + stats.infer_ms
+    slow_ms = runtime.settings.slow_job_ms_for(runtime.backend.device)
+    slow = slow_ms is not None and len(job.documents) <= runtime.settings.slow_job_pairs and worker_ms > slow_ms
+    line = {
+        "event": "slow_job" if slow else "job_done",
+        "job_id": job.job_id,
+        "model": job.model,
+        "lane": lane,
+        "device": runtime.backend.device,
+        "pairs": stats.pairs,
+        "cache_hits": stats.cache_hits,
+        "batches": len(stats.batches),
+        "waited_batches": stats.waited_batches,
+        "queue_ms": round(stats.queue_ms, 2),
+        "tokenize_ms": round(stats.tokenize_ms, 2),
+        "infer_ms": round(stats.infer_ms, 2),
+        "top_score": top_score,
+        "token_budget": runtime.batcher.budget.current,
+        "rerouted_from": job.rerouted_from,
+    }
+    log.log(logging.WARNING if slow else logging.INFO, json.dumps(line))
