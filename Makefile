@@ -18,15 +18,16 @@ setup-demo:
 demo: setup-demo
 	$(VENV)/rerankq demo
 
+# two pytest processes, one test file each at a time: most tests wait on real workers and Redis
 test: setup
-	HF_HUB_OFFLINE=1 $(VENV)/pytest -q
+	HF_HUB_OFFLINE=1 $(VENV)/pytest -q -n 2 --dist loadfile
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(VENV)/pytest -q -m "not slow"
 
 # the fault drills alone (killed workers, a restarted Redis, foreign messages, a burst of clients)
 test-faults: setup
-	HF_HUB_OFFLINE=1 $(VENV)/pytest -q -m "fault or security"
+	HF_HUB_OFFLINE=1 $(VENV)/pytest -q -n 2 --dist loadfile -m "fault or security"
 
 # the wheel as users get it: built, installed into a fresh virtualenv, run from outside the checkout
 wheel-smoke:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from rerankq.errors import (
     BrokerUnavailable,
+    HubUnreachable,
     IncompatibleFormat,
     InvalidRequest,
     JobCancelled,
@@ -36,7 +37,8 @@ if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports them
     from rerankq.producer.bulk import BulkDocument, BulkRanked, BulkRecord, RecordResult
     from rerankq.producer.client import RerankClient
     from rerankq.producer.contract import JobStats, RankedDocument, RerankResult
-    from rerankq.producer.jobs import AsyncJobHandle, JobHandle, JobStatus
+    from rerankq.producer.job_status import JobStatus
+    from rerankq.producer.jobs import AsyncJobHandle, JobHandle
     from rerankq.producer.settings import Settings, get_settings
 
 
@@ -55,7 +57,7 @@ _LAZY = {
     "RerankClient": "rerankq.producer.client",
     "AsyncJobHandle": "rerankq.producer.jobs",
     "JobHandle": "rerankq.producer.jobs",
-    "JobStatus": "rerankq.producer.jobs",
+    "JobStatus": "rerankq.producer.job_status",
     "JobStats": "rerankq.producer.contract",
     "RankedDocument": "rerankq.producer.contract",
     "RerankResult": "rerankq.producer.contract",
@@ -88,6 +90,7 @@ __all__ = [
     "BulkDocument",
     "BulkRanked",
     "BulkRecord",
+    "HubUnreachable",
     "IncompatibleFormat",
     "InvalidRequest",
     "JobCancelled",

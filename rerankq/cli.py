@@ -1,4 +1,5 @@
-"""``rerankq``: start workers, run the demo. Heavy imports happen inside each command."""
+"""``rerankq``: workers, the gateway, the demo, operations tools. Heavy imports happen inside each
+command; options, exit codes and one-line failures are shared (rerankq.cli_support)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from typing import Annotated, cast
 
 import typer
 
-from rerankq.errors import ModelLoadError
+from rerankq.cli_support import EXIT_USAGE, App, Host, ModelName, RedisUrl, apply_settings
 from rerankq.extras import needs_extra
 from rerankq.models_cli import models_app
 from rerankq.producer.constants import LANES, Lane
 
-app = typer.Typer(help="rerankq: cross-encoder reranking behind a Celery queue on Redis.", no_args_is_help=True)
+app = App(
+    help="rerankq: cross-encoder reranking behind a Celery queue on Redis.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
 app.add_typer(models_app, name="models")
 
 
@@ -41,7 +46,7 @@ def _setup_logging(level: int = logging.INFO) -> None:
 
 @app.command()
 def worker(
-    model: Annotated[str, typer.Option(help="Registry name, Hugging Face id or local folder.")] = "",
+    model: ModelName = None,
     device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
     concurrency: Annotated[int, typer.Option(min=1, help="Jobs held at once; their pairs share batches.")] = 32,
     name: Annotated[str | None, typer.Option(help="Serve under this model name (default: folder name).")] = None,
@@ -78,33 +83,39 @@ def worker(
             "Off only for random-weight models; NaN or constant scores refuse a model either way.",
         ),
     ] = None,
+    languages: Annotated[
+        str | None, typer.Option(help="Comma-separated golden-set languages the model must rank (default: manifest's).")
+    ] = None,
+    golden: Annotated[
+        Path | None, typer.Option(help="A golden-set file of your own (JSON Lines; default: the shipped set).")
+    ] = None,
+    redis_url: RedisUrl = None,
 ) -> None:
     """Serve one model version: check and load it once, then consume its queues."""
     _setup_logging()
-    from rerankq.producer.settings import get_settings
-
+    settings = apply_settings(
+        redis_url=redis_url,
+        max_length=max_length,
+        torch_threads=torch_threads,
+        cross_job_batching=cross_job_batching,
+        worker_metrics_port=metrics_port,
+        check_ranking=check_ranking,
+    )
     with needs_extra("worker", "worker"):
         from rerankq.worker.main import WorkerOptions, run_worker
 
     options = WorkerOptions(
-        model=model or get_settings().default_model,
+        model=model or settings.default_model,
         device=device,
         concurrency=concurrency,
         name=name,
-        max_length=max_length,
         lanes=_parse_lanes(lanes),
         min_free_gpu_mb=min_free_gpu_mb,
         fallback_to_cpu=fallback_to_cpu,
-        torch_threads=torch_threads,
-        cross_job_batching=cross_job_batching,
-        metrics_port=metrics_port,
-        check_ranking=check_ranking,
+        languages=tuple(language.strip() for language in (languages or "").split(",") if language.strip()),
+        golden=golden,
     )
-    try:
-        run_worker(options)
-    except ModelLoadError as e:
-        typer.echo(f"rerankq worker: {e}", err=True)
-        raise typer.Exit(2) from e
+    run_worker(options, settings)
 
 
 def _parse_lanes(lanes: str | None) -> tuple[Lane, ...] | None:
@@ -119,15 +130,17 @@ def _parse_lanes(lanes: str | None) -> tuple[Lane, ...] | None:
 
 @app.command()
 def gateway(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    host: Host = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
     insecure: Annotated[
         bool, typer.Option(help="Allow a non-loopback address without API keys (something in front authenticates).")
     ] = False,
     workers: Annotated[int, typer.Option(min=1, help="Gateway processes sharing the port.")] = 1,
+    redis_url: RedisUrl = None,
 ) -> None:
     """Serve the HTTP gateway: Cohere/Jina/TEI rerank endpoints and the async jobs API."""
     _setup_logging()
+    apply_settings(redis_url=redis_url)
     with needs_extra("gateway", "gateway"):
         from rerankq.gateway.server import UnsafeBind, serve
 
@@ -135,20 +148,24 @@ def gateway(
         serve(host, port, insecure, workers)
     except UnsafeBind as e:
         typer.echo(f"rerankq gateway: {e}", err=True)
-        raise typer.Exit(2) from e
+        raise typer.Exit(EXIT_USAGE) from e
 
 
 @app.command()
 def demo(
-    model: Annotated[str | None, typer.Option(help="Model to try first (default: the configured default).")] = None,
+    model: ModelName = None,
+    redis_url: Annotated[
+        str | None, typer.Option("--redis-url", help="A running Redis (default RERANKQ_REDIS_URL, else its own).")
+    ] = None,
 ) -> None:
     """Start a worker, rerank English and Chinese samples, print the ranking, shut down."""
+    apply_settings(redis_url=redis_url)
     with needs_extra("demo", "worker"):
         import torch  # noqa: F401  (the demo starts a worker process, which needs it)
 
         from rerankq.demo import run_demo
 
-    raise typer.Exit(run_demo(model))
+    raise typer.Exit(run_demo(model, redis_url))
 
 
 @app.command()
@@ -159,7 +176,7 @@ def bench(
             help="throughput, naive, mixed, cache, latency, scale, priority, or all (writes docs/BENCHMARKS.md)."
         ),
     ],
-    model: Annotated[str | None, typer.Option(help="Registry name, Hugging Face id or local folder.")] = None,
+    model: ModelName = None,
     shape: Annotated[
         str | None,
         typer.Option(
@@ -173,7 +190,8 @@ def bench(
     concurrency: Annotated[int, typer.Option(min=1, help="Job threads per worker.")] = 32,
     as_json: Annotated[bool, typer.Option("--json", help="Also one JSON object per result on its own line.")] = False,
 ) -> None:
-    """Measure rerankq against the raw model and the usual recipes, side by side, on real workers."""
+    """Measure rerankq against the raw model and the usual recipes, side by side, on real workers
+    (it starts its own Redis and workers)."""
     with needs_extra("bench", "worker"):
         from rerankq.bench.runner import BenchOptions, run
         from rerankq.bench.scenarios import SCENARIOS
@@ -189,12 +207,14 @@ def bench(
     run(BenchOptions(scenario, model, shape, device, jobs, docs_per_job, concurrency, as_json))
 
 
-cache_app = typer.Typer(help="Inspect or clear the result cache.", no_args_is_help=True)
+cache_app = App(help="Inspect or clear the result cache.", no_args_is_help=True, path="rerankq cache")
 app.add_typer(cache_app, name="cache")
 
 
 @cache_app.command("stats")
-def cache_stats(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
+def cache_stats(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False, redis_url: RedisUrl = None
+) -> None:
     """Hits, misses, cached pairs and memory of the cache Redis."""
     import json
 
@@ -202,9 +222,8 @@ def cache_stats(as_json: Annotated[bool, typer.Option("--json", help="One JSON o
     from rich.table import Table
 
     from rerankq.producer.cache import ScoreCache
-    from rerankq.producer.settings import get_settings
 
-    stats = ScoreCache(get_settings()).stats()
+    stats = ScoreCache(apply_settings(redis_url=redis_url)).stats()
     looked_up = stats["hits"] + stats["misses"]
     stats_out: dict[str, float] = {**stats, "hit_ratio": stats["hits"] / looked_up if looked_up else 0.0}
     if as_json:
@@ -217,60 +236,66 @@ def cache_stats(as_json: Annotated[bool, typer.Option("--json", help="One JSON o
 
 
 @cache_app.command("clear")
-def cache_clear(model: Annotated[str | None, typer.Option(help="Only this model's scores.")] = None) -> None:
+def cache_clear(model: ModelName = None, redis_url: RedisUrl = None) -> None:
     """Delete cached scores (all, or one model's)."""
     from rerankq.producer.cache import ScoreCache
-    from rerankq.producer.settings import get_settings
 
-    deleted = ScoreCache(get_settings()).clear(model)
+    deleted = ScoreCache(apply_settings(redis_url=redis_url)).clear(model)
     typer.echo(f"deleted {deleted} cached scores" + (f" of {model}" if model else ""))
 
 
 @app.command()
 def exporter(
+    host: Host = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve /metrics on.")] = 9808,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    redis_url: RedisUrl = None,
 ) -> None:
     """Serve queue depths per model and lane (waiting + held: what autoscalers scale on), worker
     counts and cache look-ups; with PROMETHEUS_MULTIPROC_DIR, also this host's worker metrics."""
     _setup_logging()
-    from rerankq.producer.settings import get_settings
-
+    settings = apply_settings(redis_url=redis_url)
     with needs_extra("exporter", "gateway"):
         from rerankq.exporter import serve_exporter
 
-    serve_exporter(get_settings(), port, host)
+    serve_exporter(settings, port, host)
 
 
 @app.command()
 def flower(
+    host: Host = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve Flower on.")] = 5555,
-    address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     insecure: Annotated[bool, typer.Option(help="Allow a non-loopback address without basic auth.")] = False,
+    redis_url: RedisUrl = None,
 ) -> None:
     """Flower on rerankq's broker (task events and per-model, per-lane queues), with basic auth
     from RERANKQ_FLOWER_BASIC_AUTH ("user:password", comma-separated)."""
+    apply_settings(redis_url=redis_url)
     with needs_extra("flower", "flower"):
         import flower  # noqa: F401  (Celery loads it as a command plugin, and misses it silently)
 
         from rerankq.flower import UnsafeFlower, run_flower
 
     try:
-        run_flower(port, address, insecure)
+        run_flower(port, host, insecure)
     except UnsafeFlower as e:
         typer.echo(f"rerankq flower: {e}", err=True)
-        raise typer.Exit(2) from e
+        raise typer.Exit(EXIT_USAGE) from e
 
 
 @app.command()
-def status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
-    """Workers, models, lanes with their queue depths, and the cache hit ratio, from Redis."""
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False, redis_url: RedisUrl = None
+) -> None:
+    """Workers, every queue that holds jobs or has a worker (with its depth), aliases and the
+    cache hit ratio, from Redis."""
     from rerankq.status import print_status
 
-    print_status(as_json)
+    print_status(apply_settings(redis_url=redis_url), as_json)
 
 
-bulk_app = typer.Typer(help="Offline re-indexing: rerank whole files through the bulk lane.", no_args_is_help=True)
+bulk_app = App(
+    help="Offline re-indexing: rerank whole files through the bulk lane.", no_args_is_help=True, path="rerankq bulk"
+)
 app.add_typer(bulk_app, name="bulk")
 
 
@@ -282,7 +307,7 @@ def bulk_run(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Ranked records, in input order (.jsonl or .parquet).")
     ],
-    model: Annotated[str | None, typer.Option(help="Model name (default RERANKQ_DEFAULT_MODEL).")] = None,
+    model: ModelName = None,
     top_n: Annotated[
         int | None, typer.Option(min=1, help="Keep the best N documents per record (default all).")
     ] = None,
@@ -296,31 +321,29 @@ def bulk_run(
         bool, typer.Option(help="Discard earlier output and progress, start from the first record.")
     ] = False,
     log_every: Annotated[
-        float, typer.Option(min=0.1, help="Seconds between progress lines when not on a terminal.")
+        float,
+        typer.Option(min=0.1, help="Seconds between progress lines when not on a terminal (also while waiting)."),
     ] = 10.0,
+    redis_url: RedisUrl = None,
 ) -> None:
     """Rerank every record of INPUT into OUTPUT. Re-running the same command resumes an interrupted
     run. Exit status: 0 all ranked, 1 some records failed (see the errors file), 2 cannot start,
-    130 interrupted."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
+    3 Redis unreachable, 130 interrupted."""
     from rich.console import Console
 
     from rerankq.bulk.formats import BulkFileError
     from rerankq.bulk.run import BulkOptions, BulkUsageError, run_bulk
-    from rerankq.producer import RerankClient, get_settings
+    from rerankq.producer import RerankClient
 
+    settings = apply_settings(redis_url=redis_url)
     options = BulkOptions(input, output, errors, model, top_n, max_in_flight, restart, log_every)
     console = Console(stderr=True)
     try:
-        with RerankClient() as client:
+        with RerankClient(settings=settings) as client:
             raise typer.Exit(run_bulk(options, client, console))
     except (BulkUsageError, BulkFileError) as e:
         console.print(f"rerankq bulk run: {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from e
-    except RedisConnectionError as e:  # progress so far is checkpointed: the same command resumes
-        url = get_settings().redis_url
-        console.print(f"rerankq bulk run: cannot reach Redis at {url} ({e})", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from e
+        raise typer.Exit(EXIT_USAGE) from e
 
 
 def main() -> None:

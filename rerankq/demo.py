@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
 
 from rich.console import Console
 from rich.table import Table
 
 from rerankq.errors import ModelLoadError
-from rerankq.fleet import redis_for_run, start_worker, stop_worker, wait_until_consuming
+from rerankq.processes import redis_for_run, start_worker, stop_worker, wait_until_consuming
 from rerankq.producer import RerankClient
-from rerankq.producer.registry import find_manifest, source_path
-from rerankq.producer.settings import get_settings
+from rerankq.producer.registry import ModelManifest, find_manifest
+from rerankq.producer.settings import get_settings, use_settings
+from rerankq.worker.hub import OFFLINE_MODEL, weights_reachable
 
-OFFLINE_MODEL = "all-minilm-l6-v2"
 RUN_DIR = Path(".run")
-SAMPLES = [
+SAMPLES = [  # (language, query, documents)
     (
+        "en",
         "what is artificial intelligence",
         [
             "The apple is a sweet fruit that grows on trees; it is eaten raw or baked in pies.",
@@ -31,24 +30,26 @@ SAMPLES = [
         ],
     ),
     (
+        "zh",
         "什么是人工智能",
         [
             "苹果是一种生长在树上的甜味水果，可以生吃也可以做成派。",
             "人工智能是研究如何让机器学习、推理和解决问题的学科。",
         ],
     ),
-    ("苹果手机", ["苹果是一种富含维生素的水果。", "苹果手机是苹果公司设计和销售的智能手机。"]),
+    ("zh", "苹果手机", ["苹果是一种富含维生素的水果。", "苹果手机是苹果公司设计和销售的智能手机。"]),
 ]
 
 console = Console()
 
 
-def run_demo(model: str | None = None) -> int:
+def run_demo(model: str | None = None, redis_url: str | None = None) -> int:
+    """On ``redis_url``, else RERANKQ_REDIS_URL, else a throwaway redis-server of its own."""
     model = model or get_settings().default_model
     RUN_DIR.mkdir(exist_ok=True)
-    with redis_for_run() as url:
+    with redis_for_run(redis_url) as url:
         os.environ["RERANKQ_REDIS_URL"] = url
-        get_settings.cache_clear()
+        use_settings(get_settings().updated(redis_url=url))
         model = model if _weights_reachable(model) else _fall_back(model)
         with _worker(model) as served:
             _rank_samples(RerankClient(url), served)
@@ -58,8 +59,8 @@ def run_demo(model: str | None = None) -> int:
 
 def _fall_back(model: str) -> str:
     console.print(
-        f"[yellow]{model}: weights not in the local cache and the model hub is unreachable; "
-        f"using the offline model {OFFLINE_MODEL} (a bi-encoder scored by cosine similarity, English only)[/yellow]"
+        f"[yellow]{model}: weights not in the local cache and the model hub is unreachable (or HF_HUB_OFFLINE=1); "
+        f"using the offline model {OFFLINE_MODEL} instead[/yellow]"
     )
     return OFFLINE_MODEL
 
@@ -68,23 +69,9 @@ def _weights_reachable(model: str) -> bool:
     """Cached weights, a local folder, or a hub we can reach; decided in seconds, not after retries."""
     manifest = find_manifest(get_settings().models_dir, model)
     try:
-        source = source_path(manifest.source if manifest else model)
-    except ModelLoadError:  # weights package not installed
+        return weights_reachable(manifest or ModelManifest(name=OFFLINE_MODEL, source=model))
+    except ModelLoadError:  # a weights package not installed
         return False
-    if Path(source).is_dir():
-        return True
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(source, "config.json"), str):
-        return True
-    if constants.HF_HUB_OFFLINE:
-        return False
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-    except OSError:
-        return False
-    return True
 
 
 @contextmanager
@@ -108,10 +95,28 @@ def _served_name(model: str) -> str:
     return manifest.name if manifest else Path(model.rstrip("/")).name
 
 
+def _samples_for(model: str) -> list[tuple[str, list[str]]]:
+    """The samples in the model's languages, saying what is left out and what its scores mean."""
+    manifest = find_manifest(get_settings().models_dir, model)
+    if manifest is not None and manifest.kind == "bi-encoder":
+        console.print(
+            f"[yellow]{model} is a bi-encoder, not a reranker: it embeds query and document apart and scores "
+            "(cos + 1) / 2, so unrelated documents score near 0.5 by construction[/yellow]"
+        )
+    kept = [
+        (query, docs) for language, query, docs in SAMPLES if manifest is None or manifest.checks_language(language)
+    ]
+    if len(kept) < len(SAMPLES):
+        languages = ", ".join(manifest.languages) if manifest else ""
+        console.print(f"[yellow]{model} reads {languages} only: the Chinese samples are left out[/yellow]")
+    return kept
+
+
 def _rank_samples(client: RerankClient, model: str) -> None:
+    samples = _samples_for(model)
     started = time.perf_counter()
-    handles = [client.submit(query, docs, model=model, return_documents=True) for query, docs in SAMPLES]
-    for (query, _), handle in zip(SAMPLES, handles, strict=True):
+    handles = [client.submit(query, docs, model=model, return_documents=True) for query, docs in samples]
+    for (query, _), handle in zip(samples, handles, strict=True):
         result = handle.result(timeout=120)
         table = Table(title=f"{query}  ({result.model} on {result.device})", title_justify="left")
         table.add_column("rank")
@@ -125,4 +130,4 @@ def _rank_samples(client: RerankClient, model: str) -> None:
             f"  queue {stats.queue_ms:.1f} ms, tokenize {stats.tokenize_ms:.1f} ms, "
             f"inference {stats.infer_ms:.1f} ms, {stats.pairs} pairs in {len(stats.batches)} batch(es)"
         )
-    console.print(f"all {len(SAMPLES)} jobs answered in {(time.perf_counter() - started) * 1000:.0f} ms end to end")
+    console.print(f"all {len(samples)} jobs answered in {(time.perf_counter() - started) * 1000:.0f} ms end to end")

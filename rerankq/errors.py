@@ -9,6 +9,7 @@ RerankError
 ├── JobNotFound      (also LookupError)   no job with that id (never submitted, or expired)
 ├── BrokerUnavailable (also ConnectionError) Redis cannot be reached (down, restarting): retry shortly
 ├── ModelLoadError                         a worker cannot load or serve a model (missing file, bad config)
+│   ├── HubUnreachable                     weights not in the local cache, and the Hugging Face hub unreachable
 │   └── ModelCheckFailed                   a model failed a validation check; says which, what is wrong, the fix
 ├── IncompatibleFormat                     a job, result or alias record of a format major this release cannot read
 ├── JobFailed                              the worker reported a failure for this job id
@@ -17,6 +18,12 @@ RerankError
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# pydantic's names for the member of a union a value was tried against: not part of a field's path
+_UNION_TAGS = frozenset({"str", "string", "object", "int", "float", "bool", "list", "dict"})
 
 
 class RerankError(Exception):
@@ -36,6 +43,38 @@ class InvalidRequest(RerankError, ValueError):
     def __str__(self) -> str:
         message = f"invalid {self.field}: {self.limit}"
         return f"{message} ({self.detail})" if self.detail else message
+
+
+def invalid_request(errors: Sequence[Mapping[str, Any]], default_field: str) -> InvalidRequest:
+    """The first of pydantic's (or FastAPI's) validation errors as an ``InvalidRequest`` naming
+    the field as users write it (``documents[3].text``): the one home of that translation."""
+    if not errors:
+        return InvalidRequest(default_field, "is invalid")
+    first = errors[0]
+    if first.get("type") == "json_invalid":  # FastAPI: the body is not JSON; loc ends in a position
+        position = first.get("loc", ())[-1:]
+        return InvalidRequest("body", "must be valid JSON", f"{first.get('msg')} at character {position[0]}")
+    message = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
+    detail = f"got {first['input']!r}" if "input" in first and _short(first["input"]) else ""
+    return InvalidRequest(field_path(first.get("loc", ())) or default_field, message, detail)
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """``("body", "documents", 3, "object", "text")`` -> ``documents[3].text``: list positions in
+    brackets; FastAPI's "body" and pydantic's union tags dropped."""
+    path = ""
+    for before, part in zip((None, *loc), loc, strict=False):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part == "body" and before is None:
+            continue
+        elif not (part in _UNION_TAGS or part.startswith("function-")):
+            path += f".{part}"
+    return path.lstrip(".")
+
+
+def _short(value: Any) -> bool:
+    return isinstance(value, int | float | bool | None) or (isinstance(value, str) and len(value) <= 80)
 
 
 class RequestTooLarge(InvalidRequest):
@@ -78,29 +117,47 @@ class QueueFull(RerankError):
 
 
 class JobNotFound(RerankError, LookupError):
-    def __init__(self, job_id: str) -> None:
+    """No job with that id: never submitted to this Redis, or (``expired_after_s``) its record
+    and result expired that long after it was submitted."""
+
+    def __init__(self, job_id: str, expired_after_s: float | None = None) -> None:
         self.job_id = job_id
-        super().__init__(job_id)
+        self.expired_after_s = expired_after_s
+        super().__init__(job_id, expired_after_s)
 
     def __str__(self) -> str:
-        return f"no job {self.job_id!r} (never submitted, or its result expired)"
+        if self.expired_after_s is not None:
+            kept = f"{self.expired_after_s:g} s (RERANKQ_RESULT_TTL_S)"
+            return f"no job {self.job_id!r} any more: records and results are kept {kept} after submission"
+        return f"no job {self.job_id!r}: never submitted to this Redis (or its record expired)"
 
 
 class BrokerUnavailable(RerankError, ConnectionError):
-    """Redis, the queue, could not be reached. Raised while sending (nothing was enqueued) or
-    while waiting (the job may still finish: ask again once Redis is back)."""
+    """Redis, the queue, could not be used. Raised while sending (nothing was enqueued) or while
+    waiting (the job may still finish: ask again once Redis is back). ``answered``: Redis was
+    reached and refused (a database number out of range, wrong credentials); else it was not
+    reached at all. ``url`` has its password masked."""
 
-    def __init__(self, action: str, detail: str) -> None:
+    def __init__(self, action: str, detail: str, url: str = "", answered: bool = False) -> None:
         self.action = action
         self.detail = detail
-        super().__init__(action, detail)
+        self.url = url
+        self.answered = answered
+        super().__init__(action, detail, url, answered)
 
     def __str__(self) -> str:
-        return f"the queue (Redis) is unreachable while {self.action}: {self.detail}; retry shortly"
+        where = f"Redis at {self.url} (RERANKQ_REDIS_URL)" if self.url else "the queue (Redis)"
+        if self.answered:
+            return f"{where} answered {self.detail!r} while {self.action}: check the URL's database number and password"
+        return f"{where} is unreachable while {self.action}: {self.detail}; start Redis or fix the URL, then retry"
 
 
 class ModelLoadError(RerankError):
     """A model cannot be loaded; the message says what is missing or mismatched and how to fix it."""
+
+
+class HubUnreachable(ModelLoadError):
+    """Weights that are not in the local Hugging Face cache, while the hub cannot be reached."""
 
 
 class ModelCheckFailed(ModelLoadError):

@@ -19,15 +19,15 @@ class UnsafeFlower(Exception):
     pass
 
 
-def run_flower(port: int, address: str, insecure: bool) -> None:
+def run_flower(port: int, host: str, insecure: bool) -> None:
     settings = get_settings()
     auth = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else ""
-    if not auth and not insecure and not is_loopback(address):
+    if not auth and not insecure and not is_loopback(host):
         raise UnsafeFlower(
-            f"refusing to serve Flower on {address} without basic auth: set RERANKQ_FLOWER_BASIC_AUTH "
+            f"refusing to serve Flower on {host} without basic auth: set RERANKQ_FLOWER_BASIC_AUTH "
             "to user:password, bind to 127.0.0.1, or pass --insecure"
         )
     if auth:
         os.environ["FLOWER_BASIC_AUTH"] = auth
     app = make_celery(settings, main="rerankq-flower")
-    app.start(["flower", f"--port={port}", f"--address={address}"])
+    app.start(["flower", f"--port={port}", f"--address={host}"])  # Flower names it --address

@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rerankq.errors import InvalidRequest, ModelCheckFailed, ModelLoadError
+from rerankq.cli_support import EXIT_FAILED, EXIT_USAGE, App, RedisUrl, apply_settings
+from rerankq.errors import InvalidRequest, ModelCheckFailed
 from rerankq.extras import needs_extra
 from rerankq.producer.aliases import (
     AliasTarget,
@@ -24,19 +25,21 @@ from rerankq.producer.aliases import (
     static_aliases,
     stored_aliases,
 )
-from rerankq.producer.constants import WORKERS_KEY
-from rerankq.producer.presence import WorkerPresence, live_presences, serving
+from rerankq.producer.presence import WorkerPresence, read_live, serving
 from rerankq.producer.redis_clients import connect
 from rerankq.producer.registry import ModelManifest, load_manifests
 from rerankq.producer.settings import Settings, get_settings
 
-models_app = typer.Typer(help="Model versions: check custom weights, compare versions, aliases.", no_args_is_help=True)
-alias_app = typer.Typer(help="Aliases: point a name at a version, split traffic, roll back.", no_args_is_help=True)
+models_app = App(
+    help="Model versions: check custom weights, compare versions, aliases.", no_args_is_help=True, path="rerankq models"
+)
+alias_app = App(
+    help="Aliases: point a name at a version, split traffic, roll back.",
+    no_args_is_help=True,
+    path="rerankq models alias",
+)
 models_app.add_typer(alias_app, name="alias")
 console = Console(highlight=False, soft_wrap=True)
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 Json = Annotated[bool, typer.Option("--json", help="One JSON object.")]
 Device = Annotated[str, typer.Option(help="auto, cuda or cpu: check on the device (and dtype) that will serve.")]
@@ -45,9 +48,14 @@ Golden = Annotated[
 ]
 
 
+ModelOption = Annotated[
+    str, typer.Option("--model", help="A folder of weights, a registry name, or a Hugging Face id.")
+]
+
+
 @models_app.command("check")
 def check(
-    model: Annotated[str, typer.Argument(help="A folder of weights, a registry name, or a Hugging Face id.")],
+    model: ModelOption,
     device: Device = "auto",
     golden: Golden = None,
     languages: Annotated[
@@ -56,20 +64,20 @@ def check(
     max_length: Annotated[int | None, typer.Option(min=8, help="Tokens per pair, as the worker will serve.")] = None,
 ) -> None:
     """Check a model in order, stopping at the first failure: config, tokenizer, weights,
-    architecture, outputs on the golden set, golden ranking. Exit status 0 only when all pass."""
+    architecture, outputs on the golden set, golden ranking. Exit status 0 when all pass, 1 when a
+    check fails, 2 when the model cannot be found or loaded, 3 when the hub cannot be reached."""
     with needs_extra("models check", "worker"):
         from rerankq.worker.golden import GoldenSetError, load_golden
         from rerankq.worker.loading import load_checked, pick_device, resolve_model
 
     try:
         items = load_golden(golden)
-        manifest = resolve_model(model, None, get_settings())
-        if languages:
-            manifest = manifest.model_copy(update={"languages": languages.split(",")})
-        target = pick_device(device)
-    except (GoldenSetError, ModelLoadError) as e:
-        console.print(f"[red]✗[/] {e}")
-        raise typer.Exit(EXIT_USAGE) from e
+    except GoldenSetError as e:
+        raise InvalidRequest("--golden", str(e)) from e
+    manifest = resolve_model(model, None, get_settings())
+    if languages:
+        manifest = manifest.model_copy(update={"languages": languages.split(",")})
+    target = pick_device(device)
     console.print(f"checking {manifest.name} ({manifest.source}) on {target}")
     try:
         load_checked(
@@ -82,16 +90,13 @@ def check(
     except ModelCheckFailed as e:
         console.print(f"[red]✗[/] {e.check:<12} {e.problem}\n  [bold]fix:[/] {e.fix}")
         raise typer.Exit(EXIT_FAILED) from e
-    except ModelLoadError as e:
-        console.print(f"[red]✗[/] load         {e}")
-        raise typer.Exit(EXIT_FAILED) from e
     console.print(f"[green]all checks passed[/]: {manifest.name} can serve")
 
 
 @models_app.command("diff")
 def diff(
-    a: Annotated[str, typer.Argument(help="The serving version: folder, registry name or Hugging Face id.")],
-    b: Annotated[str, typer.Argument(help="The candidate version.")],
+    a: Annotated[str, typer.Option("--model", help="The serving version: folder, registry name or Hugging Face id.")],
+    b: Annotated[str, typer.Option("--candidate", help="The version to compare with it, named the same way.")],
     golden: Golden = None,
     device: Device = "auto",
     top: Annotated[int, typer.Option(min=1, help="How many of the largest score changes to list.")] = 5,
@@ -110,11 +115,10 @@ def diff(
     settings = get_settings()
     try:
         items = load_golden(golden)
-        target = pick_device(device)
-        backends = [load_backend(resolve_model(spec, None, settings), target) for spec in (a, b)]
-    except (GoldenSetError, ModelLoadError) as e:
-        console.print(f"[red]✗[/] {e}")
-        raise typer.Exit(EXIT_USAGE) from e
+    except GoldenSetError as e:
+        raise InvalidRequest("--golden", str(e)) from e
+    target = pick_device(device)
+    backends = [load_backend(resolve_model(spec, None, settings), target) for spec in (a, b)]
     report = diff_models(backends[0], backends[1], items, top)
     if as_json:
         print(json.dumps(asdict(report) | {"a": a, "b": b}, allow_nan=True))
@@ -149,12 +153,12 @@ def _print_diff(a: str, b: str, report: object) -> None:
 
 
 @models_app.command("list")
-def list_models(as_json: Json = False) -> None:
-    """Manifests in RERANKQ_MODELS_DIR, the versions live workers serve, and the aliases."""
-    settings = get_settings()
+def list_models(as_json: Json = False, redis_url: RedisUrl = None) -> None:
+    """The shipped manifests and those in RERANKQ_MODELS_DIR, the versions live workers serve, and the aliases."""
+    settings = apply_settings(redis_url=redis_url)
     client = _redis(settings)
     manifests = load_manifests(settings.models_dir)
-    workers = _live_workers(client, settings)
+    workers = read_live(client, settings.presence_interval_s)
     aliases = static_aliases(settings) | stored_aliases(client)
     names = sorted({*manifests, *(worker.model for worker in workers)})
     rows = [_model_row(name, manifests.get(name), workers, aliases) for name in names]
@@ -187,10 +191,11 @@ def alias_set(
     targets: Annotated[list[str], typer.Argument(help="VERSION (all traffic) or VERSION=WEIGHT ... (a split).")],
     note: Annotated[str, typer.Option(help="Why: kept with the value and its history.")] = "",
     force: Annotated[bool, typer.Option(help="Allow versions that no live worker serves yet.")] = False,
+    redis_url: RedisUrl = None,
 ) -> None:
     """Point ALIAS at one version, or split its traffic by weight (gray release). Producers pick the
     change up within RERANKQ_ALIAS_REFRESH_S; the earlier value is kept for `alias rollback`."""
-    settings = get_settings()
+    settings = apply_settings(redis_url=redis_url)
     client = _redis(settings)
     try:
         split = parse_split(targets)
@@ -203,10 +208,12 @@ def alias_set(
 
 
 @alias_app.command("rollback")
-def alias_rollback(alias: Annotated[str, typer.Argument(help="The alias to put back.")]) -> None:
+def alias_rollback(
+    alias: Annotated[str, typer.Argument(help="The alias to put back.")], redis_url: RedisUrl = None
+) -> None:
     """Restore the alias's value before its last change (repeat to go further back)."""
     try:
-        restored = rollback_alias(_redis(get_settings()), alias)
+        restored = rollback_alias(_redis(apply_settings(redis_url=redis_url)), alias)
     except LookupError as e:
         console.print(f"[red]✗[/] {e}")
         raise typer.Exit(EXIT_USAGE) from e
@@ -214,9 +221,12 @@ def alias_rollback(alias: Annotated[str, typer.Argument(help="The alias to put b
 
 
 @alias_app.command("delete")
-def alias_delete(alias: Annotated[str, typer.Argument(help="The alias to remove (a rollback restores it).")]) -> None:
+def alias_delete(
+    alias: Annotated[str, typer.Argument(help="The alias to remove (a rollback restores it).")],
+    redis_url: RedisUrl = None,
+) -> None:
     """Remove a live alias; a static one from RERANKQ_MODEL_ALIASES (if any) shows through again."""
-    if not delete_alias(_redis(get_settings()), alias):
+    if not delete_alias(_redis(apply_settings(redis_url=redis_url)), alias):
         console.print(f"[red]✗[/] no live alias {alias!r}")
         raise typer.Exit(EXIT_USAGE)
     console.print(f"{alias} removed")
@@ -226,9 +236,10 @@ def alias_delete(alias: Annotated[str, typer.Argument(help="The alias to remove 
 def alias_show(
     alias: Annotated[str | None, typer.Argument(help="One alias and its history; none: every alias.")] = None,
     as_json: Json = False,
+    redis_url: RedisUrl = None,
 ) -> None:
     """The live aliases (and static ones), or one alias with its earlier values, newest first."""
-    settings = get_settings()
+    settings = apply_settings(redis_url=redis_url)
     client = _redis(settings)
     aliases = static_aliases(settings) | stored_aliases(client)
     if alias is None:
@@ -263,7 +274,7 @@ def _note(value: AliasTarget | None) -> str:
 def _check_targets(client: redis.Redis, settings: Settings, alias: str, split: dict[str, int], force: bool) -> None:
     """An alias must not hide a version's own name or point at another alias; its versions need a
     live worker, or the jobs routed there would wait (``--force`` for a version about to start)."""
-    workers = _live_workers(client, settings)
+    workers = read_live(client, settings.presence_interval_s)
     versions = set(load_manifests(settings.models_dir)) | {worker.model for worker in workers}
     if alias in versions:
         raise InvalidRequest("alias", "must not be the name of a model version", f"{alias!r} is one")
@@ -277,11 +288,6 @@ def _check_targets(client: redis.Redis, settings: Settings, alias: str, split: d
             "every version needs a live worker (start one first, or pass --force)",
             f"none serves {', '.join(idle)}",
         )
-
-
-def _live_workers(client: redis.Redis, settings: Settings) -> list[WorkerPresence]:
-    live, _ = live_presences(client.hgetall(WORKERS_KEY), settings.presence_interval_s)  # type: ignore[arg-type]
-    return live
 
 
 def _redis(settings: Settings) -> redis.Redis:

@@ -9,17 +9,15 @@ from dataclasses import asdict
 from rich.console import Console
 from rich.table import Table
 
-from rerankq.producer.fleet_state import FleetState, read_fleet
 from rerankq.producer.redis_clients import connect
-from rerankq.producer.settings import get_settings
+from rerankq.producer.settings import Settings
+from rerankq.producer.snapshot import Snapshot, read_snapshot
 
 
-def print_status(as_json: bool) -> None:
-    settings = get_settings()
+def print_status(settings: Settings, as_json: bool) -> None:
     broker = connect(settings.redis_url, settings.redis_sentinel_master, socket_timeout=5)
-    fleet = read_fleet(
-        broker, settings, connect(settings.effective_cache_url, settings.redis_sentinel_master, socket_timeout=5)
-    )
+    cache = connect(settings.effective_cache_url, settings.redis_sentinel_master, socket_timeout=5)
+    fleet = read_snapshot(broker, settings, cache, scan_queues=True)
     if as_json:
         print(json.dumps(_as_dict(fleet)))
         return
@@ -35,7 +33,7 @@ def print_status(as_json: bool) -> None:
     )
 
 
-def _workers_table(fleet: FleetState) -> Table:
+def _workers_table(fleet: Snapshot) -> Table:
     table = Table("worker", "model", "device", "lanes", "held", "last seen", title="workers")
     now = time.time()
     for worker in sorted(fleet.workers, key=lambda w: (w.model, w.worker_id)):
@@ -51,7 +49,8 @@ def _workers_table(fleet: FleetState) -> Table:
     return table
 
 
-def _lanes_table(fleet: FleetState) -> Table:
+def _lanes_table(fleet: Snapshot) -> Table:
+    """Every lane with a worker or with jobs, the queues of names no worker or manifest knows included."""
     table = Table("model", "lane", "workers", "waiting", "held", "depth", title="queues")
     for lane in fleet.lanes:
         if lane.workers or lane.depth:
@@ -59,14 +58,14 @@ def _lanes_table(fleet: FleetState) -> Table:
     return table
 
 
-def _aliases_table(fleet: FleetState) -> Table:
+def _aliases_table(fleet: Snapshot) -> Table:
     table = Table("alias", "routes to", title="aliases")
     for alias, target in sorted(fleet.aliases.items()):
         table.add_row(alias, target.describe())
     return table
 
 
-def _as_dict(fleet: FleetState) -> dict[str, object]:
+def _as_dict(fleet: Snapshot) -> dict[str, object]:
     return {
         "workers": [asdict(worker) for worker in fleet.workers],
         "lanes": [asdict(lane) | {"depth": lane.depth} for lane in fleet.lanes],

@@ -19,7 +19,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["RERANKQ_CHECK_RANKING"] = "false"
 
 
-from rerankq.fleet import (
+from rerankq.local_redis import local_redis_server
+from rerankq.processes import (
     GatewayProcess,
     WorkerProcess,
     running_workers,
@@ -29,9 +30,8 @@ from rerankq.fleet import (
     stop_worker,
     wait_until_consuming,
 )
-from rerankq.local_redis import local_redis_server
 from rerankq.producer import RerankClient
-from rerankq.producer.settings import Settings, get_settings
+from rerankq.producer.settings import Settings, get_settings, use_settings
 from rerankq.shapes import build_tiny_bert, build_tiny_xlm_roberta
 
 
@@ -56,9 +56,9 @@ def redis_server() -> Iterator[RedisServer]:
 def rerankq_env(redis_server: RedisServer) -> Iterator[None]:
     os.environ["RERANKQ_REDIS_URL"] = redis_server.url
     redis.Redis.from_url(redis_server.url).flushdb()
-    get_settings.cache_clear()
+    use_settings(None)
     yield
-    get_settings.cache_clear()
+    use_settings(None)
 
 
 @pytest.fixture

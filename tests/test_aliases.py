@@ -15,7 +15,7 @@ from gateway_support import AUTH
 from typer.testing import CliRunner
 
 from rerankq.cli import app
-from rerankq.fleet import GatewayProcess
+from rerankq.processes import GatewayProcess
 from rerankq.producer import RerankClient
 from rerankq.producer.aliases import AliasTarget, alias_history, delete_alias, rollback_alias, set_alias
 from rerankq.producer.constants import alias_history_key, model_identity_key

@@ -39,9 +39,10 @@ async def test_waiting_leaves_the_event_loop_free(redis_server) -> None:
 
     task = asyncio.create_task(ticker())
     async with AsyncRerankClient(redis_server.url) as aclient:
-        handle = await aclient.submit(QUERY, DOCS, model="async-model-with-no-worker")
+        handle = await aclient.submit(QUERY, DOCS, model="bge-reranker-v2-m3")  # a model no test worker serves
         with pytest.raises(JobTimeout) as info:
             await handle.result(timeout=1.0)
+        await aclient.cancel(handle.id)
     task.cancel()
     assert info.value.job_id == handle.id
     assert ticks >= 10  # a blocked loop would have ticked once or not at all in that second
@@ -58,8 +59,8 @@ async def test_async_result_whose_message_was_missed_is_still_noticed(redis_serv
     """As for the blocking handle: a result stored without its pub/sub message (a plain SET)
     is read from its key within a second, not at the timeout."""
     async with AsyncRerankClient(redis_server.url) as aclient:
-        handle = await aclient.submit(QUERY, DOCS, model="async-model-with-no-worker", cache=False)
-        answer = {"job_id": handle.id, "model": "async-model-with-no-worker", "device": "cpu", "results": []}
+        handle = await aclient.submit(QUERY, DOCS, model="bge-reranker-v2-m3", cache=False)
+        answer = {"job_id": handle.id, "model": "bge-reranker-v2-m3", "device": "cpu", "results": []}
         meta = {"status": "SUCCESS", "result": answer, "traceback": None, "children": [], "task_id": handle.id}
         backend = aclient.app.backend
 

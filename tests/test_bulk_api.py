@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -13,7 +12,7 @@ import redis
 from gateway_support import wait_until
 from worker_support import paused
 
-from rerankq.fleet import WorkerProcess
+from rerankq.processes import WorkerProcess
 from rerankq.producer import BulkRecord, RecordResult, RerankClient
 from rerankq.producer.constants import queue_keys, queue_name
 from rerankq.producer.settings import Settings
@@ -127,13 +126,15 @@ def test_in_flight_jobs_and_records_read_are_bounded_and_results_do_not_linger(
 
     before = result_keys(redis_server.url)
     results: list[RecordResult] = []
+    waits = threading.Semaphore(0)  # released each time rank_many has sent all it may and waits
     with paused(small_jobs, MODEL, ("bulk",)):
         runner = threading.Thread(
-            target=lambda: results.extend(small_jobs.rank_many(records(), model=MODEL, max_in_flight=4))
+            target=lambda: results.extend(
+                small_jobs.rank_many(records(), model=MODEL, max_in_flight=4, on_wait=waits.release)
+            )
         )
         runner.start()
-        wait_until(lambda: depth(redis_server.url, MODEL, "bulk") == 4)
-        time.sleep(0.5)  # time to overshoot, if it would
+        assert waits.acquire(timeout=60) and waits.acquire(timeout=60)  # two rounds of waiting, no more sent
         assert depth(redis_server.url, MODEL, "bulk") == 4
         assert len(pulled) == 2  # 4 jobs need 2 records; nothing is read ahead of need
     runner.join(60)
@@ -172,8 +173,8 @@ def test_an_interactive_job_waits_behind_at_most_one_bulk_batch(
     results: list[RecordResult] = []
     runner = threading.Thread(target=lambda: results.extend(client.rank_many(records, model=model, max_in_flight=4)))
     runner.start()
-    wait_until(lambda: depth(client.settings.redis_url, model, "bulk") == 0)  # the worker holds the 4
-    time.sleep(0.2)  # they are tokenized and in the batcher
+    # once a bulk job has come back, the worker holds the next ones, tokenized, in its batcher
+    wait_until(lambda: depth(client.settings.redis_url, model, "bulk") == 0 and len(results) >= 1, timeout=120)
     answer = client.submit("urgent", fresh(20, words=40), model=model).result(timeout=120)
     bulk_running = len(results) < len(records)
     runner.join(120)

@@ -20,7 +20,7 @@ from gateway_support import wait_until
 from test_bulk_api import BATCH_TOLERANCE, depth
 from worker_support import paused
 
-from rerankq.fleet import WorkerProcess
+from rerankq.processes import WorkerProcess
 from rerankq.producer import RerankClient
 
 MODEL = "tiny-bert"

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 import redis
+from gateway_support import wait_until
 from typer.testing import CliRunner
+from worker_support import send_raw
 
 from rerankq.cli import app as cli
-from rerankq.fleet import WorkerProcess, start_worker, stop_worker, wait_until_consuming
 from rerankq.local_redis import free_port
+from rerankq.processes import WorkerProcess, start_worker, stop_worker, wait_until_consuming
 from rerankq.producer import RerankClient
 from rerankq.producer.cache import ScoreCache
-from rerankq.producer.constants import SCORE_KEY_PREFIX, TASK_RERANK, queue_name
+from rerankq.producer.constants import SCORE_KEY_PREFIX, model_identity_key, queue_name
 from rerankq.producer.contract import cache_key
 from rerankq.shapes import build_tiny_bert
 
@@ -101,7 +103,7 @@ def test_worker_reuses_scores_already_written_as_a_redelivered_job_would(workers
     query = _query("redelivery")
     client.rank(query, DOCS, model="tiny-bert", timeout=30)
     job = client.build(query, DOCS, model="tiny-bert")  # carries no producer hits, like a redelivery
-    client.app.send_task(TASK_RERANK, args=[job.model_dump()], task_id=job.job_id, queue=queue_name("tiny-bert"))
+    send_raw(client, job.model_dump(), queue_name("tiny-bert"), "tiny-bert")
     again = client.job(job.job_id).result(timeout=30)
     assert (again.device, again.stats.cache_hits, again.stats.pairs) == ("cpu", 3, 0)
 
@@ -110,8 +112,7 @@ def test_cached_scores_expire_after_the_ttl(client: RerankClient) -> None:
     cache = ScoreCache(client.settings.model_copy(update={"cache_ttl_s": 1}))
     cache.store("ttl-model", "identity", "opts", "q", {"doc": 0.25})
     assert cache.lookup("ttl-model", "identity", "opts", "q", ["doc"]) == {"doc": 0.25}
-    time.sleep(1.5)
-    assert cache.lookup("ttl-model", "identity", "opts", "q", ["doc"]) == {}
+    wait_until(lambda: cache.lookup("ttl-model", "identity", "opts", "q", ["doc"]) == {}, timeout=10)
 
 
 def test_worker_writes_carry_the_configured_ttl(workers: dict, client: RerankClient) -> None:
@@ -142,7 +143,8 @@ def test_a_model_change_is_a_miss(client: RerankClient, model_dirs: dict, tmp_pa
     new = start_worker(str(retrained), tmp_path / "new.log", "--name", "swap-model")
     swap_worker.append(new)
     wait_until_consuming(new)
-    time.sleep(client.settings.identity_refresh_s)  # the producer re-reads the identity after this
+    published = redis.Redis.from_url(client.settings.redis_url).get(model_identity_key("swap-model"))
+    wait_until(lambda: client.cache.identity("swap-model") == published.decode(), timeout=30)  # the producer re-reads
     after = client.submit(query, DOCS, model="swap-model").result(timeout=30)
     assert (after.device, after.stats.cache_hits, after.stats.pairs) == ("cpu", 0, 3)
     assert {r.index: r.score for r in after.results} != {r.index: r.score for r in before.results}

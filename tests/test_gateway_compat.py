@@ -10,7 +10,7 @@ import httpx
 import pytest
 from gateway_support import ALIAS, AUTH, PLAIN_KEY
 
-from rerankq.fleet import GatewayProcess
+from rerankq.processes import GatewayProcess
 from rerankq.producer import RerankClient
 
 os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"

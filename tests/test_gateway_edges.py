@@ -14,9 +14,10 @@ import httpx
 import pytest
 import redis
 from gateway_support import AUTH, HASHED_KEY, MAX_BODY_BYTES, MAX_DOCUMENTS, PLAIN_KEY, PausedModel, app_client
+from prometheus_client import REGISTRY
 
-from rerankq.fleet import GatewayProcess, free_port
 from rerankq.gateway.server import UnsafeBind, check_bind
+from rerankq.processes import GatewayProcess, free_port
 from rerankq.producer import RerankClient
 from rerankq.producer.constants import JOB_KEY_PREFIX, queue_name
 
@@ -138,7 +139,7 @@ async def test_not_ready_without_a_worker_for_the_default_model() -> None:
         ("/v1/rerank", {"documents": DOCS}, "query"),
         ("/v1/rerank", {"query": QUERY, "documents": "not a list"}, "documents"),
         ("/v2/rerank", {"query": QUERY, "documents": DOCS, "top_n": 0}, "top_n"),
-        ("/rerank", {"query": QUERY, "texts": [1, 2]}, "texts.0"),
+        ("/rerank", {"query": QUERY, "texts": [1, 2]}, "texts[0]"),
         ("/rerank", {"query": QUERY, "texts": DOCS, "truncation_direction": "up"}, "truncation_direction"),
         ("/v1/rerank", {"query": QUERY, "documents": DOCS, "max_chunks_per_doc": 0}, "max_chunks_per_doc"),
         ("/v2/rerank", {"query": QUERY, "documents": DOCS, "max_tokens_per_doc": "many"}, "max_tokens_per_doc"),
@@ -237,9 +238,8 @@ async def test_a_gateway_at_its_waiting_limit_is_503_and_enqueues_nothing(
     async with app_client(max_waiting_requests=1, gateway_timeout_s=5) as gateway:
         body = {"model": paused_model.name, "query": fresh_query(), "documents": DOCS}
         first = asyncio.create_task(gateway.post("/v1/rerank", json=body))
-        while queue_depth(redis_server, paused_model.name) < 1:
+        while REGISTRY.get_sample_value("rerankq_gateway_waiting_requests") != 1:  # the first one waits
             await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)  # the first request is now waiting
         response = await gateway.post("/v2/rerank", json=body | {"query": fresh_query()})
         assert_error(response, 503, "overloaded")
         assert response.headers["retry-after"]

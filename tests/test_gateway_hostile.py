@@ -19,7 +19,7 @@ from gateway_support import AUTH, PausedModel, wait_for_job
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rerankq.fleet import GatewayProcess
+from rerankq.processes import GatewayProcess
 from rerankq.producer.constants import queue_name
 
 pytestmark = pytest.mark.slow

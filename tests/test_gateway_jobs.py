@@ -13,8 +13,8 @@ import pytest
 from gateway_support import AUTH, CALLBACK_SECRET, GATEWAY_ENV, wait_for_job, wait_until
 from pydantic import SecretStr
 
-from rerankq.fleet import GatewayProcess, start_gateway, stop_process
 from rerankq.gateway.callbacks import verify
+from rerankq.processes import GatewayProcess, start_gateway, stop_process
 from rerankq.producer import JobCancelled, RerankClient
 from rerankq.producer.ledger import record_submitted
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sentence_transformers import CrossEncoder
 from transformers import AutoTokenizer
 
-from rerankq.fleet import GatewayProcess, running_workers
+from rerankq.processes import GatewayProcess, running_workers
 from rerankq.producer import InvalidRequest, RequestTooLarge, RerankClient
 from rerankq.shapes import build_tiny_xlm_roberta
 from rerankq.worker.text_windows import token_windows

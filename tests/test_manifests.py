@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from rerankq.cli import app
 from rerankq.errors import ModelLoadError
 from rerankq.producer.registry import load_manifests
-from rerankq.producer.settings import Settings, get_settings
+from rerankq.producer.settings import Settings, get_settings, use_settings
 from rerankq.worker.loading import load_backend, resolve_model
 from rerankq.worker.main import token_budget_for
 
@@ -82,11 +82,13 @@ def test_models_check_by_manifest_name(models_dir: Path, monkeypatch: pytest.Mon
     """A random tiny model behind a manifest: every file check passes, the golden ranking (by chance)
     is checked only in the manifest's languages; here it is off to test the lookup by name."""
     monkeypatch.setenv("RERANKQ_MODELS_DIR", str(models_dir))
-    get_settings.cache_clear()
+    use_settings(None)
     try:
-        result = CliRunner().invoke(app, ["models", "check", "acme-rerank-v2", "--device", "cpu", "--languages", "xx"])
+        result = CliRunner().invoke(
+            app, ["models", "check", "--model", "acme-rerank-v2", "--device", "cpu", "--languages", "xx"]
+        )
     finally:
-        get_settings.cache_clear()
+        use_settings(None)
     assert result.exit_code == 0, result.output
     assert f"checking acme-rerank-v2 ({models_dir / 'acme-rerank-v2'})" in result.output
     assert "skipped: the golden set has no items in xx" in result.output

@@ -141,20 +141,20 @@ def test_one_wrong_language_points_at_the_manifest_languages(good_model: Path, t
 
 
 def test_cli_exit_status_and_messages(good_model: Path, tmp_path: Path) -> None:
-    ok = runner.invoke(app, ["models", "check", str(good_model), "--device", "cpu"])
+    ok = runner.invoke(app, ["models", "check", "--model", str(good_model), "--device", "cpu"])
     assert ok.exit_code == 0, ok.output
     assert ok.output.count("✓") == 6 and "all checks passed" in ok.output
     reversed_model = broken_copy(good_model, tmp_path / "reversed", BREAKAGES["reversed"][0])
-    failed = runner.invoke(app, ["models", "check", str(reversed_model), "--device", "cpu"])
+    failed = runner.invoke(app, ["models", "check", "--model", str(reversed_model), "--device", "cpu"])
     assert failed.exit_code == 1
     assert "✗ ranking" in failed.output and "fix:" in failed.output and failed.output.count("✓") == 5
-    missing = runner.invoke(app, ["models", "check", str(tmp_path / "nowhere"), "--device", "cpu"])
+    missing = runner.invoke(app, ["models", "check", "--model", str(tmp_path / "nowhere"), "--device", "cpu"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
 
 def test_real_weights_pass_by_registry_name() -> None:
     """all-MiniLM-L6-v2 (real weights, English manifest) passes; its bi-encoder has no head to check."""
-    result = runner.invoke(app, ["models", "check", "all-minilm-l6-v2", "--device", "cpu"])
+    result = runner.invoke(app, ["models", "check", "--model", "all-minilm-l6-v2", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "bi-encoder" in result.output and "(en)" in result.output
 
@@ -191,14 +191,29 @@ def test_diff_reports_agreement_and_the_largest_changes(good_model: Path, tmp_pa
     import json
 
     reversed_model = broken_copy(good_model, tmp_path / "reversed", BREAKAGES["reversed"][0])
-    same = runner.invoke(app, ["models", "diff", str(good_model), str(good_model), "--device", "cpu", "--json"])
+    same = runner.invoke(
+        app, ["models", "diff", "--model", str(good_model), "--candidate", str(good_model), "--device", "cpu", "--json"]
+    )
     assert same.exit_code == 0, same.output
     report = json.loads(same.output)
     assert (report["pairs"], report["same_order"], report["right_a"]) == (26, 13, 13)
     assert report["spearman"] == pytest.approx(1.0)
     assert max(abs(change["score_b"] - change["score_a"]) for change in report["largest_changes"]) < 1e-6
     flipped = runner.invoke(
-        app, ["models", "diff", str(good_model), str(reversed_model), "--device", "cpu", "--json", "--top", "3"]
+        app,
+        [
+            "models",
+            "diff",
+            "--model",
+            str(good_model),
+            "--candidate",
+            str(reversed_model),
+            "--device",
+            "cpu",
+            "--json",
+            "--top",
+            "3",
+        ],
     )
     report = json.loads(flipped.output)
     assert report["spearman"] == pytest.approx(-1.0) and (report["right_a"], report["right_b"]) == (13, 0)
@@ -206,7 +221,19 @@ def test_diff_reports_agreement_and_the_largest_changes(good_model: Path, tmp_pa
     deltas = [abs(change["score_b"] - change["score_a"]) for change in report["largest_changes"]]
     assert deltas == sorted(deltas, reverse=True) and deltas[0] > 0.5
     gate = runner.invoke(
-        app, ["models", "diff", str(good_model), str(reversed_model), "--device", "cpu", "--min-spearman", "0.8"]
+        app,
+        [
+            "models",
+            "diff",
+            "--model",
+            str(good_model),
+            "--candidate",
+            str(reversed_model),
+            "--device",
+            "cpu",
+            "--min-spearman",
+            "0.8",
+        ],
     )
     assert gate.exit_code == 1 and "Spearman rank correlation -1.0000" in gate.output
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sentence_transformers import CrossEncoder
 
-from rerankq.fleet import WorkerProcess, start_worker, stop_worker, wait_until_consuming
+from rerankq.processes import WorkerProcess, start_worker, stop_worker, wait_until_consuming
 from rerankq.producer import JobTimeout, RerankClient
 from rerankq.worker.backends import CrossEncoderBackend, OomInjectingBackend
 from rerankq.worker.batcher import Batcher

@@ -19,13 +19,13 @@ import redis
 from gateway_support import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from rerankq.fleet import free_port, running_workers, start_gateway, stop_process
+from rerankq.processes import free_port, running_workers, start_gateway, stop_process
 from rerankq.producer import RerankClient
 from rerankq.producer.aliases import delete_alias, set_alias
 from rerankq.producer.constants import WORKERS_KEY, alias_history_key
-from rerankq.producer.fleet_state import read_fleet
 from rerankq.producer.presence import WorkerPresence
 from rerankq.producer.settings import Settings
+from rerankq.producer.snapshot import read_snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +136,7 @@ def test_queue_depth_counts_jobs_workers_hold(redis_server: object, settings: Se
     ghost = WorkerPresence("ghost@test", "tiny-ghost", ("interactive", "bulk"), "cpu", "id", time.time(), {"bulk": 3})
     broker.hset(WORKERS_KEY, ghost.worker_id, ghost.to_json())
     try:
-        lanes = {(lane.model, lane.lane): lane for lane in read_fleet(broker, settings).lanes}
+        lanes = {(lane.model, lane.lane): lane for lane in read_snapshot(broker, settings).lanes}
     finally:
         broker.hdel(WORKERS_KEY, ghost.worker_id)
     bulk = lanes[("tiny-ghost", "bulk")]
@@ -179,7 +179,7 @@ def test_flower_sees_the_workers_and_their_queues_behind_basic_auth(workers: dic
 
 def test_flower_refuses_an_open_address_without_auth() -> None:
     env = {k: v for k, v in os.environ.items() if k != "RERANKQ_FLOWER_BASIC_AUTH"}
-    command = [sys.executable, "-m", "rerankq", "flower", "--address", "0.0.0.0", "--port", str(free_port())]
+    command = [sys.executable, "-m", "rerankq", "flower", "--host", "0.0.0.0", "--port", str(free_port())]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "RERANKQ_FLOWER_BASIC_AUTH" in done.stderr
 

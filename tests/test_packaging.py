@@ -15,7 +15,7 @@ import rerankq
 import rerankq.errors
 from rerankq.cli import app
 from rerankq.producer.client import RerankClient
-from rerankq.producer.jobs import JobStatus
+from rerankq.producer.job_status import JobStatus
 
 
 def test_the_public_api_is_reexported_from_the_package() -> None:

@@ -17,12 +17,15 @@ import pytest
 import redis
 import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
+from worker_support import send_raw
 
-from rerankq.producer import JobFailed, JobTimeout, RerankClient
-from rerankq.producer.constants import TASK_RERANK, deliveries_key, queue_name
+from rerankq.producer import JobFailed, JobNotFound, JobTimeout, RerankClient
+from rerankq.producer.constants import deliveries_key, queue_name
 from rerankq.producer.contract import RerankJob
 from rerankq.producer.settings import Settings
 from rerankq.shapes import CORPUS
+
+UNSERVED = "bge-reranker-v2-m3"  # a shipped manifest no test worker serves
 
 pytestmark = pytest.mark.slow
 
@@ -152,23 +155,25 @@ def test_status_follows_the_job(workers: dict, client: RerankClient) -> None:
     handle = client.submit(QUERY, DOCS[:2], model="tiny-bert")
     handle.result(timeout=30)
     assert handle.status() == "succeeded"
-    assert client.job("never-submitted").status() == "pending"
+    with pytest.raises(JobNotFound):
+        client.job("never-submitted").status()
 
 
 def test_timeout_names_the_job_and_its_status(client: RerankClient) -> None:
-    handle = client.submit(QUERY, DOCS[:2], model="model-with-no-worker")
+    handle = client.submit(QUERY, DOCS[:2], model=UNSERVED)
     with pytest.raises(JobTimeout) as info:
         handle.result(timeout=0.5)
     assert info.value.job_id == handle.id
     assert handle.id in str(info.value) and "pending" in str(info.value)
+    client.cancel(handle.id)
 
 
 def test_a_result_whose_message_was_missed_is_still_noticed(client: RerankClient) -> None:
     """The worker's result lands while the pub/sub message announcing it is lost (written here
     with a plain SET, no PUBLISH): result() reads the key again and returns well before its
     timeout instead of waiting it out."""
-    handle = client.submit(QUERY, DOCS[:2], model="model-with-no-worker", cache=False)
-    answer = {"job_id": handle.id, "model": "model-with-no-worker", "device": "cpu", "results": []}
+    handle = client.submit(QUERY, DOCS[:2], model=UNSERVED, cache=False)
+    answer = {"job_id": handle.id, "model": UNSERVED, "device": "cpu", "results": []}
     meta = {"status": "SUCCESS", "result": answer, "traceback": None, "children": [], "task_id": handle.id}
     backend = client.app.backend
     store = threading.Timer(0.5, backend.client.set, (backend.get_key_for_task(handle.id), json.dumps(meta)))
@@ -192,9 +197,9 @@ def test_threads_of_a_web_app_can_share_one_client(workers: dict, client: Rerank
 def test_a_malformed_message_fails_with_a_reason_and_the_worker_keeps_serving(
     workers: dict, client: RerankClient
 ) -> None:
-    bad = client.app.send_task(TASK_RERANK, args=[{"job_id": "x", "model": "tiny-bert"}], queue=queue_name("tiny-bert"))
+    bad = send_raw(client, {"job_id": "x", "model": "tiny-bert"}, queue_name("tiny-bert"), "tiny-bert")
     with pytest.raises(JobFailed, match="InvalidRequest"):
-        client.job(bad.id).result(timeout=30)
+        client.job(bad).result(timeout=30)
     assert client.rank(QUERY, DOCS[:2], model="tiny-bert", timeout=30)
 
 
@@ -202,7 +207,7 @@ def _publish_as_redelivered(client: RerankClient, job: RerankJob, settings: Sett
     """Put the job on its queue the way kombu puts back the message of a worker that died:
     the same message, marked redelivered."""
     parked = f"rerankq-test-parked-{job.job_id}"  # a queue no worker consumes
-    client.app.send_task(TASK_RERANK, args=[job.model_dump()], task_id=job.job_id, queue=parked)
+    send_raw(client, job.model_dump(), parked, job.model)
     broker = redis.Redis.from_url(settings.redis_url)
     message = json.loads(cast(bytes, broker.lpop(parked)))
     message["headers"]["redelivered"] = True

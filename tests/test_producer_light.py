@@ -14,7 +14,7 @@ from rerankq.producer import Settings
 def test_importing_and_using_the_sdk_never_imports_torch(redis_server) -> None:
     script = (
         "import sys; import rerankq; from rerankq import RerankClient, AsyncRerankClient, RerankResult; "
-        "RerankClient(sys.argv[1]).submit('q', ['d'], model='light-check'); "
+        "RerankClient(sys.argv[1]).submit('q', ['d'], model='bge-reranker-v2-m3'); "
         "heavy = ('torch', 'transformers', 'sentence_transformers', 'rerankq.worker', 'rerankq.gateway', 'fastapi'); "
         "print([m for m in heavy if m in sys.modules])"
     )

@@ -12,7 +12,7 @@ import pytest
 from gateway_support import wait_until
 from test_bulk_api import depth
 
-from rerankq.fleet import WorkerProcess, start_worker, stop_worker, wait_until_consuming
+from rerankq.processes import WorkerProcess, start_worker, stop_worker, wait_until_consuming
 from rerankq.producer import RerankClient
 from rerankq.producer.constants import queue_name
 

@@ -13,7 +13,7 @@ from rerankq.producer import InvalidRequest, RerankClient
 from rerankq.producer.constants import queue_name
 from rerankq.producer.contract import RerankJob, rank_scores
 
-MODEL = "no-worker-model"  # nobody consumes this queue, so its length shows what was enqueued
+MODEL = "bge-reranker-v2-m3"  # a shipped manifest no test worker serves: its queue length shows what was sent
 
 
 def _queued(client: RerankClient) -> int:
@@ -35,7 +35,8 @@ def _queued(client: RerankClient) -> int:
         ("q", ["bad \ud800 surrogate"], {}, "documents[0]", "valid Unicode"),
         ("q", ["a"], {"top_n": 0}, "top_n", "positive integer"),
         ("q", ["a"], {"top_n": "3"}, "top_n", "positive integer"),
-        ("q", ["a"], {"model": "../etc"}, "model", "must match"),
+        ("q", ["a"], {"model": "m" * 257}, "model", "1 to 256 characters"),
+        ("q", ["a"], {"model": 7}, "model", "1 to 256 characters"),
     ],
 )
 def test_bad_input_names_field_and_limit_and_enqueues_nothing(

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 import redis
 from gateway_support import app_client
+from worker_support import send_raw
 
 from rerankq import IncompatibleFormat, JobFailed, RerankClient
-from rerankq.fleet import WorkerProcess
-from rerankq.producer.constants import ALIASES_KEY, REJECTED_KEY, TASK_RERANK, queue_name
+from rerankq.processes import WorkerProcess
+from rerankq.producer import ledger
+from rerankq.producer.constants import ALIASES_KEY, REJECTED_KEY, queue_name
 from rerankq.producer.contract import RerankResult, new_job_id, read_result
 from rerankq.producer.wire_format import JOB_FORMAT, RecordFormat
 
@@ -27,10 +29,9 @@ QUERY = "what is the capital of France"
 DOCUMENTS = ["Apples grow on trees.", "Paris is the capital of France.", "Redis keeps data in memory."]
 
 
-def send_raw(client: RerankClient, payload: dict[str, Any]) -> str:
+def send_as_another_release(client: RerankClient, payload: dict[str, Any]) -> str:
     """Publish a job payload as a producer of another release would, bypassing this SDK's model."""
-    client.app.send_task(TASK_RERANK, args=[payload], task_id=payload["job_id"], queue=queue_name(MODEL))
-    return str(payload["job_id"])
+    return send_raw(client, payload, queue_name(MODEL), MODEL)
 
 
 def payload(client: RerankClient, **fields: Any) -> dict[str, Any]:
@@ -89,8 +90,10 @@ def test_a_job_recorded_by_release_0_1_0_is_still_served(
     workers: dict[str, WorkerProcess], client: RerankClient, redis_server: Any
 ) -> None:
     message = json.loads(RECORDED_JOB.read_bytes())
+    job_id = message["headers"]["id"]
+    ledger.record_submitted(client.app.backend.client, job_id, MODEL, "interactive", client.settings)  # as 0.1.0 did
     redis.Redis.from_url(redis_server.url).lpush(queue_name(MODEL), RECORDED_JOB.read_bytes())
-    result = client.job(message["headers"]["id"]).result(timeout=60)
+    result = client.job(job_id).result(timeout=60)
     assert_same_ranking(as_pairs(result), reference(client, top_n=2))
     assert [ranked.document for ranked in result.results] == [DOCUMENTS[i] for i, _ in reference(client, top_n=2)]
 
@@ -100,7 +103,7 @@ def test_a_job_with_fields_of_a_newer_minor_is_served_and_noted_once(
     workers: dict[str, WorkerProcess], client: RerankClient
 ) -> None:
     newer = {"format": "1.7", "instruction_v2": "Given a web search query", "sla_ms": 50}
-    job_ids = [send_raw(client, payload(client, **newer)) for _ in range(2)]
+    job_ids = [send_as_another_release(client, payload(client, **newer)) for _ in range(2)]
     for job_id in job_ids:
         assert_same_ranking(as_pairs(client.job(job_id).result(timeout=60)), reference(client))
     assert workers[MODEL].log().count("job message format 1.7 is newer") == 1
@@ -110,7 +113,9 @@ def test_a_job_with_fields_of_a_newer_minor_is_served_and_noted_once(
 def test_a_job_of_a_newer_major_fails_with_the_reason_and_the_worker_serves_the_next(
     workers: dict[str, WorkerProcess], client: RerankClient, redis_server: Any
 ) -> None:
-    job_id = send_raw(client, payload(client, format="2.0", documents=[{"text": doc} for doc in DOCUMENTS]))
+    job_id = send_as_another_release(
+        client, payload(client, format="2.0", documents=[{"text": doc} for doc in DOCUMENTS])
+    )
     with pytest.raises(JobFailed) as failed:
         client.job(job_id).result(timeout=60)
     reason = failed.value.reason

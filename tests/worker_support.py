@@ -3,11 +3,13 @@ of its queues (Celery's cancel_consumer / add_consumer), so jobs wait in Redis a
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from rerankq.producer import RerankClient
-from rerankq.producer.constants import WORKERS_KEY, Lane, queue_name
+from rerankq.producer import RerankClient, ledger
+from rerankq.producer.constants import TASK_RERANK, WORKERS_KEY, Lane, queue_name
 from rerankq.producer.presence import WorkerPresence
 
 
@@ -33,3 +35,12 @@ def resume(client: RerankClient, model: str, lanes: tuple[Lane, ...]) -> None:
     destination = [worker_id_of(client, model)]
     for lane in lanes:
         client.app.control.add_consumer(queue_name(model, lane), destination=destination, reply=True)
+
+
+def send_raw(client: RerankClient, payload: dict[str, Any], queue: str, model: str) -> str:
+    """Publish a rerank task as a producer that bypasses the SDK's own checks would, recording the
+    job in the ledger as every producer does (so handles know it exists). Returns the job id."""
+    job_id = str(payload.get("job_id") or uuid.uuid4())
+    ledger.record_submitted(client.app.backend.client, job_id, model, "interactive", client.settings)
+    client.app.send_task(TASK_RERANK, args=[payload], task_id=job_id, queue=queue)
+    return job_id

@@ -95,7 +95,7 @@ def check_sdk_job() -> None:
 
 
 def check_gateway(logs: Path) -> None:
-    from rerankq.fleet import start_gateway, stop_process
+    from rerankq.processes import start_gateway, stop_process
 
     gateway = start_gateway(logs / "gateway.log", env={"RERANKQ_DEFAULT_MODEL": MODEL})
     try:
@@ -121,7 +121,7 @@ def redis_url() -> Iterator[str]:
 @contextmanager
 def worker(logs: Path) -> Iterator[None]:
     """A worker of the shipped manifest, golden ranking check on (the shipped golden set)."""
-    from rerankq.fleet import start_worker, stop_worker, wait_until_consuming
+    from rerankq.processes import start_worker, stop_worker, wait_until_consuming
 
     process = start_worker(MODEL, logs / "worker.log", "--concurrency", "2", "--check-ranking")
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rerankq.bench.inprocess import Timed
 from rerankq.bench.workload import Job, make_jobs, total_pairs, uniform
-from rerankq.fleet import WorkerProcess, running_workers
+from rerankq.processes import WorkerProcess, running_workers
 from rerankq.producer import RerankClient
 
 JOB_TIMEOUT_S = 600.0
@@ -21,7 +21,7 @@ _runs = itertools.count(1)
 
 
 @dataclass(frozen=True)
-class Fleet:
+class WorkerSetup:
     """Where and what the benchmark's workers serve."""
 
     redis_url: str
@@ -102,18 +102,18 @@ class Pipeline:
 
 
 @contextmanager
-def serving(fleet: Fleet, workers: int = 1, *worker_args: str) -> Iterator[Pipeline]:
-    """``workers`` worker processes for the fleet's model, ready on entry, stopped on exit."""
-    log_dir = fleet.run_dir / f"run-{next(_runs)}"
-    args = ["--name", fleet.model, "--concurrency", str(fleet.concurrency), *worker_args]
+def serving(setup: WorkerSetup, workers: int = 1, *worker_args: str) -> Iterator[Pipeline]:
+    """``workers`` worker processes for the set-up.s model, ready on entry, stopped on exit."""
+    log_dir = setup.run_dir / f"run-{next(_runs)}"
+    args = ["--name", setup.model, "--concurrency", str(setup.concurrency), *worker_args]
     # benchmark shapes carry random weights: timing needs no golden-ranking check
-    env = {"RERANKQ_REDIS_URL": fleet.redis_url, "RERANKQ_CHECK_RANKING": "false"}
+    env = {"RERANKQ_REDIS_URL": setup.redis_url, "RERANKQ_CHECK_RANKING": "false"}
     with (
-        running_workers(fleet.spec, log_dir, workers, *args, device=fleet.device, env=env) as processes,
-        RerankClient(fleet.redis_url) as client,
+        running_workers(setup.spec, log_dir, workers, *args, device=setup.device, env=env) as processes,
+        RerankClient(setup.redis_url) as client,
     ):
-        pipeline = Pipeline(client, fleet.model)
-        pipeline.warm_up(2 * fleet.concurrency)
+        pipeline = Pipeline(client, setup.model)
+        pipeline.warm_up(2 * setup.concurrency)
         yield pipeline
     pipeline.padding_ratio = _padding_ratio(processes)
 

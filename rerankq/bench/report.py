@@ -125,6 +125,6 @@ _HEADER = """# rerankq benchmarks
 
 Written by `rerankq bench all` (one section per device and model; a new run replaces its own
 section). Every number is a ratio measured side by side in one run on the machine named.
-See the README's Benchmarks section for what each scenario measures.
+The text above the tables (kept when the tables are rewritten) says what each scenario measures.
 
 """

@@ -11,10 +11,10 @@ from pathlib import Path
 from rich.console import Console
 
 from rerankq.bench.inprocess import InProcessModel
-from rerankq.bench.pipeline import Fleet
+from rerankq.bench.pipeline import WorkerSetup
 from rerankq.bench.report import Record, machine, print_record, write_markdown
 from rerankq.bench.scenarios import SCENARIOS, BenchContext
-from rerankq.fleet import redis_for_run
+from rerankq.processes import redis_for_run
 from rerankq.producer.settings import get_settings
 from rerankq.shapes import shape_folder
 from rerankq.worker.loading import pick_device, resolve_model
@@ -45,9 +45,11 @@ def run(options: BenchOptions) -> list[Record]:
     records: list[Record] = []
     with redis_for_run() as redis_url:
         run_dir = RUN_DIR / time.strftime("%Y%m%d-%H%M%S")  # worker logs of this run
-        fleet = Fleet(redis_url, spec, resolve_model(spec, None, settings).name, device, options.concurrency, run_dir)
+        setup = WorkerSetup(
+            redis_url, spec, resolve_model(spec, None, settings).name, device, options.concurrency, run_dir
+        )
         ctx = BenchContext(
-            fleet,
+            setup,
             options.jobs,
             options.docs_per_job,
             lambda: InProcessModel(spec, device, settings),  # loaded only if a scenario needs it

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rerankq.bench.inprocess import InProcessModel
-from rerankq.bench.pipeline import Fleet, serving
+from rerankq.bench.pipeline import WorkerSetup, serving
 from rerankq.bench.workload import log_normal, make_jobs, uniform
 
 Record = dict[str, Any]
@@ -20,7 +20,7 @@ MIXED = log_normal(20, 500)
 
 @dataclass
 class BenchContext:
-    fleet: Fleet
+    setup: WorkerSetup
     jobs: int | None  # --jobs: overrides each scenario's default
     docs_per_job: int | None
     load_model: Callable[[], InProcessModel]
@@ -49,8 +49,8 @@ def throughput(ctx: BenchContext) -> Iterator[Record]:
     """What the queue costs: the same jobs through SDK → Redis → worker vs the same batcher fed
     directly in-process, in windows of as many jobs as a worker holds (``--concurrency``)."""
     jobs = make_jobs(ctx.job_count(2000), ctx.docs(8), PASSAGES)
-    raw = ctx.model.batched(jobs, window=ctx.fleet.concurrency)
-    with serving(ctx.fleet) as pipeline:
+    raw = ctx.model.batched(jobs, window=ctx.setup.concurrency)
+    with serving(ctx.setup) as pipeline:
         timed, scores = pipeline.run(jobs)
     diff = max(abs(a - b) for got, want in zip(scores, raw.scores, strict=True) for a, b in zip(got, want, strict=True))
     yield {
@@ -67,9 +67,9 @@ def naive(ctx: BenchContext) -> Iterator[Record]:
     """One job = one forward pass (cross-job batching off) vs rerankq's batching, same pool size."""
     for docs_per_job in [ctx.docs_per_job] if ctx.docs_per_job else [1, 8]:
         count = ctx.job_count(1000)
-        with serving(ctx.fleet, 1, "--no-cross-job-batching") as pipeline:
+        with serving(ctx.setup, 1, "--no-cross-job-batching") as pipeline:
             naive_run, _ = pipeline.run(make_jobs(count, docs_per_job, PASSAGES))
-        with serving(ctx.fleet) as pipeline:
+        with serving(ctx.setup) as pipeline:
             batched_run, _ = pipeline.run(make_jobs(count, docs_per_job, PASSAGES))
         yield {
             "naive_pairs_per_s": naive_run.pairs_per_s,
@@ -84,7 +84,7 @@ def mixed(ctx: BenchContext) -> Iterator[Record]:
     for each job in arrival order, in-process (no queue in front of the baseline)."""
     jobs = make_jobs(ctx.job_count(250), ctx.docs(8), MIXED)
     baseline = ctx.model.predict_per_job(jobs)
-    with serving(ctx.fleet) as pipeline:
+    with serving(ctx.setup) as pipeline:
         timed, _ = pipeline.run(jobs)
     yield {
         "baseline_pairs_per_s": baseline.pairs_per_s,
@@ -97,7 +97,7 @@ def mixed(ctx: BenchContext) -> Iterator[Record]:
 def cache(ctx: BenchContext) -> Iterator[Record]:
     """A 1 x 100 job computed (cold, fresh text each time), then answered from the cache (warm)."""
     cold_jobs = make_jobs(*ctx.samples(5, 100), PASSAGES)
-    with serving(ctx.fleet) as pipeline:
+    with serving(ctx.setup) as pipeline:
         cold = [pipeline.e2e_ms(job) for job in cold_jobs]
         warm = [pipeline.e2e_ms(cold_jobs[0]) for _ in range(100)]
     yield {
@@ -112,7 +112,7 @@ def latency(ctx: BenchContext) -> Iterator[Record]:
     """Single 1 x 20 jobs, one at a time, on an idle worker vs the model's own compute."""
     jobs = make_jobs(*ctx.samples(100, 20), PASSAGES)
     compute = [ctx.model.compute_ms(job) for job in jobs]
-    with serving(ctx.fleet) as pipeline:
+    with serving(ctx.setup) as pipeline:
         e2e = [pipeline.e2e_ms(job) for job in jobs]
     yield {
         "compute_ms_p50": percentile(compute, 50),
@@ -125,9 +125,9 @@ def latency(ctx: BenchContext) -> Iterator[Record]:
 def scale(ctx: BenchContext) -> Iterator[Record]:
     """One worker process vs two, each computing with one thread, on the same Redis."""
     count, docs = ctx.job_count(600), ctx.docs(8)
-    with serving(ctx.fleet, 1, "--torch-threads", "1") as pipeline:
+    with serving(ctx.setup, 1, "--torch-threads", "1") as pipeline:
         one, _ = pipeline.run(make_jobs(count, docs, PASSAGES))
-    with serving(ctx.fleet, 2, "--torch-threads", "1") as pipeline:
+    with serving(ctx.setup, 2, "--torch-threads", "1") as pipeline:
         two, _ = pipeline.run(make_jobs(count, docs, PASSAGES))
     yield {
         "one_pairs_per_s": one.pairs_per_s,
@@ -146,7 +146,7 @@ def priority(ctx: BenchContext) -> Iterator[Record]:
     interactive pipeline's (as throughput measures it), on the same pairs, in the same run."""
     count, docs = ctx.samples(30, 20)
     pairs = ctx.job_count(300) * 8
-    with serving(ctx.fleet) as pipeline:
+    with serving(ctx.setup) as pipeline:
         interactive, _ = pipeline.run(make_jobs(pairs // 8, 8, PASSAGES))
         bulk = pipeline.bulk(make_jobs(max(1, pairs // BULK_RECORD_DOCUMENTS), BULK_RECORD_DOCUMENTS, PASSAGES))
         pace_s = statistics.median(pipeline.e2e_ms(job) for job in make_jobs(5, docs, PASSAGES)) / 1000
@@ -175,7 +175,7 @@ def startup(ctx: BenchContext) -> Iterator[Record]:
     from rerankq.producer.settings import get_settings
     from rerankq.worker.loading import load_backend, load_checked, resolve_model
 
-    manifest, device = resolve_model(ctx.fleet.spec, None, get_settings()), ctx.fleet.device
+    manifest, device = resolve_model(ctx.setup.spec, None, get_settings()), ctx.setup.device
     plain, checked = [], []
     for _ in range(3):
         plain.append(_seconds(lambda: load_backend(manifest, device).warm_up()))

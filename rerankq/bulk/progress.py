@@ -1,9 +1,11 @@
 """How a bulk run shows its progress: a rich progress bar on a terminal, else a log line every
-few seconds (for cron, Airflow or ``kubectl logs``)."""
+``--log-every`` seconds (for cron, Airflow or ``kubectl logs``), while records finish and while
+none do. At every such tick, a lane no live worker consumes is named (``note``)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Protocol
 
@@ -63,8 +65,14 @@ class Display(Protocol):
     def close(self) -> None: ...
 
 
+Note = Callable[[], str]  # why records wait, if they wait for something ("" when not)
+
+
 class Bar:
-    def __init__(self, console: Console, tally: Tally) -> None:
+    def __init__(self, console: Console, tally: Tally, note: Note, every_s: float) -> None:
+        self._note = note
+        self._every_s = every_s
+        self._noted = time.monotonic()
         self._progress = Progress(
             TextColumn("[bold]rerankq bulk"),
             BarColumn(),
@@ -83,21 +91,28 @@ class Bar:
     def update(self, tally: Tally) -> None:
         rate, hits, failed = tally.pairs_per_s, tally.cache_hits, tally.failed
         self._progress.update(self._task, completed=tally.records, rate=rate, hits=hits, failed=failed)
+        if time.monotonic() - self._noted >= self._every_s:
+            self._noted = time.monotonic()
+            if note := self._note():
+                self._progress.console.print(f"[yellow]waiting[/]: {note}", soft_wrap=True)
 
     def close(self) -> None:
         self._progress.stop()
 
 
 class LogLines:
-    def __init__(self, console: Console, every_s: float) -> None:
+    def __init__(self, console: Console, note: Note, every_s: float) -> None:
         self._console = console
+        self._note = note
         self._every_s = every_s
         self._last = time.monotonic()
 
     def update(self, tally: Tally) -> None:
         if time.monotonic() - self._last >= self._every_s:
             self._last = time.monotonic()
-            self._console.print(log_line(tally), highlight=False, soft_wrap=True)
+            note = self._note()
+            line = f"{log_line(tally)}; waiting: {note}" if note else log_line(tally)
+            self._console.print(line, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         pass
@@ -113,5 +128,5 @@ def log_line(tally: Tally) -> str:
     )
 
 
-def display_for(console: Console, tally: Tally, log_every_s: float) -> Display:
-    return Bar(console, tally) if console.is_terminal else LogLines(console, log_every_s)
+def display_for(console: Console, tally: Tally, note: Note, log_every_s: float) -> Display:
+    return Bar(console, tally, note, log_every_s) if console.is_terminal else LogLines(console, note, log_every_s)

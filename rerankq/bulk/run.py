@@ -32,8 +32,8 @@ from rerankq.bulk.formats import (
 )
 from rerankq.bulk.progress import Tally, display_for
 from rerankq.producer import RecordResult, RerankClient
-from rerankq.producer.constants import DEFAULT_ALIAS, WORKERS_KEY
-from rerankq.producer.presence import live_presences, serving
+from rerankq.producer.constants import DEFAULT_ALIAS
+from rerankq.producer.presence import serving
 
 CHECKPOINT_EVERY_S = 1.0
 EXIT_FAILED_RECORDS = 1
@@ -72,10 +72,10 @@ def run_bulk(options: BulkOptions, client: RerankClient, console: Console) -> in
     model = options.model or DEFAULT_ALIAS  # an alias is resolved per record (see BulkRanker)
     checkpoint = start_or_resume(options, model)
     progress_path = Checkpoint.path_for(options.output)
+    client.resolve(model)  # UnknownModel before anything is read
     if checkpoint.complete:  # a finished run, run again: only the summary
         tally = Tally(checkpoint, None)
     else:
-        warn_without_workers(client, model, console)
         streamed = stream(options, client, checkpoint, console)
         if streamed is None:
             return EXIT_INTERRUPTED
@@ -87,7 +87,7 @@ def run_bulk(options: BulkOptions, client: RerankClient, console: Console) -> in
         checkpoint.save(progress_path)
     console.print(f"done: {tally.summary()}; output {options.output}", highlight=False, soft_wrap=True)
     if checkpoint.failed:
-        console.print(f"{checkpoint.failed} records failed: see {options.errors_path}", highlight=False)
+        console.print(f"{checkpoint.failed} records failed: see {options.errors_path}", highlight=False, soft_wrap=True)
         return EXIT_FAILED_RECORDS
     return 0
 
@@ -115,19 +115,16 @@ def start_or_resume(options: BulkOptions, model: str) -> Checkpoint:
     return saved
 
 
-def warn_without_workers(client: RerankClient, model: str, console: Console) -> None:
-    """Records wait in Redis until a worker comes (a queue-driven autoscaler may start one)."""
-    entries = client.app.backend.client.hgetall(WORKERS_KEY)
-    live, _ = live_presences(entries, client.settings.presence_interval_s)
+def idle_lanes(client: RerankClient, model: str) -> str:
+    """The bulk lanes of ``model``'s versions that no live worker consumes: records sent there wait
+    in Redis until one starts (a queue-driven autoscaler may start one)."""
     alias = client.aliases.table().get(model)
-    versions = list(alias.targets) if alias else [client.aliases.resolve(model).model]
-    for version in versions:
-        if not serving(live, version, "bulk"):
-            console.print(
-                f"[yellow]warning[/]: no live worker consumes the bulk lane of {version}; jobs wait in Redis "
-                f"until one starts (`rerankq worker --model {version}`)",
-                soft_wrap=True,
-            )
+    versions = list(alias.targets) if alias else [client.resolve(model).model]
+    idle = [version for version in versions if not serving(client.workers.read(), version, "bulk")]
+    return "; ".join(
+        f"no live worker consumes the bulk lane of {version} (start one: rerankq worker --model {version})"
+        for version in idle
+    )
 
 
 class Sink:
@@ -180,9 +177,10 @@ def stream(options: BulkOptions, client: RerankClient, checkpoint: Checkpoint, c
     tally = Tally(checkpoint, _total(options.input))
     origins: deque[SourceRecord] = deque()  # records handed to rank_many, not yet written
     records = _values(read_records(options.input, fmt, checkpoint.resume_at, checkpoint.line), origins)
+    display = display_for(console, tally, lambda: idle_lanes(client, checkpoint.model), options.log_every_s)
     results = client.rank_many(records, model=checkpoint.model, top_n=checkpoint.top_n, ordered=True,
-                               max_in_flight=options.max_in_flight)  # fmt: skip
-    sink, display = Sink(options, checkpoint), display_for(console, tally, options.log_every_s)
+                               max_in_flight=options.max_in_flight, on_wait=lambda: display.update(tally))  # fmt: skip
+    sink = Sink(options, checkpoint)
     saved_at = time.monotonic()
     try:
         with interrupts_deferred_inside() as atomic:

@@ -1,35 +1,17 @@
-"""Domain errors to HTTP, at the edge only. Every error body is JSON:
+"""Domain errors to HTTP, at the edge only: one table (``RULES``), one handler.
 
-``{"error": text, "error_type": kind, "message": text, ...details}``: TEI clients read ``error``
-and ``error_type``, Cohere's read ``message``. Details name the field and limit, the job id, or
-the known models, as the error has them.
-
-====================================  ======  ====================
-error                                 status  error_type
-====================================  ======  ====================
-schema error (FastAPI validation)     422     validation
-InvalidRequest                        422     validation
-RequestTooLarge, PayloadTooLarge      413     too_large
-Unauthorized                          401     unauthorized
-UnknownModel                          404     unknown_model
-JobNotFound, unknown route            404     not_found
-Conflict (job cannot be cancelled)    409     conflict
-JobCancelled                          409     cancelled
-QueueFull                             429     queue_full
-NoWorkers                             503     no_workers
-GatewayBusy                           503     overloaded
-Redis unreachable                     503     unavailable
-IncompatibleFormat (rolling upgrade)  503     incompatible_format
-JobFailed (worker error)              502     job_failed
-JobTimeout                            504     timeout
-anything else (a bug)                 500     internal
-====================================  ======  ====================
+Every error body is JSON, ``{"error": text, "error_type": kind, "message": text, ...details}``:
+TEI clients read ``error`` and ``error_type``, Cohere's read ``message``. Details name the field
+and limit, the job id, or the known models, as the error has them. An exception is answered by
+the rule of its nearest class in ``RULES`` (``RequestTooLarge`` before ``InvalidRequest``);
+``markdown_table()`` renders the table for docs/gateway.md, so the docs and the code are one.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -50,10 +32,14 @@ from rerankq.errors import (
     QueueFull,
     RequestTooLarge,
     UnknownModel,
+    invalid_request,
 )
 from rerankq.gateway.service import GatewayBusy
 
 log = logging.getLogger("rerankq.gateway")
+REDIS_RETRY_AFTER_S = 2  # Redis restarting or failing over is back within seconds
+UPGRADE_RETRY_AFTER_S = 30  # a rolling upgrade takes minutes
+NO_WORKERS_RETRY_AFTER_S = 10  # a worker starting (or scaled from zero) loads its model first
 
 
 class Unauthorized(Exception):
@@ -74,6 +60,94 @@ class Conflict(Exception):
     """The request is valid but the job's state forbids it (cancelling a finished job)."""
 
 
+Details = Callable[[Any], dict[str, Any]]
+
+
+def _none(_: Any) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one kind of error is answered."""
+
+    status: int
+    error_type: str
+    when: str  # what the docs say about it
+    details: Details = _none  # extra body fields
+    retry_after: Callable[[Any], int | None] = lambda _: None
+    message: Callable[[Any], str] = str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def _field(e: InvalidRequest) -> dict[str, Any]:
+    return {"field": e.field, "limit": e.limit}
+
+
+def _redis_down(e: Exception) -> str:
+    log.warning("redis unreachable: %s", e)
+    return "the queue (Redis) is unreachable; retry shortly"
+
+
+def _internal(e: Exception) -> str:
+    log.exception("unhandled gateway error", exc_info=e)
+    return "internal error; see the gateway log"
+
+
+def _incompatible(e: IncompatibleFormat) -> str:
+    log.error("%s", e)
+    return str(e)
+
+
+RULES: dict[type[Exception], Rule] = {
+    RequestValidationError: Rule(422, "validation", "the body breaks the schema (names the field)"),
+    InvalidRequest: Rule(422, "validation", "a field breaks a rule (names the field and the limit)", _field),
+    RequestTooLarge: Rule(413, "too_large", "too many documents or characters", _field),
+    PayloadTooLarge: Rule(413, "too_large", "the body is over RERANKQ_MAX_BODY_BYTES", lambda e: {"field": "body"}),
+    Unauthorized: Rule(401, "unauthorized", "no or a wrong API key", headers={"WWW-Authenticate": "Bearer"}),
+    UnknownModel: Rule(
+        404, "unknown_model", "no model of that name", lambda e: {"field": "model", "known_models": e.known}
+    ),
+    JobNotFound: Rule(404, "not_found", "no job with that id", lambda e: {"job_id": e.job_id}),
+    Conflict: Rule(409, "conflict", "the job's state forbids it (cancelling a finished job)"),
+    JobCancelled: Rule(409, "cancelled", "the job was cancelled", lambda e: {"job_id": e.job_id}),
+    QueueFull: Rule(
+        429, "queue_full", "the lane's queue is at its limit", lambda e: {"queue": e.queue}, lambda e: e.retry_after_s
+    ),
+    NoWorkers: Rule(
+        503,
+        "no_workers",
+        "no live worker serves the model's lane",
+        lambda e: {"model": e.model, "lane": e.lane},
+        lambda e: NO_WORKERS_RETRY_AFTER_S,
+    ),
+    GatewayBusy: Rule(
+        503, "overloaded", "this gateway holds its limit of waiting requests", _none, lambda e: e.retry_after_s
+    ),
+    RedisError: Rule(503, "unavailable", "Redis is unreachable", _none, lambda e: REDIS_RETRY_AFTER_S, _redis_down),
+    BrokerUnavailable: Rule(
+        503, "unavailable", "Redis is unreachable", _none, lambda e: REDIS_RETRY_AFTER_S, _redis_down
+    ),
+    IncompatibleFormat: Rule(
+        503,
+        "incompatible_format",
+        "an alias or result written by a newer release (rolling upgrade)",
+        lambda e: {"found": e.found},
+        lambda e: UPGRADE_RETRY_AFTER_S,
+        _incompatible,
+    ),
+    JobFailed: Rule(502, "job_failed", "the worker failed the job (says why)", lambda e: {"job_id": e.job_id}),
+    JobTimeout: Rule(504, "timeout", "no result within RERANKQ_GATEWAY_TIMEOUT_S (the job may finish)"),
+    HTTPException: Rule(404, "not_found", "an unknown route (other HTTP errors keep their status)"),
+    Exception: Rule(500, "internal", "anything else (a bug)", message=_internal),
+}
+
+
+def rule_for(error: Exception) -> Rule:
+    """The rule of the error's nearest class in ``RULES``."""
+    return next(RULES[kind] for kind in type(error).__mro__ if kind in RULES)
+
+
 def error_response(
     status_code: int, error_type: str, message: str, headers: Mapping[str, str] | None = None, **details: Any
 ) -> JSONResponse:
@@ -81,120 +155,42 @@ def error_response(
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
-def _retry_after(seconds: int) -> dict[str, str]:
-    return {"Retry-After": str(seconds)}
+async def handle(request: Request, error: Exception) -> JSONResponse:
+    """Every error the routes raise, answered by its rule."""
+    if isinstance(error, RequestValidationError):
+        error = _as_invalid(error)
+    rule = rule_for(error)
+    status, error_type, headers = rule.status, rule.error_type, dict(rule.headers)
+    details, message = rule.details(error), rule.message(error)
+    if (retry_after := rule.retry_after(error)) is not None:
+        headers["Retry-After"] = str(retry_after)
+    if isinstance(error, HTTPException):  # starlette's own: keep its status and headers
+        status, error_type = error.status_code, "not_found" if error.status_code == 404 else "http"
+        message, headers = str(error.detail), dict(error.headers or {})
+    if isinstance(error, JobTimeout):
+        details, message = _timeout_details(request, error)
+    return error_response(status, error_type, message, headers, **details)
 
 
-async def _validation(_: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, RequestValidationError)
-    first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
-    field = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
-    return error_response(422, "validation", f"invalid {field}: {first['msg']}", field=field)
+def _as_invalid(error: RequestValidationError) -> InvalidRequest:
+    return invalid_request(error.errors(), "body")
 
 
-async def _invalid(_: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, InvalidRequest)
-    status, kind = (413, "too_large") if isinstance(e, RequestTooLarge) else (422, "validation")
-    return error_response(status, kind, str(e), field=e.field, limit=e.limit)
-
-
-async def _unauthorized(_: Request, e: Exception) -> JSONResponse:
-    return error_response(401, "unauthorized", str(e), headers={"WWW-Authenticate": "Bearer"})
-
-
-async def _unknown_model(_: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, UnknownModel)
-    return error_response(404, "unknown_model", str(e), field="model", known_models=e.known)
-
-
-async def _job_not_found(_: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, JobNotFound)
-    return error_response(404, "not_found", str(e), job_id=e.job_id)
-
-
-async def _conflict(_: Request, e: Exception) -> JSONResponse:
-    return error_response(409, "conflict", str(e))
-
-
-async def _queue_full(_: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, QueueFull)
-    return error_response(429, "queue_full", str(e), headers=_retry_after(e.retry_after_s), queue=e.queue)
-
-
-async def _no_workers(_: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, NoWorkers)
-    return error_response(503, "no_workers", str(e), model=e.model, lane=e.lane)
-
-
-async def _busy(_: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, GatewayBusy)
-    return error_response(503, "overloaded", str(e), headers=_retry_after(e.retry_after_s))
-
-
-async def _redis_down(_: Request, e: Exception) -> JSONResponse:
-    log.warning("redis unreachable: %s", e)
-    return error_response(
-        503, "unavailable", "the queue (Redis) is unreachable; retry shortly", headers=_retry_after(2)
-    )
-
-
-async def _incompatible(_: Request, e: Exception) -> JSONResponse:
-    """An alias or result written by a newer release: nothing a retry fixes before the upgrade ends."""
-    assert isinstance(e, IncompatibleFormat)
-    log.error("%s", e)
-    return error_response(503, "incompatible_format", str(e), headers=_retry_after(30), found=e.found)
-
-
-async def _job_cancelled(_: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, JobCancelled)
-    return error_response(409, "cancelled", str(e), job_id=e.job_id)
-
-
-async def _job_failed(_: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, JobFailed)
-    return error_response(502, "job_failed", str(e), job_id=e.job_id)
-
-
-async def _timeout(request: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, JobTimeout)
-    status_url = str(request.url_for("get_job", job_id=e.job_id))
-    return error_response(
-        504, "timeout", f"{e}; poll {status_url}", job_id=e.job_id, status=e.status, status_url=status_url
-    )
-
-
-async def _http(_: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, HTTPException)
-    kind = "not_found" if e.status_code == 404 else "http"
-    return error_response(e.status_code, kind, str(e.detail), headers=e.headers)
-
-
-async def _internal(_: Request, e: Exception) -> JSONResponse:
-    log.exception("unhandled gateway error", exc_info=e)
-    return error_response(500, "internal", "internal error; see the gateway log")
-
-
-HANDLERS: dict[type[Exception], Any] = {
-    RequestValidationError: _validation,
-    InvalidRequest: _invalid,
-    Unauthorized: _unauthorized,
-    UnknownModel: _unknown_model,
-    JobNotFound: _job_not_found,
-    Conflict: _conflict,
-    QueueFull: _queue_full,
-    NoWorkers: _no_workers,
-    GatewayBusy: _busy,
-    RedisError: _redis_down,
-    BrokerUnavailable: _redis_down,
-    IncompatibleFormat: _incompatible,
-    JobCancelled: _job_cancelled,
-    JobFailed: _job_failed,
-    JobTimeout: _timeout,
-    HTTPException: _http,
-    Exception: _internal,
-}
+def _timeout_details(request: Request, error: JobTimeout) -> tuple[dict[str, Any], str]:
+    status_url = str(request.url_for("get_job", job_id=error.job_id))
+    details = {"job_id": error.job_id, "status": error.status, "status_url": status_url}
+    return details, f"{error}; poll {status_url}"
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    for exception, handler in HANDLERS.items():
-        app.add_exception_handler(exception, handler)
+    for kind in RULES:
+        app.add_exception_handler(kind, handle)
+
+
+def markdown_table() -> str:
+    """The table in docs/gateway.md (tests/test_docs.py keeps the two equal)."""
+    rows = ["| error | status | error_type | when |", "|---|---|---|---|"]
+    rows += [
+        f"| `{kind.__name__}` | {rule.status} | `{rule.error_type}` | {rule.when} |" for kind, rule in RULES.items()
+    ]
+    return "\n".join(rows)

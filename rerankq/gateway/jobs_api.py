@@ -13,7 +13,7 @@ from rerankq.gateway.errors import Conflict
 from rerankq.gateway.rerank_api import Service, cohere_response, document_texts
 from rerankq.gateway.schemas import JobAccepted, JobRequest, JobState
 from rerankq.gateway.service import RerankService
-from rerankq.producer.jobs import JobStatus
+from rerankq.producer.job_status import JobStatus
 
 router = APIRouter()
 

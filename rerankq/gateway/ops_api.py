@@ -31,7 +31,7 @@ async def readyz(service: Service) -> JSONResponse:
     model = service.settings.default_model
     try:
         await service.redis.ping()
-        workers = [p for p in await service.fleet.workers() if p.model == model]
+        workers = [p for p in await service.admission.workers() if p.model == model]
     except RedisError as e:
         return JSONResponse({"status": "not_ready", "reason": f"Redis unreachable: {e}"}, status_code=503)
     if not workers:
@@ -43,7 +43,7 @@ async def readyz(service: Service) -> JSONResponse:
 @protected.get("/v1/models")
 async def models(service: Service) -> dict[str, Any]:
     """Every known model: its lanes, how many live workers consume each and how deep each queue is."""
-    workers = await service.fleet.workers()
+    workers = await service.admission.workers()
     aliases = await service.aliases.table()
     described = []
     for name in sorted({*service.manifests, *(p.model for p in workers)}):
@@ -51,7 +51,7 @@ async def models(service: Service) -> dict[str, Any]:
         lanes = {
             lane: {
                 "workers": len(serving(workers, name, lane)),
-                "queued": await service.fleet.queue_depth(queue_name(name, lane)),
+                "queued": await service.admission.queue_depth(queue_name(name, lane)),
             }
             for lane in LANES
         }

@@ -13,15 +13,17 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from rerankq.errors import JobFailed, JobNotFound, JobTimeout, NoWorkers, QueueFull, RerankError, UnknownModel
-from rerankq.gateway.fleet_view import FleetView
+from rerankq.errors import JobFailed, JobTimeout, RerankError
+from rerankq.gateway.admission import Admission
 from rerankq.gateway.waiter import ResultWaiter
 from rerankq.producer.aio import AsyncRerankClient
 from rerankq.producer.aliases import AsyncAliasTable, Route
-from rerankq.producer.constants import DEFAULT_LANE, job_key, queue_name
+from rerankq.producer.catalog import Catalog, resolve_version
+from rerankq.producer.constants import job_key
 from rerankq.producer.contract import RerankJob, RerankResult, read_result
-from rerankq.producer.jobs import JobStatus, outcome_of_meta, status_of
-from rerankq.producer.presence import serving
+from rerankq.producer.job_status import JobStatus, status_of
+from rerankq.producer.jobs import outcome_of_meta
+from rerankq.producer.ledger import not_found
 from rerankq.producer.registry import load_manifests
 from rerankq.producer.settings import Settings
 
@@ -54,7 +56,7 @@ class RerankService:
         self.settings = settings
         self.client = client
         self.redis = redis
-        self.fleet = FleetView(redis, settings.presence_interval_s)
+        self.admission = Admission(redis, settings)
         self.waiter = ResultWaiter(client.app, redis)
         self.manifests = load_manifests(settings.models_dir)
         self.aliases = AsyncAliasTable(redis, settings)
@@ -66,23 +68,16 @@ class RerankService:
         await self.waiter.stop()
         await self.client.aclose()
 
-    async def known_models(self) -> list[str]:
-        workers = {p.model for p in await self.fleet.workers()}
-        return sorted(set(self.manifests) | workers | set(await self.aliases.table()))
+    async def catalog(self) -> Catalog:
+        admission = self.admission
+        return Catalog(
+            self.manifests, await admission.workers(), await self.aliases.table(), await admission.served_before()
+        )
 
     async def resolve_model(self, requested: str | None) -> Route:
-        """A request's model name to the version that serves it: an alias (``default`` included)
-        picks one per request by weight; a registry name or Hugging Face id of a manifest, or the
-        name any live worker serves under, names a version itself."""
+        """A request's model name to the version that serves it (the SDK's rule: rerankq.producer.catalog)."""
         route = await self.aliases.resolve(requested)
-        if route.alias is not None or route.model == self.settings.default_model:
-            return route
-        for manifest in self.manifests.values():
-            if route.model in (manifest.name, manifest.source):
-                return Route(manifest.name)
-        if any(p.model == route.model for p in await self.fleet.workers()):
-            return route
-        raise UnknownModel(route.model, await self.known_models())
+        return resolve_version(route, await self.catalog(), self.settings.default_model)
 
     async def submit(self, query: Any, documents: Sequence[Any], model: str | None, **options: Any) -> RerankJob:
         """Validate (InvalidRequest / RequestTooLarge), resolve, admit, enqueue. Input is checked
@@ -90,7 +85,7 @@ class RerankService:
         job = self.client.build(query, documents, model=self.settings.default_model, **options)
         route = await self.resolve_model(model)
         job = job.model_copy(update={"model": route.model, "alias": route.alias})
-        await self.admit(job.model)
+        await self.admission.admit(job.model)
         await self.client.send(job)
         return job
 
@@ -101,16 +96,6 @@ class RerankService:
             raise GatewayBusy(self.settings.max_waiting_requests, self.settings.retry_after_s)
         job = await self.submit(query, documents, model, **options)
         return await self.wait(job.job_id)
-
-    async def admit(self, model: str) -> None:
-        """Refuse work no one will take (NoWorkers) or that would queue past the lane's limit (QueueFull)."""
-        lane = DEFAULT_LANE
-        if not serving(await self.fleet.workers(), model, lane):
-            raise NoWorkers(model, lane)
-        queue = queue_name(model, lane)
-        depth = await self.fleet.queue_depth(queue)
-        if depth >= self.settings.max_queue_depth:
-            raise QueueFull(queue, depth, self.settings.max_queue_depth, self.settings.retry_after_s)
 
     async def wait(self, job_id: str) -> RerankResult:
         """The job's result within the gateway timeout; JobTimeout (with the id) otherwise."""
@@ -129,7 +114,7 @@ class RerankService:
         meta = await self.waiter.read(job_id)
         if meta is None:
             if marker is None:
-                raise JobNotFound(job_id)
+                raise not_found(job_id, self.settings.result_ttl_s)
             return JobView(job_id, JobStatus.PENDING, model)
         status = status_of(meta["status"])
         if status == JobStatus.SUCCEEDED:

@@ -1,11 +1,9 @@
 """Wait for many jobs' results at once without a thread or a connection per waiting request.
 
-Celery's Redis backend publishes each finished job's meta on a channel named after the job's
-result key. The waiter holds one pub/sub connection for the whole process: a request subscribes
-to its job's channel, reads the key once (a result stored before the subscription took hold is
-not missed), then sleeps on a future. As a safety net against a lost message (e.g. across a
-Redis reconnect) it also reads every pending key with one MGET each poll interval.
-Celery's blocking ``AsyncResult.get`` cannot do this: it parks the calling thread.
+The protocol is ``producer.watch``'s; this is its asyncio driver. One pub/sub connection serves
+the whole process: a request registers a future for its job, the reader task settles futures
+from messages and from one MGET of every waited key each poll interval. Celery's blocking
+``AsyncResult.get`` cannot do this: it parks the calling thread.
 """
 
 from __future__ import annotations
@@ -20,7 +18,9 @@ from celery import Celery
 from redis.exceptions import RedisError
 
 from rerankq.gateway.metrics import WAITING
-from rerankq.producer.jobs import POLL_S, Meta, decode_meta, is_ready
+from rerankq.producer.job_status import Meta
+from rerankq.producer.jobs import POLL_S, decode_meta, is_ready
+from rerankq.producer.watch import WatchedKeys
 
 log = logging.getLogger("rerankq.gateway")
 
@@ -31,12 +31,13 @@ class ResultWaiter:
         self._redis = redis
         self._poll_s = poll_s
         self._pubsub = redis.pubsub()
-        self._waiting: dict[str, set[asyncio.Future[Meta]]] = {}  # result key -> futures
+        self._watched = WatchedKeys(self._backend)
+        self._futures: dict[str, set[asyncio.Future[Meta]]] = {}  # job id -> its waiting requests
         self._reader: asyncio.Task[None] | None = None
 
     @property
     def waiting(self) -> int:
-        return sum(len(futures) for futures in self._waiting.values())
+        return sum(len(futures) for futures in self._futures.values())
 
     async def start(self) -> None:
         # a private channel keeps the connection subscribed while no request waits
@@ -52,40 +53,39 @@ class ResultWaiter:
 
     async def wait(self, job_id: str, timeout: float) -> Meta:
         """The job's final meta (status, result). Raises ``TimeoutError`` when it is not ready in time."""
-        key = self._backend.get_key_for_task(job_id).decode()
         future: asyncio.Future[Meta] = asyncio.get_running_loop().create_future()
-        futures = self._waiting.setdefault(key, set())
+        futures = self._futures.setdefault(job_id, set())
         futures.add(future)
         WAITING.inc()
         try:
             if len(futures) == 1:
-                await self._pubsub.subscribe(key)
+                await self._pubsub.subscribe(self._watched.add(job_id))
             meta = await self.read(job_id)
             if is_ready(meta):
                 return meta
             return await asyncio.wait_for(future, timeout)
         finally:
             WAITING.dec()
-            await self._forget(key, future)
+            await self._forget(job_id, future)
 
     async def read(self, job_id: str) -> Meta | None:
         """The job's meta as stored now, or None (queued, or unknown)."""
-        raw = await self._redis.get(self._backend.get_key_for_task(job_id))
-        return decode_meta(self._backend, raw)
+        return decode_meta(self._backend, await self._redis.get(self._watched.key_of(job_id)))
 
-    async def _forget(self, key: str, future: asyncio.Future[Meta]) -> None:
-        futures = self._waiting.get(key, set())
+    async def _forget(self, job_id: str, future: asyncio.Future[Meta]) -> None:
+        futures = self._futures.get(job_id, set())
         futures.discard(future)
         if not futures:
-            self._waiting.pop(key, None)
+            self._futures.pop(job_id, None)
+            keys = self._watched.remove([job_id])
             with contextlib.suppress(RedisError):
-                await self._pubsub.unsubscribe(key)
+                await self._pubsub.unsubscribe(*keys)
 
     async def _read_forever(self) -> None:
         while True:
             try:
                 await self._read_messages()
-                await self._poll_pending()
+                await self._poll_watched()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # never let the reader die: every waiting request depends on it
@@ -97,24 +97,14 @@ class ResultWaiter:
         until = loop.time() + self._poll_s
         while (remaining := until - loop.time()) > 0:
             message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
-            if message is not None and message["type"] == "message":
-                self._settle(_text(message["channel"]), decode_meta(self._backend, message["data"]))
+            self._settle(self._watched.from_message(message))
 
-    async def _poll_pending(self) -> None:
-        keys = list(self._waiting)
-        if not keys:
-            return
-        for key, raw in zip(keys, await self._redis.mget(keys), strict=True):
-            if raw:
-                self._settle(key, decode_meta(self._backend, raw))
+    async def _poll_watched(self) -> None:
+        if keys := self._watched.keys():
+            self._settle(self._watched.from_values(keys, await self._redis.mget(keys)))
 
-    def _settle(self, key: str, meta: Meta | None) -> None:
-        if not is_ready(meta):
-            return
-        for future in self._waiting.get(key, set()):
-            if not future.done():
-                future.set_result(meta)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    def _settle(self, finished: list[tuple[str, Meta]]) -> None:
+        for job_id, meta in finished:
+            for future in self._futures.get(job_id, set()):
+                if not future.done():
+                    future.set_result(meta)

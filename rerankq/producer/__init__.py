@@ -18,7 +18,8 @@ from rerankq.producer.aio import AsyncRerankClient
 from rerankq.producer.bulk import BulkDocument, BulkRanked, BulkRecord, RecordResult
 from rerankq.producer.client import RerankClient
 from rerankq.producer.contract import JobStats, RankedDocument, RerankResult
-from rerankq.producer.jobs import AsyncJobHandle, JobHandle, JobStatus
+from rerankq.producer.job_status import JobStatus
+from rerankq.producer.jobs import AsyncJobHandle, JobHandle
 from rerankq.producer.settings import Settings, get_settings
 
 __all__ = [

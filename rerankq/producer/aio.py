@@ -10,7 +10,8 @@ from typing_extensions import Unpack
 
 from rerankq.producer.client import RerankClient
 from rerankq.producer.contract import JobOptions, RankedDocument, RerankJob
-from rerankq.producer.jobs import AsyncJobHandle, JobStatus
+from rerankq.producer.job_status import JobStatus
+from rerankq.producer.jobs import AsyncJobHandle
 from rerankq.producer.redis_clients import connect_async
 from rerankq.producer.settings import Settings
 
@@ -27,8 +28,10 @@ class AsyncRerankClient:
     async def rank(
         self, query: str, documents: Sequence[str], *, timeout: float = 60.0, **options: Unpack[JobOptions]
     ) -> list[RankedDocument]:
-        handle = await self.submit(query, documents, **options)
-        return (await handle.result(timeout=timeout)).results
+        """As ``RerankClient.rank``: ``UnknownModel`` or ``NoWorkers`` at once, before enqueueing."""
+        job = self.build(query, documents, **options)
+        await self.send(job, require_worker=True)
+        return (await self.job(job.job_id).result(timeout=timeout)).results
 
     async def submit(self, query: str, documents: Sequence[str], **options: Unpack[JobOptions]) -> AsyncJobHandle:
         job = self.build(query, documents, **options)
@@ -39,8 +42,8 @@ class AsyncRerankClient:
         """Validate and build a job without sending it (no I/O)."""
         return self._sync.build(query, documents, **options)
 
-    async def send(self, job: RerankJob) -> None:
-        await asyncio.to_thread(self._sync.send, job)
+    async def send(self, job: RerankJob, *, require_worker: bool = False) -> None:
+        await asyncio.to_thread(self._sync.send, job, require_worker=require_worker)
 
     @property
     def app(self) -> Celery:
@@ -50,7 +53,7 @@ class AsyncRerankClient:
         return await asyncio.to_thread(self._sync.cancel, job_id)
 
     def job(self, job_id: str) -> AsyncJobHandle:
-        return AsyncJobHandle(self._sync.app, self._redis, job_id)
+        return AsyncJobHandle(self._sync.app, self._redis, job_id, self.settings)
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -26,8 +25,9 @@ import redis
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from rerankq.errors import IncompatibleFormat, InvalidRequest
-from rerankq.producer.constants import ALIASES_KEY, DEFAULT_ALIAS, MODEL_NAME_PATTERN, alias_history_key
+from rerankq.errors import IncompatibleFormat, InvalidRequest, invalid_request
+from rerankq.producer.constants import ALIASES_KEY, DEFAULT_ALIAS, alias_history_key
+from rerankq.producer.contract import check_model_name
 from rerankq.producer.settings import Settings
 from rerankq.producer.wire_format import ALIAS_FORMAT
 
@@ -53,8 +53,7 @@ class AliasTarget(BaseModel):
         if not targets:
             raise ValueError("an alias needs at least one model version")
         for name, weight in targets.items():
-            if not re.match(MODEL_NAME_PATTERN, name):
-                raise ValueError(f"model version {name!r} must match {MODEL_NAME_PATTERN}")
+            check_model_name(name, "targets")
             if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
                 raise ValueError(f"the weight of {name!r} must be a positive integer, got {weight!r}")
         return targets
@@ -230,7 +229,7 @@ def set_alias(client: redis.Redis, alias: str, targets: dict[str, int], note: st
     try:
         value = AliasTarget(targets=targets, set_at=time.time(), note=note)
     except ValidationError as e:
-        raise InvalidRequest("targets", str(e.errors()[0]["msg"]).removeprefix("Value error, ")) from e
+        raise invalid_request(e.errors(), "targets") from e
 
     def change(pipe: redis.client.Pipeline) -> None:
         previous = _current(pipe, alias)
@@ -295,8 +294,7 @@ def alias_history(client: redis.Redis, alias: str) -> list[AliasTarget | None]:
 
 
 def check_alias_name(alias: str) -> None:
-    if not re.match(MODEL_NAME_PATTERN, alias):
-        raise InvalidRequest("alias", f"must match {MODEL_NAME_PATTERN}", f"got {alias!r}")
+    check_model_name(alias, "alias")
 
 
 def parse_split(specs: list[str]) -> dict[str, int]:

@@ -11,13 +11,13 @@ interactive lane is empty (see rerankq.worker.batcher for the order within a wor
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError
 
-from rerankq.errors import InvalidRequest, JobFailed
+from rerankq.errors import InvalidRequest, JobFailed, invalid_request
 from rerankq.producer.aliases import Route
 from rerankq.producer.contract import (
     JobOptions,
@@ -149,19 +149,7 @@ def parse_record(item: BulkRecord | Mapping[str, Any] | Exception) -> BulkRecord
     try:
         return BulkRecord.model_validate(item)
     except ValidationError as e:
-        error = e.errors()[0]
-        raise InvalidRequest(_field_path(error["loc"]), error["msg"]) from e
-
-
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    """``("documents", 3, "object", "text")`` -> ``documents[3].text`` (the union's tag dropped)."""
-    path = ""
-    for before, part in zip((None, *loc), loc, strict=False):
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif not (isinstance(before, int) and part in ("string", "object")):
-            path += f".{part}"
-    return path.lstrip(".") or "record"
+        raise invalid_request(e.errors(), "record") from e
 
 
 def record_id_of(item: object) -> RecordId | None:
@@ -195,7 +183,10 @@ class BulkRanker:
         self._exhausted = False
 
     def run(
-        self, records: Iterable[BulkRecord | Mapping[str, Any] | Exception], ordered: bool = False
+        self,
+        records: Iterable[BulkRecord | Mapping[str, Any] | Exception],
+        ordered: bool = False,
+        on_wait: Callable[[], object] | None = None,
     ) -> Iterator[RecordResult]:
         source = enumerate(records)
         watcher = ResultWatcher(self.client.app)
@@ -205,6 +196,8 @@ class BulkRanker:
                 yield from self._completed(ordered)
                 if self._exhausted and not self._open and not self._done:
                     return
+                if on_wait is not None:
+                    on_wait()
                 for job_id, outcome in watcher.finished():
                     position, offset = self._in_flight.pop(job_id)
                     self._settle(position, offset, outcome)
@@ -247,7 +240,7 @@ class BulkRanker:
         check_query(record.query, settings)
         check_document_texts(texts, settings)
         step = self.job_documents
-        route = self.client.aliases.resolve(self.model)  # once per record: its jobs never mix versions
+        route = self.client.resolve(self.model)  # once per record: its jobs never mix versions
         return [
             (offset, self._build(record.query, texts[offset : offset + step], route))
             for offset in range(0, len(texts), step)

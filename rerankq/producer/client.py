@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import kombu.exceptions
-import redis
 from celery import states
 from typing_extensions import Unpack
 
-from rerankq.errors import BrokerUnavailable
+from rerankq.errors import NoWorkers
 from rerankq.producer import ledger
-from rerankq.producer.aliases import AliasTable
+from rerankq.producer.aliases import AliasTable, Route
 from rerankq.producer.bulk import BulkRanker, BulkRecord, RecordResult
 from rerankq.producer.cache import ScoreCache
+from rerankq.producer.catalog import Catalog, resolve_version
 from rerankq.producer.constants import DEFAULT_ALIAS, DEFAULT_LANE, TASK_RERANK, Lane, queue_name
 from rerankq.producer.contract import (
     JobOptions,
@@ -23,9 +22,14 @@ from rerankq.producer.contract import (
     RerankResult,
     answer_from_cache,
     build_job,
+    check_model_name,
+    check_option_names,
     score_options,
 )
-from rerankq.producer.jobs import JobHandle, JobStatus
+from rerankq.producer.job_status import JobStatus
+from rerankq.producer.jobs import JobHandle, broker_errors
+from rerankq.producer.presence import LiveWorkers, serving
+from rerankq.producer.registry import load_manifests
 from rerankq.producer.settings import Settings, get_settings
 from rerankq.producer.text_options import text_options
 from rerankq.producer.transport import make_celery
@@ -36,39 +40,49 @@ class RerankClient:
 
     >>> client = RerankClient()                      # RERANKQ_REDIS_URL or redis://localhost:6379/0
     >>> client.rank("what is AI", ["AI is ...", "apples are ..."], top_n=1)
-    [RankedDocument(index=0, score=0.97, document=None)]
+    [RankedDocument(index=0, score=0.97..., document=None, span=None, chunks=None)]
     """
 
     def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None) -> None:
         settings = settings or get_settings()
         if redis_url is not None:
-            settings = settings.model_copy(update={"redis_url": redis_url})
+            settings = settings.updated(redis_url=redis_url)
         self.settings = settings
         self.app = make_celery(settings, main="rerankq-producer")
         self.cache = ScoreCache(settings)
         self.aliases = AliasTable(self.app.backend.client, settings)
+        self.workers = LiveWorkers(self.app.backend.client, settings.presence_interval_s)
+        self.manifests = load_manifests(settings.models_dir)
 
     def rank(
         self, query: str, documents: Sequence[str], *, timeout: float = 60.0, **options: Unpack[JobOptions]
     ) -> list[RankedDocument]:
-        """Scores sorted highest first; ``.index`` is the document's position in ``documents``."""
-        return self.submit(query, documents, **options).result(timeout=timeout).results
+        """Scores sorted highest first; ``.index`` is the document's position in ``documents``.
+        Raises ``UnknownModel`` or ``NoWorkers`` (no live worker consumes the model's lane) at
+        once, before anything is enqueued, as the gateway answers 404 and 503."""
+        job = self.build(query, documents, **options)
+        self.send(job, require_worker=True)
+        return self.job(job.job_id).result(timeout=timeout).results
 
     def submit(self, query: str, documents: Sequence[str], **options: Unpack[JobOptions]) -> JobHandle:
-        """Enqueue a job and return its handle at once. Raises ``InvalidRequest`` before enqueueing."""
+        """Enqueue a job and return its handle at once. Raises ``InvalidRequest`` or
+        ``UnknownModel`` before enqueueing; with no live worker the job waits in its queue (a
+        fleet scaling from zero), and a ``JobTimeout`` then says so."""
         job = self.build(query, documents, **options)
         self.send(job)
         return self.job(job.job_id)
 
     def job(self, job_id: str) -> JobHandle:
         """A handle for a job submitted earlier, by this or any other process."""
-        return JobHandle(self.app, job_id)
+        return JobHandle(self.app, job_id, self.settings)
 
     def build(
         self, query: str, documents: Sequence[str], *, lane: Lane = DEFAULT_LANE, **options: Unpack[JobOptions]
     ) -> RerankJob:
         """Validate and build a job without sending it. Its model stays as asked (maybe an alias,
-        ``default`` when none is given) until ``send`` routes it to a version."""
+        ``default`` when none is given) until ``send`` routes it to a version. A keyword that is
+        no option is a ``TypeError``, as Python raises for a misspelled argument."""
+        check_option_names(options)
         return build_job(
             query,
             documents,
@@ -87,18 +101,18 @@ class RerankClient:
         Raises ``JobNotFound`` for an unknown id."""
         return ledger.cancel(self.app, self.app.backend.client, job_id, self.settings)
 
-    def send(self, job: RerankJob) -> None:
+    def send(self, job: RerankJob, *, require_worker: bool = False) -> None:
         """Publish the job, or store its answer at once when the cache holds every document.
-        Raises ``BrokerUnavailable`` when Redis cannot be reached (kombu retries briefly first)."""
-        try:
+        Raises ``UnknownModel``; ``NoWorkers`` with ``require_worker`` when no live worker
+        consumes the lane (a job the cache answers needs none); ``BrokerUnavailable`` when Redis
+        cannot be reached (kombu retries briefly first)."""
+        with broker_errors("sending a job", self.settings.redis_url):
             job = self.route(job)
             ledger.record_submitted(self.app.backend.client, job.job_id, job.model, job.lane, self.settings)
-            if (answer := self.dispatch(job)) is not None:
+            if (answer := self.dispatch(job, require_worker)) is not None:
                 self._store(answer)
-        except (redis.RedisError, kombu.exceptions.OperationalError) as e:
-            raise BrokerUnavailable("sending a job", type(e).__name__) from e
 
-    def dispatch(self, job: RerankJob) -> RerankResult | None:
+    def dispatch(self, job: RerankJob, require_worker: bool = False) -> RerankResult | None:
         """Publish the job on its lane's queue, carrying the cached scores so the worker computes
         only the misses. Returns the answer instead when there is nothing left to compute."""
         job = self.route(job)
@@ -107,6 +121,8 @@ class RerankClient:
         job = self._with_cached_scores(job)
         if len(job.cached_scores) == len(job.documents):
             return answer_from_cache(job)
+        if require_worker and not serving(self.workers.read(), job.model, job.lane):
+            raise NoWorkers(job.model, job.lane)
         self.app.send_task(
             TASK_RERANK,
             args=[job.model_dump()],
@@ -120,13 +136,21 @@ class RerankClient:
 
     def route(self, job: RerankJob) -> RerankJob:
         """The job addressed to the model version its model name stands for: an alias picks one
-        per job (by weight), ``default`` is the default alias or ``RERANKQ_DEFAULT_MODEL``."""
-        if job.alias is not None:  # routed already
+        per job (by weight), ``default`` is the default alias or ``RERANKQ_DEFAULT_MODEL``, a
+        Hugging Face id names its manifest's version. ``UnknownModel`` for any other name."""
+        if job.alias is not None:  # routed already (resolving a version again gives itself)
             return job
-        route = self.aliases.resolve(job.model)
+        route = self.resolve(job.model)
+        check_model_name(route.model)
         if (route.model, route.alias) == (job.model, None):
             return job
         return job.model_copy(update={"model": route.model, "alias": route.alias})
+
+    def resolve(self, requested: str | None) -> Route:
+        """The version (and alias) a model name stands for now (rerankq.producer.catalog)."""
+        route = self.aliases.resolve(requested)
+        catalog = Catalog(self.manifests, self.workers.read(), self.aliases.table(), self.workers.served_before())
+        return resolve_version(route, catalog, self.settings.default_model)
 
     def rank_many(
         self,
@@ -134,14 +158,18 @@ class RerankClient:
         *,
         max_in_flight: int | None = None,
         ordered: bool = False,
+        on_wait: Callable[[], object] | None = None,
         **options: Unpack[JobOptions],
     ) -> Iterator[RecordResult]:
         """Rerank many records on the model's bulk lane; yield each record's result (its id, ranked
         documents, or the reason it failed) as it completes, or in input order with ``ordered``.
         Reads records only as fast as results come back: at most ``max_in_flight`` jobs
-        (default ``RERANKQ_BULK_MAX_IN_FLIGHT``) wait in Redis at a time."""
+        (default ``RERANKQ_BULK_MAX_IN_FLIGHT``) wait in Redis at a time. ``on_wait`` is called
+        about every second while waiting (a progress display). Raises ``UnknownModel`` at once."""
+        check_option_names(options)
+        self.resolve(options.get("model"))  # UnknownModel now, before a record is read
         ranker = BulkRanker(self, max_in_flight or self.settings.bulk_max_in_flight, options)
-        return ranker.run(records, ordered=ordered)
+        return ranker.run(records, ordered=ordered, on_wait=on_wait)
 
     def _with_cached_scores(self, job: RerankJob) -> RerankJob:
         # a chunked document's score is made of its windows' scores: only the worker, holding the

@@ -6,7 +6,9 @@ again, because a queue accepts messages from anyone.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import os
 import re
 import time
 import unicodedata
@@ -49,6 +51,9 @@ class RerankJob(BaseModel):
     cached_scores: dict[int, float] = {}
     # Set when a GPU worker ran out of memory and moved the job to the cpu lane.
     rerouted_from: str | None = None
+
+
+MAX_REQUESTED_MODEL_CHARS = 256
 
 
 class JobOptions(TypedDict, total=False):
@@ -130,7 +135,22 @@ def read_result(payload: Any) -> RerankResult:
 
 
 def new_job_id() -> str:
-    return str(uuid.uuid4())
+    """A UUID version 7: 48 bits of Unix milliseconds, then random bits. Written here because
+    Python's uuid module gains uuid7() only in 3.14; the time lets the ledger tell an expired
+    record from an id never submitted."""
+    millis = time.time_ns() // 1_000_000
+    random = int.from_bytes(os.urandom(10), "big")
+    value = (millis << 80) | (0x7 << 76) | ((random >> 64) & 0xFFF) << 64 | (0b10 << 62) | (random & (2**62 - 1))
+    return str(uuid.UUID(int=value))
+
+
+def created_at(job_id: str) -> float | None:
+    """When a version 7 id was made (None for any other id: the gateway takes callers' own)."""
+    try:
+        parsed = uuid.UUID(job_id)
+    except ValueError:
+        return None
+    return (parsed.int >> 80) / 1000 if parsed.version == 7 else None
 
 
 def build_job(
@@ -146,8 +166,9 @@ def build_job(
     text: TextOptions | None = None,
     settings: Settings,
 ) -> RerankJob:
-    """Check every rule and build the job; raises ``InvalidRequest`` naming the field and the limit."""
-    check_model_name(model)
+    """Check every rule and build the job; raises ``InvalidRequest`` naming the field and the limit.
+    ``model`` is the name as asked (an alias, a version or a Hugging Face id), resolved when sent."""
+    check_requested_model(model)
     check_query(query, settings)
     docs = check_documents(documents, settings)
     check_top_n(top_n)
@@ -178,9 +199,33 @@ def check_job(job: RerankJob, settings: Settings) -> None:
         raise InvalidRequest("cached_scores", f"indices must lie in 0..{len(job.documents) - 1}")
 
 
-def check_model_name(model: Any) -> None:
+def check_model_name(model: Any, field: str = "model") -> None:
+    """A model version's (or an alias's) own name: it becomes part of Redis queue names."""
     if not isinstance(model, str) or not re.match(MODEL_NAME_PATTERN, model):
-        raise InvalidRequest("model", "must match " + MODEL_NAME_PATTERN, f"got {model!r}")
+        raise InvalidRequest(field, "must match " + MODEL_NAME_PATTERN, f"got {model!r}")
+
+
+def check_requested_model(model: Any) -> None:
+    """A name a caller asks for: a version, an alias, or a Hugging Face id (``BAAI/bge-reranker-v2-m3``)."""
+    if not isinstance(model, str) or not 0 < len(model) <= MAX_REQUESTED_MODEL_CHARS or not model.isprintable():
+        raise InvalidRequest(
+            "model", f"must be a model name of 1 to {MAX_REQUESTED_MODEL_CHARS} characters", f"got {model!r}"
+        )
+
+
+def check_option_names(options: Mapping[str, Any]) -> None:
+    """A misspelled keyword (``topn=1``) is a ``TypeError`` naming it, as Python raises for any
+    unexpected keyword argument, never silently ignored."""
+    if unknown := sorted(set(options) - set(JobOptions.__annotations__)):
+        hints = [f"{name!r}" + _did_you_mean(name) for name in unknown]
+        raise TypeError(
+            f"unexpected keyword argument {', '.join(hints)}; options: {', '.join(JobOptions.__annotations__)}"
+        )
+
+
+def _did_you_mean(name: str) -> str:
+    close = difflib.get_close_matches(name, JobOptions.__annotations__, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def check_query(query: Any, settings: Settings) -> None:

@@ -2,58 +2,44 @@
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeGuard
 
+import kombu.exceptions
 import redis
 import redis.asyncio as aioredis
 from celery import Celery, states
 
 from rerankq.errors import BrokerUnavailable, JobCancelled, JobFailed, JobTimeout
-from rerankq.producer.constants import STATE_REROUTED
+from rerankq.producer.constants import LANES_SEEN_KEY, job_key, queue_name
 from rerankq.producer.contract import RerankResult, read_result
+from rerankq.producer.job_status import JobStatus, Meta, status_of_meta
+from rerankq.producer.ledger import JobRecord, no_worker_hint, not_found
+from rerankq.producer.presence import last_consumed, read_live, read_live_async
+from rerankq.producer.redis_clients import masked_url
+from rerankq.producer.settings import Settings
 
-Meta = dict[str, Any]  # a job's state as Celery's backend stores it: status, result, ...
 POLL_S = 1.0  # the longest a waiter relies on pub/sub alone before reading the key again
 
 
-class JobStatus(enum.StrEnum):
-    PENDING = "pending"  # queued (or unknown id: Celery cannot tell the two apart)
-    STARTED = "started"  # a worker is scoring it
-    WAITING_FOR_CPU = "waiting_for_cpu"  # moved to the cpu lane after GPU out-of-memory
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"  # cancelled before a worker started it
-
-
-_STATUS_OF_STATE = {
-    states.STARTED: JobStatus.STARTED,
-    STATE_REROUTED: JobStatus.WAITING_FOR_CPU,
-    states.SUCCESS: JobStatus.SUCCEEDED,
-    states.FAILURE: JobStatus.FAILED,
-    states.REVOKED: JobStatus.CANCELLED,
-}
-
-
-def status_of(state: str) -> JobStatus:
-    return _STATUS_OF_STATE.get(state, JobStatus.PENDING)
-
-
-def status_of_meta(meta: Meta | None) -> JobStatus:
-    """A stored job's status; nothing stored yet is pending."""
-    return status_of(meta["status"]) if meta else JobStatus.PENDING
-
-
 @contextmanager
-def broker_errors(action: str) -> Iterator[None]:
-    """Redis errors while following a job surface as ``BrokerUnavailable`` naming the action."""
+def broker_errors(action: str, url: str) -> Iterator[None]:
+    """Redis errors (raw, or wrapped by kombu) surface as ``BrokerUnavailable`` naming the action,
+    the URL (password masked) and what Redis answered, if it answered."""
     try:
         yield
-    except redis.RedisError as e:
-        raise BrokerUnavailable(action, type(e).__name__) from e
+    except (redis.RedisError, kombu.exceptions.OperationalError) as e:
+        raise broker_unavailable(e, action, url) from e
+
+
+def broker_unavailable(error: BaseException, action: str, url: str) -> BrokerUnavailable:
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, redis.RedisError):
+        cause = cause.__cause__ or cause.__context__
+    answered = isinstance(cause, redis.ResponseError | redis.AuthenticationError)
+    return BrokerUnavailable(action, str(cause or error), masked_url(url), answered)
 
 
 def waiting_hint(info: Any) -> str:
@@ -97,10 +83,11 @@ def decode_meta(backend: Any, raw: bytes | None) -> Meta | None:
     return meta
 
 
-def settle(backend: Any, job_id: str, timeout: float, meta: Meta | None) -> RerankResult:
-    """A waited-for job's result, its failure, or ``JobTimeout`` when its meta is not final."""
+def settle(backend: Any, job_id: str, timeout: float, meta: Meta | None, hint: str = "") -> RerankResult:
+    """A waited-for job's result, its failure, or ``JobTimeout`` (with why it waits, when known)
+    when its meta is not final."""
     if not is_ready(meta):
-        raise JobTimeout(job_id, timeout, status_of_meta(meta), waiting_hint(meta["result"] if meta else None))
+        raise JobTimeout(job_id, timeout, status_of_meta(meta), hint or waiting_hint(meta["result"] if meta else None))
     return outcome_of_meta(backend, job_id, meta)
 
 
@@ -111,28 +98,36 @@ class JobHandle:
     it misses (seen in CI: the job stored SUCCESS, ``get()`` waited out its 600 s) is never
     noticed. This handle subscribes, reads the result key, and reads it again at least every
     ``POLL_S`` while it waits, as the gateway's waiter and the bulk watcher do. Key naming and
-    decoding stay Celery's (``backend.get_key_for_task`` / ``decode_result``).
+    decoding stay Celery's (``backend.get_key_for_task`` / ``decode_result``). An id with neither
+    a result nor a ledger record raises ``JobNotFound`` at once.
     """
 
-    def __init__(self, app: Celery, job_id: str) -> None:
+    def __init__(self, app: Celery, job_id: str, settings: Settings) -> None:
         self.id = job_id
         self._backend = app.backend
         self._redis = app.backend.client
         self._key = self._backend.get_key_for_task(job_id)
+        self._settings = settings
 
     def status(self) -> JobStatus:
-        with broker_errors(f"reading job {self.id}"):
-            return status_of_meta(self._read_meta())
+        with broker_errors(f"reading job {self.id}", self._settings.redis_url):
+            meta = self._read_meta()
+            if meta is None:
+                self._record()
+            return status_of_meta(meta)
 
     def result(self, timeout: float = 60.0) -> RerankResult:
-        with broker_errors(f"waiting for job {self.id}"):
+        with broker_errors(f"waiting for job {self.id}", self._settings.redis_url):
             meta = self._wait(time.monotonic() + timeout)
-        return settle(self._backend, self.id, timeout, meta)
+            hint = "" if is_ready(meta) or meta is not None else self._idle_hint()
+        return settle(self._backend, self.id, timeout, meta, hint)
 
     def _wait(self, deadline: float) -> Meta | None:
         meta = self._read_meta()
         if is_ready(meta):  # finished already (or answered from the cache): no subscription
             return meta
+        if meta is None:
+            self._record()  # JobNotFound for an id never submitted
         with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
             pubsub.subscribe(self._key)  # subscribe first, then read: no lost wake-up
             meta = self._read_meta()
@@ -140,6 +135,17 @@ class JobHandle:
                 message = pubsub.get_message(timeout=min(remaining, POLL_S))
                 meta = decode_meta(self._backend, message["data"]) if message else self._read_meta()
         return meta
+
+    def _record(self) -> JobRecord:
+        record = JobRecord.parse(self._redis.get(job_key(self.id)))
+        if record is None:
+            raise not_found(self.id, self._settings.result_ttl_s)
+        return record
+
+    def _idle_hint(self) -> str:
+        record = self._record()
+        workers = read_live(self._redis, self._settings.presence_interval_s)
+        return no_worker_hint(record, workers, last_consumed(self._redis, record.model, record.lane))
 
     def _read_meta(self) -> Meta | None:
         return decode_meta(self._backend, self._redis.get(self._key))
@@ -152,29 +158,48 @@ class AsyncJobHandle:
     """The asyncio twin of ``JobHandle``, waiting the same way through redis.asyncio: it never
     blocks the event loop (Celery's result API is blocking)."""
 
-    def __init__(self, app: Celery, redis: aioredis.Redis, job_id: str) -> None:
+    def __init__(self, app: Celery, redis: aioredis.Redis, job_id: str, settings: Settings) -> None:
         self.id = job_id
         self._backend = app.backend
         self._redis = redis
         self._key = self._backend.get_key_for_task(job_id)
+        self._settings = settings
 
     async def status(self) -> JobStatus:
-        with broker_errors(f"reading job {self.id}"):
-            return status_of_meta(await self._read_meta())
+        with broker_errors(f"reading job {self.id}", self._settings.redis_url):
+            meta = await self._read_meta()
+            if meta is None:
+                await self._record()
+            return status_of_meta(meta)
 
     async def result(self, timeout: float = 60.0) -> RerankResult:
-        with broker_errors(f"waiting for job {self.id}"):
+        with broker_errors(f"waiting for job {self.id}", self._settings.redis_url):
             meta = await self._wait(time.monotonic() + timeout)
-        return settle(self._backend, self.id, timeout, meta)
+            hint = "" if is_ready(meta) or meta is not None else await self._idle_hint()
+        return settle(self._backend, self.id, timeout, meta, hint)
 
     async def _wait(self, deadline: float) -> Meta | None:
         async with self._redis.pubsub() as pubsub:
             await pubsub.subscribe(self._key)  # subscribe first, then read: no lost wake-up
             meta = await self._read_meta()
+            if meta is None:
+                await self._record()  # JobNotFound for an id never submitted
             while not is_ready(meta) and (remaining := deadline - time.monotonic()) > 0:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, POLL_S))
                 meta = decode_meta(self._backend, message["data"]) if message else await self._read_meta()
         return meta
+
+    async def _record(self) -> JobRecord:
+        record = JobRecord.parse(await self._redis.get(job_key(self.id)))
+        if record is None:
+            raise not_found(self.id, self._settings.result_ttl_s)
+        return record
+
+    async def _idle_hint(self) -> str:
+        record = await self._record()
+        workers = await read_live_async(self._redis, self._settings.presence_interval_s)
+        seen = await self._redis.hget(LANES_SEEN_KEY, queue_name(record.model, record.lane))  # type: ignore[misc,arg-type]
+        return no_worker_hint(record, workers, float(seen) if seen else None)
 
     async def _read_meta(self) -> Meta | None:
         return decode_meta(self._backend, await self._redis.get(self._key))

@@ -20,6 +20,18 @@ from redis.sentinel import Sentinel
 SENTINEL_SCHEME = "sentinel://"
 
 
+def masked_url(url: str) -> str:
+    """The URL with any password replaced by ``****``, fit for messages and logs."""
+    parts = []
+    for part in url.split(";"):
+        parsed = urlsplit(part)
+        if parsed.password:
+            netloc = parsed.netloc.replace(f":{parsed.password}@", ":****@", 1)
+            part = parsed._replace(netloc=netloc).geturl()
+        parts.append(part)
+    return ";".join(parts)
+
+
 def is_sentinel(url: str) -> bool:
     return url.startswith(SENTINEL_SCHEME)
 

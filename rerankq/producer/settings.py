@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
 
 
 class Settings(BaseSettings):
@@ -15,114 +16,260 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RERANKQ_", extra="ignore")
 
-    redis_url: str = "redis://localhost:6379/0"
-    # With a sentinel:// redis_url (or cache_url): the name the sentinels monitor the primary under.
-    redis_sentinel_master: str = "mymaster"
-    default_model: str = "bge-reranker-v2-m3"
-    # Your own model manifests (and, beside them, local weights): they add to the manifests shipped
-    # in the package and override one of the same name. None: the shipped ones alone.
-    models_dir: Path | None = None
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        description="The broker and result backend: a `redis://`, `rediss://` (TLS), `unix://` or `sentinel://` "
+        "URL; `redis://:PASSWORD@host:6379/0` for a password.",
+    )
+    redis_sentinel_master: str = Field(
+        "mymaster",
+        description="With a `sentinel://` URL (broker or cache): the name the sentinels monitor the primary under.",
+    )
+    default_model: str = Field(
+        "bge-reranker-v2-m3", description="The model used when a job names none and no `default` alias is set."
+    )
+    models_dir: Path | None = Field(
+        None,
+        description="Your own model manifests (`*.toml`, local weights beside them): they add to the manifests "
+        "shipped in the package, and one of the same name overrides a shipped one. Unset: the shipped ones alone.",
+    )
 
     # Result cache. A separate Redis lets the cache evict (allkeys-lru) while the broker never does.
-    cache_enabled: bool = True
-    cache_url: str | None = None  # None: the broker's Redis
-    cache_ttl_s: int = Field(7 * 86_400, ge=1)
-    cache_timeout_s: float = Field(0.25, gt=0)  # a slow or dead cache must not stall reranking
-    identity_refresh_s: float = Field(5.0, ge=0)  # how long a producer trusts a model identity it read
-    # How long a producer (SDK, gateway, bulk run) trusts the alias table it read: the longest an
-    # alias change (a rollout step, a rollback) takes to reach every producer.
-    alias_refresh_s: float = Field(2.0, ge=0)
+    cache_enabled: bool = Field(True, description="The result cache on or off, everywhere.")
+    cache_url: str | None = Field(
+        None,
+        description="The Redis for cached scores; give it `maxmemory` and `allkeys-lru` (a broker must never "
+        "evict). Unset: the broker's `RERANKQ_REDIS_URL`.",
+    )
+    cache_ttl_s: int = Field(7 * 86_400, ge=1, description="How long a cached score lives, in seconds (7 days).")
+    cache_timeout_s: float = Field(
+        0.25,
+        gt=0,
+        description="A cache slower than this (seconds) is skipped for that request: a slow or dead cache must "
+        "not stall reranking.",
+    )
+    identity_refresh_s: float = Field(
+        5.0, ge=0, description="How long a producer trusts a model identity it read, in seconds."
+    )
+    alias_refresh_s: float = Field(
+        2.0,
+        ge=0,
+        description="How long a producer (SDK, gateway, bulk run) trusts the alias table it read, in seconds: the "
+        "longest an alias change (a rollout step, a rollback) takes to reach every producer.",
+    )
 
     # Input limits, enforced by the producer before anything is enqueued and again by the worker.
-    max_documents: int = Field(1000, ge=1)
-    max_query_chars: int = Field(20_000, ge=1)
-    max_document_chars: int = Field(100_000, ge=1)
+    max_documents: int = Field(1000, ge=1, description="Documents per job.")
+    max_query_chars: int = Field(20_000, ge=1, description="Characters in a query.")
+    max_document_chars: int = Field(100_000, ge=1, description="Characters in one document.")
 
-    # Delivery guarantees. The visibility timeout must exceed the job time limit, or Redis
-    # would hand a still-running job to a second worker.
-    job_time_limit_s: int = Field(300, ge=1)
-    visibility_timeout_s: int = Field(3600, ge=1)
-    max_deliveries: int = Field(3, ge=1)
-    result_ttl_s: int = Field(86_400, ge=1)
+    # Delivery guarantees.
+    job_time_limit_s: int = Field(300, ge=1, description="The longest a job may take on a worker, in seconds.")
+    visibility_timeout_s: int = Field(
+        3600,
+        ge=1,
+        description="Redis redelivers an unacknowledged job after this many seconds. Must be larger than "
+        "`RERANKQ_JOB_TIME_LIMIT_S` (settings refuse otherwise), or Redis would hand a still-running job "
+        "to a second worker.",
+    )
+    max_deliveries: int = Field(3, ge=1, description="Deliveries before a job is failed instead of retried.")
+    result_ttl_s: int = Field(86_400, ge=1, description="How long results stay in Redis, in seconds (1 day).")
 
     # Worker-side batching (see rerankq.worker.batcher.Batcher for what each knob does).
-    token_budget: int = Field(16_384, ge=1)
-    max_batch_pairs: int | None = Field(None, ge=1)  # None: 128 on a GPU, 32 on CPU (batch_pairs_for)
-    max_wait_ms: float = Field(5.0, ge=0)
-    max_length: int | None = Field(None, ge=8)  # None: the model manifest's max_length
-    # Long documents (rerankq.producer.text_options): the query's most of max_length (the document always
-    # keeps the rest), the default windows per document when chunking, and the most chunk pairs
-    # one job may ask for (documents x max_chunks_per_doc), refused before enqueueing.
-    query_share: float = Field(0.75, gt=0, lt=1)
-    max_chunks_per_doc: int = Field(10, ge=1)
-    max_chunk_pairs: int = Field(10_000, ge=1)
-    # Padded tokens in one bulk forward pass while interactive jobs are about: what an
-    # interactive job may wait behind (a forward pass cannot be interrupted).
-    bulk_busy_token_budget: int = Field(2048, ge=1)
-    # Off: each job gets its own forward pass (the common Celery recipe; for comparison only).
-    cross_job_batching: bool = True
-    torch_threads: int | None = Field(None, ge=1)  # None: torch's default (one per core)
-    # At start a worker scores the golden set and refuses a model that ranks a pair the wrong way
-    # round. Off only for random-weight models (tests, benchmark shapes); NaN, constant or all-zero
-    # scores refuse a model either way (see rerankq.worker.validation).
-    check_ranking: bool = True
+    token_budget: int = Field(
+        16_384,
+        ge=1,
+        description="Padded tokens per forward pass. When set, it wins over the manifest's `token_budget` for "
+        "the device; unset, the manifest's value is used, else this default.",
+    )
+    max_batch_pairs: int | None = Field(
+        None,
+        ge=1,
+        description="The most pairs per forward pass. Unset: 128 on a GPU, 32 on CPU (on CPU, smaller "
+        "length-sorted batches pad less and run no slower).",
+    )
+    max_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        description="How long the batcher waits for the pairs of a job still being prepared before it runs a "
+        "small batch, in milliseconds.",
+    )
+    max_length: int | None = Field(
+        None,
+        ge=8,
+        description="Tokens per pair, query and document together (`--max-length` overrides it), capped by the "
+        "manifest's `model_max_length` (8192 for bge-reranker-v2-m3). Unset: the manifest's `max_length` (512).",
+    )
+    # Long documents (rerankq.producer.text_options).
+    query_share: float = Field(
+        0.75,
+        gt=0,
+        lt=1,
+        description="The most of `max_length` a query takes (a longer one is cut, keeping its start); the "
+        "document always keeps the rest.",
+    )
+    max_chunks_per_doc: int = Field(10, ge=1, description="Windows per document when chunking, unless a request says.")
+    max_chunk_pairs: int = Field(
+        10_000,
+        ge=1,
+        description="The most chunk pairs one job may ask for (documents x `max_chunks_per_doc`); refused above, "
+        "before enqueueing.",
+    )
+    bulk_busy_token_budget: int = Field(
+        2048,
+        ge=1,
+        description="Padded tokens in one bulk forward pass while interactive jobs are about: what an "
+        "interactive job may wait behind (a forward pass cannot be interrupted).",
+    )
+    cross_job_batching: bool = Field(
+        True,
+        description="Off: each job gets forward passes of its own, one job at a time (the common Celery recipe; "
+        "for comparison only).",
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, description="Threads each worker computes with. Unset: torch's default (one per core)."
+    )
+    check_ranking: bool = Field(
+        True,
+        description="At start a worker scores the golden set and refuses a model that ranks a golden item the "
+        "wrong way round. Off (`--no-check-ranking`) only for random-weight models (tests, benchmark "
+        "shapes); NaN, constant or all-zero scores refuse a model either way.",
+    )
 
     # Out-of-memory handling (see rerankq.worker.batcher / rerankq.worker.oom).
-    max_consecutive_ooms: int = Field(16, ge=1)
-    # Fault injection, off unless set: the backend raises torch.OutOfMemoryError when a batch holds
-    # more padded tokens, or a pair more tokens, than these. For tests and drills without a GPU.
-    fault_oom_batch_tokens: int | None = Field(None, ge=1)
-    fault_oom_pair_tokens: int | None = Field(None, ge=1)
-    # Fault injection, off unless set: a job whose query contains this text kills its worker
-    # process mid-job (as a segfault or the kernel's OOM killer would). For reliability drills.
-    fault_crash_marker: str | None = None
+    max_consecutive_ooms: int = Field(
+        16, ge=1, description="Out-of-memory errors in a row before the jobs involved move to the cpu lane."
+    )
+    # Fault injection, off unless set: for tests and drills without a GPU.
+    fault_oom_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Fault injection: the backend raises `torch.OutOfMemoryError` when a batch holds more "
+        "padded tokens than this. Unset: off.",
+    )
+    fault_oom_pair_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Fault injection: the backend raises `torch.OutOfMemoryError` for any pair of more tokens "
+        "than this. Unset: off.",
+    )
+    fault_crash_marker: str | None = Field(
+        None,
+        description="Fault injection, for reliability drills: a job whose query contains this text kills its "
+        "worker process mid-job (as a segfault or the kernel's OOM killer would). Unset: off.",
+    )
 
-    # Bulk runs (rerankq.producer.bulk): a record with more documents becomes several jobs of this size;
-    # a run keeps at most this many jobs in Redis at once. Keep the sum over concurrent runs below
-    # the workers' total --concurrency, so interactive jobs always find a free job slot.
-    bulk_job_documents: int = Field(64, ge=1)
-    bulk_max_in_flight: int = Field(16, ge=1)
+    # Bulk runs (rerankq.producer.bulk).
+    bulk_job_documents: int = Field(
+        64,
+        ge=1,
+        description="A bulk record with more documents travels as several jobs of this size, merged on the producer.",
+    )
+    bulk_max_in_flight: int = Field(
+        16,
+        ge=1,
+        description="Jobs one bulk run keeps in Redis at once (`--max-in-flight`). Keep the sum over concurrent "
+        "runs below the workers' total `--concurrency`, so interactive jobs always find a free job slot.",
+    )
 
-    # A job of at most slow_job_pairs documents that takes longer than this on a worker (queue
-    # wait included) is logged as a warning ("slow_job"). None: 200 ms on a GPU, off on CPU.
-    slow_job_ms: float | None = Field(None, gt=0)
-    slow_job_pairs: int = Field(20, ge=1)
-    # Serve the worker's Prometheus metrics on this port (0: off); see rerankq.worker.metrics.
-    worker_metrics_port: int = Field(0, ge=0, le=65535)
+    slow_job_ms: float | None = Field(
+        None,
+        gt=0,
+        description="A job of at most `RERANKQ_SLOW_JOB_PAIRS` documents that takes longer than this on a worker "
+        "(milliseconds, queue wait included) is logged as a `slow_job` warning. Unset: 200 on a GPU, off on CPU.",
+    )
+    slow_job_pairs: int = Field(
+        20, ge=1, description="Jobs of at most this many documents are checked against `RERANKQ_SLOW_JOB_MS`."
+    )
+    worker_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="The port a worker serves its Prometheus metrics on (`--metrics-port`); 0: off.",
+    )
 
-    # Worker presence (rerankq.producer.presence): how often each worker refreshes its entry; an entry
-    # older than three intervals counts as a dead worker.
-    presence_interval_s: float = Field(5.0, gt=0)
+    # Worker presence (rerankq.producer.presence).
+    presence_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often each worker refreshes its presence entry, in seconds; an entry older than three "
+        "intervals counts as a dead worker.",
+    )
 
-    # HTTP gateway (gateway/). API keys: comma-separated, each a key or "sha256:<hex digest>".
-    api_keys: Annotated[list[SecretStr], NoDecode] = []
-    # Static aliases (JSON): a name for one model version, or a traffic split by weight, e.g.
-    # {"rerank-v3.5": "bge-reranker-v2-m3", "zh": {"zh-v1": 90, "zh-v2": 10}}. Aliases set with
-    # `rerankq models alias` live in Redis and override these (see rerankq.producer.aliases).
-    model_aliases: dict[str, str | dict[str, int]] = {}
-    gateway_timeout_s: float = Field(30.0, gt=0)  # longer: 504 with the job id, poll /v1/jobs/{id}
-    max_queue_depth: int = Field(1000, ge=1)  # jobs waiting in one lane; more: 429
-    retry_after_s: int = Field(2, ge=1)
-    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # refused before parsing: 413
-    max_waiting_requests: int = Field(2000, ge=1)  # requests one gateway process holds open; more: 503
-    # An idle keep-alive connection is closed after this long. Longer than clients and load
-    # balancers keep theirs (httpx 5 s, aiohttp 15 s, AWS ALB and nginx 60 s), so the client always
-    # closes first: at uvicorn's default of 5 s a request sent on a connection the gateway was
-    # closing that instant was reset (seen in the burst drill).
-    gateway_keep_alive_s: int = Field(65, ge=1)
-    public_metrics: bool = False  # serve /metrics without an API key
-    callback_secret: SecretStr | None = None  # HMAC-SHA256 key signing job callbacks
-    callback_attempts: int = Field(6, ge=1)
-    callback_timeout_s: float = Field(10.0, gt=0)
-    # Callbacks to private, loopback or link-local addresses are refused (server-side request
-    # forgery); allow them only where every client is trusted (see rerankq.gateway.callback_targets).
-    callback_allow_private: bool = False
+    # HTTP gateway (rerankq.gateway).
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        [],
+        description="Gateway API keys, comma-separated, each a key or `sha256:<hex digest>` of one. Unset: no "
+        "keys, and the gateway listens only on a loopback address unless started with `--insecure`.",
+    )
+    model_aliases: dict[str, str | dict[str, int]] = Field(
+        {},
+        description='Static aliases, JSON: a name for one model version, `{"rerank-v3.5": "bge-reranker-v2-m3"}`, '
+        'or a traffic split by weight, `{"zh": {"zh-v1": 90, "zh-v2": 10}}`. Aliases set with '
+        "`rerankq models alias` live in Redis and override these.",
+    )
+    gateway_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A rerank request waits this long (seconds), then gets `504` with the job id to poll at "
+        "`/v1/jobs/{id}`.",
+    )
+    max_queue_depth: int = Field(1000, ge=1, description="Jobs waiting in one lane before the gateway answers `429`.")
+    retry_after_s: int = Field(
+        2,
+        ge=1,
+        description="The `Retry-After` (seconds) of `429 queue_full` and `503 overloaded`; the other 503s say 10 "
+        "(no_workers), 2 (unavailable) and 30 (incompatible_format).",
+    )
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="The largest request body the gateway reads (32 MiB); a larger one is refused with `413` "
+        "before parsing.",
+    )
+    max_waiting_requests: int = Field(
+        2000, ge=1, description="Requests one gateway process holds open waiting; more get `503`."
+    )
+    gateway_keep_alive_s: int = Field(
+        65,
+        ge=1,
+        description="An idle keep-alive connection is closed after this many seconds. Keep it above your "
+        "clients' and load balancers' idle timeouts (httpx 5 s, aiohttp 15 s, AWS ALB and nginx 60 s), so "
+        "they always close first: at uvicorn's default of 5 s, a request sent on a connection the gateway "
+        "was closing that instant was reset (seen in the burst drill).",
+    )
+    public_metrics: bool = Field(False, description="Serve the gateway's `/metrics` without an API key.")
+    callback_secret: SecretStr | None = Field(
+        None,
+        description="The HMAC-SHA256 key signing job callbacks. Unset: requests with a `callback_url` are "
+        "refused (`422`).",
+    )
+    callback_attempts: int = Field(6, ge=1, description="Deliveries tried per callback.")
+    callback_timeout_s: float = Field(10.0, gt=0, description="Seconds per callback delivery attempt.")
+    callback_allow_private: bool = Field(
+        False,
+        description="Allow callbacks to loopback, private and link-local addresses, refused by default "
+        "(server-side request forgery); only where every client is trusted.",
+    )
 
-    # `rerankq flower`: "user:password" pairs, comma-separated, for Flower's basic auth.
-    flower_basic_auth: SecretStr | None = None
+    flower_basic_auth: SecretStr | None = Field(
+        None, description='`rerankq flower`: "user:password" pairs, comma-separated, for Flower\'s basic auth.'
+    )
 
-    # Where `rerankq bench --shape` builds random-weight models of a real architecture.
-    shapes_dir: Path = Path.home() / ".cache" / "rerankq" / "shapes"
+    shapes_dir: Path = Field(
+        Path.home() / ".cache" / "rerankq" / "shapes",
+        description="Where `rerankq bench --shape` builds random-weight models of a real architecture.",
+    )
+
+    @field_validator("redis_url", "cache_url")
+    @classmethod
+    def _a_redis_url(cls, url: str | None, info: ValidationInfo) -> str | None:
+        if url is not None and not url.startswith(REDIS_SCHEMES):
+            raise ValueError(
+                f"{url!r} (RERANKQ_{str(info.field_name).upper()}) is not a Redis URL: write redis://host:6379/0, "
+                "rediss://host:6380/0 (TLS), unix:///path/to/redis.sock or sentinel://host:26379"
+            )
+        return url
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -157,7 +304,24 @@ class Settings(BaseSettings):
     def effective_cache_url(self) -> str:
         return self.cache_url or self.redis_url
 
+    def updated(self, **changes: object) -> Settings:
+        """A copy with ``changes`` applied and checked like the environment is (the CLI's flags,
+        a client's ``redis_url``). Fields set before stay set; others keep their defaults."""
+        return type(self).model_validate(self.model_dump(exclude_unset=True) | changes)
 
-@lru_cache(maxsize=1)
+
+_current: Settings | None = None
+
+
 def get_settings() -> Settings:
-    return Settings()
+    """This process's settings: from the environment on first use, or as ``use_settings`` set them."""
+    global _current
+    if _current is None:
+        _current = Settings()
+    return _current
+
+
+def use_settings(settings: Settings | None) -> None:
+    """Make ``settings`` this process's (the CLI does, from its flags); None: read the environment again."""
+    global _current
+    _current = settings

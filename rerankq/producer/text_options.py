@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rerankq.errors import InvalidRequest, RequestTooLarge
+from rerankq.errors import RequestTooLarge, invalid_request
 from rerankq.producer.settings import Settings
 
 TEXT_OPTIONS = (
@@ -86,11 +86,7 @@ def text_options(options: Mapping[str, Any]) -> TextOptions:
     try:
         return TextOptions(**given)
     except ValidationError as e:
-        error = e.errors()[0]
-        field = ".".join(str(part) for part in error["loc"]) or "chunk_overlap"
-        raise InvalidRequest(
-            field, str(error["msg"]).removeprefix("Value error, "), f"got {error.get('input')!r}"
-        ) from e
+        raise invalid_request(e.errors(), "chunk_overlap") from e
 
 
 def check_chunk_pairs(documents: int, text: TextOptions, settings: Settings) -> None:

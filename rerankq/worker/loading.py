@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,13 +15,14 @@ import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from transformers.utils import logging as transformers_logging
 
-from rerankq.errors import ModelLoadError
-from rerankq.producer.constants import MODEL_NAME_PATTERN
+from rerankq.errors import InvalidRequest, ModelLoadError
+from rerankq.producer.contract import check_model_name
 from rerankq.producer.contract import model_identity as identity_of
 from rerankq.producer.registry import ModelManifest, find_manifest, source_path
 from rerankq.producer.settings import Settings
 from rerankq.worker.backends import Backend, BiEncoderBackend, CrossEncoderBackend
 from rerankq.worker.golden import GoldenItem, load_golden
+from rerankq.worker.hub import require_weights
 from rerankq.worker.validation import Report, check_files, check_scores
 
 log = logging.getLogger("rerankq.worker")
@@ -111,6 +111,7 @@ def load_checked(
 
 def load_backend(manifest: ModelManifest, device: str, max_length: int | None = None) -> Backend:
     """Load the weights once, in the manifest's dtype for the device (fp16 on CUDA, fp32 on CPU)."""
+    require_weights(manifest)  # in seconds, not after a minute of hub retries
     source = source_path(manifest.source)
     length = min(max_length or manifest.max_length, manifest.model_max_length)
     try:
@@ -194,7 +195,7 @@ def _explain_load_failure(manifest: ModelManifest, error: Exception) -> str:
         return (
             f"cannot load {manifest.source!r}: the weights are neither in the local Hugging Face cache "
             f"nor reachable on the hub ({first_line}). Download them where there is network, or put "
-            f"them in a folder and pass --model that/folder"
+            f"them in a folder and serve that (--model path/to/folder)"
         )
     if "ignore_mismatched_sizes" in first_line:
         first_line = "the weights do not match the architecture in config.json (tensor size mismatch)"
@@ -206,6 +207,8 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _checked_name(name: str) -> str:
-    if not re.match(MODEL_NAME_PATTERN, name):
-        raise ModelLoadError(f"model name {name!r} must match {MODEL_NAME_PATTERN}; pass --name to choose one")
+    try:
+        check_model_name(name)
+    except InvalidRequest as e:
+        raise ModelLoadError(f"{e}; pass --name to choose one") from e
     return name

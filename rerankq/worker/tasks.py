@@ -10,11 +10,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Task
+from celery import Celery, Task
 from celery.exceptions import Ignore
 from pydantic import ValidationError
 
-from rerankq.errors import IncompatibleFormat, InvalidRequest, JobFailed
+from rerankq.errors import IncompatibleFormat, InvalidRequest, JobFailed, invalid_request
 from rerankq.producer.constants import (
     LANE_PRIORITY,
     STATE_REROUTED,
@@ -34,7 +34,6 @@ from rerankq.producer.contract import (
     score_options,
 )
 from rerankq.worker import metrics
-from rerankq.worker.app import app
 from rerankq.worker.backends import EncodedPair
 from rerankq.worker.oom import PairTooLarge
 from rerankq.worker.rejections import record_rejection
@@ -44,7 +43,11 @@ from rerankq.worker.text_windows import PairLimits, Span, aggregate
 log = logging.getLogger("rerankq.jobs")
 
 
-@app.task(name=TASK_RERANK, bind=True)  # type: ignore[untyped-decorator]
+def register(app: Celery) -> None:
+    """Add the rerank task to a worker's app (rerankq.worker.app.create_worker_app)."""
+    app.task(name=TASK_RERANK, bind=True)(rerank)
+
+
 def rerank(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     runtime, lane = current(), served_lane(self)
     with runtime.holding(lane):
@@ -118,7 +121,10 @@ def move_to_cpu_lane(task: Task, job: RerankJob, runtime: Runtime, reason: str) 
     )
     task.update_state(state=STATE_REROUTED, meta={"lane": "cpu", "queue": queue, "model": job.model, "reason": reason})
     moved = job.model_copy(update={"rerouted_from": runtime.backend.device})
-    task.replace(rerank.signature(args=[moved.model_dump()], queue=queue, argsrepr=f"<{job.model}: rerouted>"))
+    rerouted = task.app.signature(
+        TASK_RERANK, args=[moved.model_dump()], queue=queue, argsrepr=f"<{job.model}: rerouted>"
+    )
+    task.replace(rerouted)
 
 
 def parse_job(payload: Any, runtime: Runtime) -> RerankJob:
@@ -128,10 +134,9 @@ def parse_job(payload: Any, runtime: Runtime) -> RerankJob:
         record_rejection("incompatible_format", str(e))
         raise
     except ValidationError as e:
-        error = e.errors()[0]
-        field = ".".join(str(part) for part in error["loc"]) or "job"
-        record_rejection("invalid_job", f"{field}: {error['msg']}")
-        raise InvalidRequest(field, error["msg"]) from e
+        invalid = invalid_request(e.errors(), "job")
+        record_rejection("invalid_job", str(invalid))
+        raise invalid from e
     try:
         check_job(job, runtime.settings)
     except InvalidRequest as e:

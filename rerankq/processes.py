@@ -134,10 +134,10 @@ def running_workers(
 
 
 @contextmanager
-def redis_for_run() -> Iterator[str]:
-    """RERANKQ_REDIS_URL when set, else a throwaway redis-server of our own."""
-    if "RERANKQ_REDIS_URL" in os.environ:
-        yield os.environ["RERANKQ_REDIS_URL"]
+def redis_for_run(url: str | None = None) -> Iterator[str]:
+    """``url``, else RERANKQ_REDIS_URL when set, else a throwaway redis-server of our own."""
+    if url or "RERANKQ_REDIS_URL" in os.environ:
+        yield url or os.environ["RERANKQ_REDIS_URL"]
         return
     try:
         with local_redis_server() as server:

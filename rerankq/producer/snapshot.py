@@ -1,4 +1,4 @@
-"""The fleet as Redis sees it: live workers, and per model and lane the jobs waiting and held.
+"""A snapshot of what Redis knows: live workers, and per model and lane the jobs waiting and held.
 
 What an autoscaler needs is the work not yet done: messages waiting in a lane (every kombu
 priority sub-list of its queue, which Redis list-length scalers miss) plus jobs workers have
@@ -8,13 +8,21 @@ reserved and not finished (each worker reports those in its presence entry).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import redis
 
 from rerankq.producer.aliases import AliasTarget, static_aliases, stored_aliases
-from rerankq.producer.constants import CACHE_STATS_KEY, LANES, WORKERS_KEY, queue_keys, queue_name
-from rerankq.producer.presence import WorkerPresence, live_presences, serving
+from rerankq.producer.constants import (
+    CACHE_STATS_KEY,
+    KEY_PREFIX,
+    KOMBU_PRIORITY_SEP,
+    KOMBU_PRIORITY_STEPS,
+    LANES,
+    queue_keys,
+    queue_name,
+)
+from rerankq.producer.presence import WorkerPresence, read_live, serving
 from rerankq.producer.registry import load_manifests
 from rerankq.producer.settings import Settings
 
@@ -33,7 +41,7 @@ class LaneState:
 
 
 @dataclass(frozen=True)
-class FleetState:
+class Snapshot:
     workers: list[WorkerPresence]
     lanes: list[LaneState]
     cache_hits: int
@@ -46,20 +54,26 @@ class FleetState:
         return self.cache_hits / looked_up if looked_up else None
 
 
-def read_fleet(client: redis.Redis, settings: Settings, cache: redis.Redis | None = None) -> FleetState:
+def read_snapshot(
+    client: redis.Redis, settings: Settings, cache: redis.Redis | None = None, scan_queues: bool = False
+) -> Snapshot:
     """One snapshot: a presence read and one pipelined LLEN per queue list from the broker, the
-    cache counters from the cache Redis (``cache``; default the broker)."""
-    entries = cast(dict[Any, Any], client.hgetall(WORKERS_KEY))
-    workers, _ = live_presences(entries, settings.presence_interval_s)
-    models = sorted({*load_manifests(settings.models_dir), *(w.model for w in workers)})
-    pairs = [(model, lane) for model in models for lane in LANES]
+    cache counters from the cache Redis (``cache``; default the broker). Models are those of the
+    manifests and live workers; ``scan_queues`` adds every ``rerankq.<model>.<lane>`` queue found
+    in Redis, so jobs sent to a name nobody serves show up (a SCAN: ``rerankq status``, not the
+    exporter's every scrape)."""
+    workers = read_live(client, settings.presence_interval_s)
+    models = {*load_manifests(settings.models_dir), *(w.model for w in workers)}
+    if scan_queues:
+        models |= queued_models(client)
+    pairs = [(model, lane) for model in sorted(models) for lane in LANES]
     pipe = client.pipeline(transaction=False)
     for model, lane in pairs:
         for key in queue_keys(queue_name(model, lane)):
             pipe.llen(key)
     lengths = pipe.execute()
     counters = cast(dict[bytes, bytes], (cache or client).hgetall(CACHE_STATS_KEY))
-    steps = len(lengths) // len(pairs) if pairs else 0
+    steps = len(KOMBU_PRIORITY_STEPS)
     lanes = [
         LaneState(
             model,
@@ -72,4 +86,16 @@ def read_fleet(client: redis.Redis, settings: Settings, cache: redis.Redis | Non
     ]
     stats = {k.decode(): int(v) for k, v in counters.items()}
     aliases = static_aliases(settings) | stored_aliases(client)
-    return FleetState(workers, lanes, stats.get("hits", 0), stats.get("misses", 0), aliases)
+    return Snapshot(workers, lanes, stats.get("hits", 0), stats.get("misses", 0), aliases)
+
+
+def queued_models(client: redis.Redis) -> set[str]:
+    """The models of every non-empty rerankq queue list in Redis (``rerankq.<model>.<lane>``,
+    with kombu's priority suffixes)."""
+    models = set()
+    for key in client.scan_iter(match=f"{KEY_PREFIX}.*", count=1000, _type="list"):
+        name = key.decode(errors="replace").split(KOMBU_PRIORITY_SEP, 1)[0]
+        model, _, lane = name.removeprefix(f"{KEY_PREFIX}.").rpartition(".")
+        if model and lane in LANES:
+            models.add(model)
+    return models

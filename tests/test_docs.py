@@ -1,0 +1,145 @@
+"""The docs cannot drift from the code: docs/configuration.md is the settings class rendered, the
+gateway's error table is the gateway's own, every JSON and TOML block parses, and every Python
+example in README.md and docs/*.md runs against this session's Redis, workers and gateway.
+
+A Python block fenced ```python no-test is skipped (a sentence beside it must say why). In a
+block that talks to the gateway, ``http://localhost:8080`` and ``my-secret-key`` stand for the
+test gateway's address and key. A block fenced ```json NAME (e.g. ```json corpus.jsonl) is
+written to the examples' working folder as NAME, so the examples can read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rerankq import settings_doc
+from rerankq.producer.registry import ModelManifest
+from rerankq.producer.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS_GATEWAY_URL = "http://localhost:8080"
+DOCS_API_KEY = "my-secret-key"
+EXAMPLE_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class Block:
+    page: Path
+    line: int  # of the opening fence, 1-based
+    info: list[str]  # the fence's words: language, then flags or a file name
+    code: str
+
+    @property
+    def language(self) -> str:
+        return self.info[0] if self.info else ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.page.relative_to(ROOT)}:{self.line}"
+
+
+def blocks(page: Path) -> list[Block]:
+    """Every fenced block of a markdown page (fences are not nested in these pages)."""
+    found, opened, lines = [], None, []
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        fence = line.strip()
+        if opened is None and fence.startswith("```"):
+            opened, lines = (number, fence[3:].split()), []
+        elif opened is not None and fence == "```":
+            found.append(Block(page, opened[0], opened[1], "\n".join(lines) + "\n"))
+            opened = None
+        elif opened is not None:
+            lines.append(line)
+    assert opened is None, f"{page.name}: the block opened at line {opened[0]} is never closed"
+    return found
+
+
+ALL_BLOCKS = [block for page in PAGES for block in blocks(page)]
+PYTHON = [block for block in ALL_BLOCKS if block.language == "python"]
+DATA = [block for block in ALL_BLOCKS if block.language in ("json", "toml")]
+FILES = {block.info[1]: block.code for block in ALL_BLOCKS if block.language == "json" and len(block.info) > 1}
+
+
+def test_configuration_doc_is_generated_from_the_settings() -> None:
+    page = ROOT / "docs" / "configuration.md"
+    assert page.read_text(encoding="utf-8") == settings_doc.render(), (
+        "docs/configuration.md differs from the settings class; regenerate it with "
+        "`python -m rerankq.settings_doc > docs/configuration.md` (edit the descriptions in "
+        "rerankq/producer/settings.py, never the page)"
+    )
+
+
+def test_every_setting_is_described() -> None:
+    undescribed = [name for name, field in Settings.model_fields.items() if not field.description]
+    assert not undescribed, f"give these settings a Field(description=...): {undescribed}"
+
+
+def test_gateway_error_table_is_the_gateways_own() -> None:
+    from rerankq.gateway.errors import markdown_table
+
+    page = (ROOT / "docs" / "gateway.md").read_text(encoding="utf-8")
+    start = "<!-- errors: rerankq.gateway.errors.markdown_table() -->\n"
+    table = page[page.index(start) + len(start) : page.index("\n<!-- /errors -->")]
+    assert table == markdown_table(), (
+        "the error table in docs/gateway.md differs from rerankq.gateway.errors.RULES; paste the "
+        "output of `python -c 'from rerankq.gateway.errors import markdown_table; print(markdown_table())'` "
+        "between its markers"
+    )
+
+
+def test_the_pages_are_found() -> None:
+    assert len(PAGES) > 5 and PYTHON and DATA, "README.md and docs/*.md should hold examples"
+
+
+@pytest.mark.parametrize("block", DATA, ids=lambda block: block.name)
+def test_data_blocks_parse(block: Block) -> None:
+    """A JSON block is one document or JSON Lines; a TOML block is a model manifest."""
+    if block.language == "toml":
+        ModelManifest.model_validate(tomllib.loads(block.code))
+        return
+    try:
+        json.loads(block.code)
+    except json.JSONDecodeError:
+        for line in filter(str.strip, block.code.splitlines()):
+            json.loads(line)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", PYTHON, ids=lambda block: block.name)
+def test_python_examples_run(block: Block, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    if "no-test" in block.info:
+        pytest.skip("fenced `python no-test`: the page says why it cannot run here")
+    redis_url = request.getfixturevalue("redis_server").url
+    request.getfixturevalue("workers")
+    code = block.code
+    if DOCS_GATEWAY_URL in code:
+        from gateway_support import PLAIN_KEY
+
+        gateway = request.getfixturevalue("gateway")
+        code = code.replace(DOCS_GATEWAY_URL, gateway.url).replace(DOCS_API_KEY, PLAIN_KEY)
+    for name, content in FILES.items():
+        (tmp_path / name).write_text(content, encoding="utf-8")
+    env = os.environ | {
+        "RERANKQ_REDIS_URL": redis_url,
+        "RERANKQ_DEFAULT_MODEL": "all-minilm-l6-v2",
+        "HF_HUB_OFFLINE": "1",
+        "HAYSTACK_TELEMETRY_ENABLED": "False",
+    }
+    ran = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=EXAMPLE_TIMEOUT_S,
+    )
+    assert ran.returncode == 0, f"the example at {block.name} failed:\n{ran.stdout}\n{ran.stderr}"
