@@ -1,5 +1,6 @@
 """``rerankq exporter``: the fleet's queue depths for autoscalers (KEDA) and dashboards, and, in
-multiprocess mode, the summed metrics of every worker process on this host."""
+multiprocess mode, the summed metrics of every worker process on this host. It also sweeps for
+dead workers' jobs (rerankq.worker.recovery), so they come back even when no worker is left."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from rerankq.producer.fleet_state import read_fleet
 from rerankq.producer.redis_clients import connect
 from rerankq.producer.settings import Settings
+from rerankq.producer.snapshot import read_snapshot
 from rerankq.worker.metrics import multiprocess_registry
+from rerankq.worker.recovery import Sweeper
 
 log = logging.getLogger("rerankq.exporter")
 LANE = ["model", "lane"]
@@ -32,7 +34,7 @@ class FleetCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("rerankq_redis_up", "Whether the exporter could read Redis at this scrape")
         try:
-            fleet = read_fleet(self.broker, self.settings, self.cache)
+            fleet = read_snapshot(self.broker, self.settings, self.cache)
         except redis.RedisError as e:
             log.warning("cannot read Redis: %s", e)
             up.add_metric([], 0)
@@ -68,9 +70,11 @@ class FleetCollector(Collector):
         yield shares
 
 
-def serve_exporter(settings: Settings, port: int, host: str = "0.0.0.0") -> None:
+def serve_exporter(settings: Settings, port: int, host: str = "127.0.0.1") -> None:
     registry = multiprocess_registry() or CollectorRegistry()
-    registry.register(FleetCollector(settings))
+    collector = FleetCollector(settings)
+    registry.register(collector)
+    Sweeper(collector.broker, settings).start()
     start_http_server(port, addr=host, registry=registry)
     log.info("exporter on http://%s:%d/metrics", host, port)
     while True:

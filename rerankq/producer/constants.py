@@ -23,6 +23,15 @@ CACHE_STATS_KEY: Final = f"{KEY_PREFIX}:cache:stats"  # hash: hits, misses
 JOB_KEY_PREFIX: Final = f"{KEY_PREFIX}:job:"  # + "<job id>" -> {model, lane, submitted_at}: the job exists
 CANCEL_KEY_PREFIX: Final = f"{KEY_PREFIX}:cancel:"  # + "<job id>": workers skip the job
 WORKERS_KEY: Final = f"{KEY_PREFIX}:workers"  # hash: worker id -> presence (model, lanes, device, seen_at)
+# Dead-worker recovery (rerankq.worker.recovery): every worker process beats here while it lives
+# (also while it drains on shutdown, unlike its presence entry) ...
+HEARTBEATS_KEY: Final = f"{KEY_PREFIX}:heartbeats"  # hash: worker id -> unix time of its last beat
+# ... and names here every message it holds, so a sweeper can give a dead worker's messages back.
+CLAIMS_KEY_PREFIX: Final = f"{KEY_PREFIX}:claims:"  # + "<worker id>" -> hash: delivery tag -> claimed at
+CLAIMANTS_KEY: Final = f"{KEY_PREFIX}:claimants"  # set: worker ids that may hold messages
+# hash: queue name -> unix time a live worker last announced it consumes that queue (kept after
+# the worker is gone, so a job waiting on a queue nobody consumes can say since when)
+LANES_SEEN_KEY: Final = f"{KEY_PREFIX}:lanes:seen"
 CALLBACKS_DUE_KEY: Final = f"{KEY_PREFIX}:callbacks:due"  # sorted set: job id by next attempt time
 CALLBACKS_KEY: Final = f"{KEY_PREFIX}:callbacks"  # hash: job id -> {url, attempts}
 REJECTED_KEY: Final = f"{KEY_PREFIX}:rejected"  # list, newest first: messages workers refused, with why
@@ -72,3 +81,7 @@ def model_identity_key(model: str) -> str:
 
 def alias_history_key(alias: str) -> str:
     return f"{ALIAS_HISTORY_KEY_PREFIX}{alias}"
+
+
+def claims_key(worker_id: str) -> str:
+    return f"{CLAIMS_KEY_PREFIX}{worker_id}"

@@ -1,13 +1,23 @@
-"""The worker-side Celery app: the producer's configuration plus the rerank task."""
+"""The worker-side Celery app: the producer's configuration plus the rerank task, built by a
+factory (nothing at import time) from the settings the worker runs with."""
 
 from __future__ import annotations
 
-from rerankq.producer.settings import get_settings
-from rerankq.producer.transport import make_celery
-from rerankq.worker.safe_transport import transport_for
+from celery import Celery
 
-app = make_celery(get_settings(), main="rerankq-worker")
-app.conf.imports = ("rerankq.worker.tasks",)
-# survive and record messages that are not jobs (see rerankq.worker.rejections, rerankq.worker.safe_transport)
-app.conf.broker_transport = transport_for(get_settings().redis_url)
-app.conf.worker_consumer = "rerankq.worker.rejections:RejectingConsumer"
+from rerankq.producer.settings import Settings
+from rerankq.producer.transport import make_celery
+from rerankq.worker.results import backend_url
+from rerankq.worker.safe_transport import transport_for
+from rerankq.worker.tasks import register
+
+
+def create_worker_app(settings: Settings) -> Celery:
+    app = make_celery(settings, main="rerankq-worker")
+    # survive and record messages that are not jobs (see rerankq.worker.rejections, .safe_transport)
+    app.conf.broker_transport = transport_for(settings.redis_url)
+    app.conf.worker_consumer = "rerankq.worker.rejections:RejectingConsumer"
+    # a late copy of a job (its worker froze and was given up on) never overwrites the answer
+    app.conf.result_backend = backend_url(settings.redis_url)
+    register(app)
+    return app

@@ -8,6 +8,7 @@ import os
 import socket
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from celery import Task, signals
@@ -17,12 +18,15 @@ from rerankq.producer.constants import Lane, by_priority, queue_name
 from rerankq.producer.contract import revision_of
 from rerankq.producer.redis_clients import connect
 from rerankq.producer.registry import ModelManifest
-from rerankq.producer.settings import Settings, get_settings
-from rerankq.worker import metrics
+from rerankq.producer.settings import Settings
+from rerankq.worker import metrics, safe_transport
+from rerankq.worker.app import create_worker_app
 from rerankq.worker.backends import Backend, OomInjectingBackend
 from rerankq.worker.batcher import Batcher
+from rerankq.worker.golden import load_golden
 from rerankq.worker.loading import load_checked, model_identity, pick_device, resolve_model
 from rerankq.worker.presence import PresenceBeacon
+from rerankq.worker.recovery import Sweeper
 from rerankq.worker.rejections import use_redis
 from rerankq.worker.runtime import Runtime, install
 from rerankq.worker.tasks import served_lane
@@ -32,35 +36,35 @@ log = logging.getLogger("rerankq.worker")
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """What `rerankq worker` was asked for."""
+    """What `rerankq worker` serves and how it starts. Everything tunable lives in ``Settings``
+    (the CLI's flags build a copy of it); these are the choices settings do not hold."""
 
     model: str
     device: str = "auto"
     concurrency: int = 32
     name: str | None = None
-    max_length: int | None = None
     lanes: tuple[Lane, ...] | None = None  # None: interactive and bulk (+ cpu on a CPU worker)
     min_free_gpu_mb: int = 0
     fallback_to_cpu: bool = False
-    torch_threads: int | None = None  # None: RERANKQ_TORCH_THREADS, else torch's default
-    cross_job_batching: bool | None = None  # None: RERANKQ_CROSS_JOB_BATCHING
-    metrics_port: int | None = None  # None: RERANKQ_WORKER_METRICS_PORT (0: off)
-    check_ranking: bool | None = None  # None: RERANKQ_CHECK_RANKING (on)
+    languages: tuple[str, ...] = ()  # golden-set languages the model must rank (default: the manifest's)
+    golden: Path | None = None  # a golden set of one's own (default: the shipped one)
 
 
-def load_runtime(options: WorkerOptions) -> Runtime:
+def load_runtime(options: WorkerOptions, settings: Settings) -> Runtime:
     """Everything a worker process holds: one model instance, one batcher, one Redis client."""
-    settings = get_settings()
     manifest = resolve_model(options.model, options.name, settings)
+    if options.languages:
+        manifest = manifest.model_copy(update={"languages": list(options.languages)})
     device = pick_device(options.device, options.min_free_gpu_mb, options.fallback_to_cpu)
-    if threads := options.torch_threads or settings.torch_threads:
-        torch.set_num_threads(threads)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     started = time.perf_counter()
     backend = load_checked(
         manifest,
         device,
-        max_length=options.max_length or settings.max_length,
-        check_ranking=settings.check_ranking if options.check_ranking is None else options.check_ranking,
+        max_length=settings.max_length,
+        golden=load_golden(options.golden) if options.golden else None,
+        check_ranking=settings.check_ranking,
         report=lambda passed: log.info("model check %s passed: %s", passed.check, passed.detail),
     )
     backend = with_fault_injection(backend, settings)
@@ -70,14 +74,13 @@ def load_runtime(options: WorkerOptions) -> Runtime:
     identity = model_identity(manifest, backend, settings.query_share)
     cache = ScoreCache(settings)
     cache.publish_identity(manifest.name, identity)
-    cross_job = settings.cross_job_batching if options.cross_job_batching is None else options.cross_job_batching
     batcher = Batcher(
         backend,
         token_budget_for(manifest, device, settings),
         settings.batch_pairs_for(device),
         settings.max_wait_ms,
         settings.max_consecutive_ooms,
-        cross_job=cross_job,
+        cross_job=settings.cross_job_batching,
         busy_token_budget=settings.bulk_busy_token_budget,
         observer=metrics.BatchMetrics(manifest.name, device),
     )
@@ -92,7 +95,7 @@ def load_runtime(options: WorkerOptions) -> Runtime:
         load_s,
         backend.max_length,
         torch.get_num_threads(),
-        "on" if cross_job else "off",
+        "on" if settings.cross_job_batching else "off",
     )
     lanes = by_priority(
         options.lanes or (("interactive", "bulk", "cpu") if device == "cpu" else ("interactive", "bulk"))
@@ -120,22 +123,24 @@ def with_fault_injection(backend: Backend, settings: Settings) -> Backend:
     return OomInjectingBackend(backend, settings.fault_oom_batch_tokens, settings.fault_oom_pair_tokens)
 
 
-def run_worker(options: WorkerOptions) -> None:
+def run_worker(options: WorkerOptions, settings: Settings) -> None:
     """Serve one model until stopped. Jobs are reserved by a thread pool so their pairs can share batches."""
-    runtime = load_runtime(options)
+    runtime = load_runtime(options, settings)
     install(runtime)
     # Celery's own success line carries the return value (document text when asked for);
     # rerankq logs its own line per job instead.
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
-    from rerankq.worker.app import app  # imported after install so tasks always find the model
-
+    app = create_worker_app(settings)
     queues = ",".join(queue_name(runtime.model_name, lane) for lane in runtime.lanes)
     worker_id = f"rerankq-{runtime.model_name}-{os.getpid()}@{socket.gethostname()}"
-    beacon = PresenceBeacon(runtime, worker_id)
-    signals.worker_ready.connect(lambda **_: beacon.start(), weak=False)
-    signals.worker_shutting_down.connect(lambda **_: beacon.stop(), weak=False)
+    safe_transport.claimant = worker_id  # every message it takes is held under this name
+    beacon, sweeper = PresenceBeacon(runtime, worker_id), Sweeper(runtime.redis, settings)
+    beacon.start()  # beating before the first job is taken
+    sweeper.start()
+    signals.worker_ready.connect(lambda **_: beacon.serve(), weak=False)
+    signals.worker_shutting_down.connect(lambda **_: beacon.withdraw(), weak=False)
     signals.task_failure.connect(lambda sender, **_: count_failure(sender, runtime), weak=False)
-    if port := options.metrics_port if options.metrics_port is not None else runtime.settings.worker_metrics_port:
+    if port := settings.worker_metrics_port:
         metrics.serve(port)
         log.info("metrics on http://0.0.0.0:%d/metrics", port)
     log.info("consuming %s with %d job threads", queues, options.concurrency)
@@ -154,6 +159,7 @@ def run_worker(options: WorkerOptions) -> None:
             ]
         )
     finally:
+        sweeper.stop()
         beacon.stop()
         runtime.batcher.stop()
         log_batcher_totals(runtime)

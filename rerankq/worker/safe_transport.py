@@ -1,40 +1,156 @@
-"""kombu's Redis transport, made to survive messages it cannot read.
+"""kombu's Redis transport, made to survive messages it cannot read and to hold every message it
+takes under this worker's name.
 
-kombu decodes every message it pops with ``json.loads`` and lets the error escape, and Celery
-calls that unrecoverable: one garbage ``LPUSH`` on a rerankq queue would stop every worker that
-consumes it. kombu has no hook for undecodable messages, so the one method that pops and decodes
-is wrapped here: the message (already popped) is recorded as rejected with the reason, and the
-worker goes on serving. The worker's Celery app selects these classes (``broker_transport``);
-producers never consume, so they keep kombu's own.
+Unreadable messages: kombu decodes every message it pops with ``json.loads`` and lets the error
+escape, and Celery calls that unrecoverable: one garbage ``LPUSH`` on a rerankq queue would stop
+every worker that consumes it. Here the message (already taken) is recorded as rejected with the
+reason, and the worker goes on serving.
+
+Held messages: instead of kombu's BRPOP (which leaves a message in no one's hands until the
+worker records it, and records no owner at all), the worker takes a message with
+``recovery.claim`` (pop and record, atomically, under its name) and, while its lanes are empty,
+waits with ``BLMOVE q q RIGHT RIGHT``: it blocks until the most urgent lane holds a message and
+then leaves that list exactly as it was, so the wait takes nothing. Less urgent lanes are looked
+at each time a wait ends (at most a quarter second apart). Acks go through
+``recovery.acknowledge``, which refuses to drop a message this worker no longer holds. See
+rerankq.worker.recovery for why kombu cannot do this itself.
+
+The worker's Celery app selects these classes (``broker_transport``); producers never consume, so
+they keep kombu's own.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from time import monotonic
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
 
+from rerankq.worker.recovery import acknowledge, claim, release
 from rerankq.worker.rejections import record_rejection
+
+log = logging.getLogger("rerankq.worker")
 
 # What a message that is not a kombu envelope raises on its way in (json.loads, then the
 # envelope's fields read by kombu's _deliver).
 UNREADABLE = (ValueError, KeyError, TypeError, AttributeError)
 
+# The worker id messages are held under (the worker sets it before it consumes; None: kombu's
+# own BRPOP, for anything else that builds a worker app).
+claimant: str | None = None
+OTHER_LANES_WAIT_S = 0.25
 
-class _SafeRead:
+
+class ClaimedQoS(kombu_redis.QoS):  # type: ignore[misc]
+    """Acks and restores that keep this worker's claims in step (rerankq.worker.recovery)."""
+
+    def ack(self, delivery_tag: str) -> None:
+        if claimant is None:
+            super().ack(delivery_tag)
+            return
+        with self.channel.conn_or_acquire() as client:
+            if not acknowledge(client, claimant, delivery_tag):
+                log.warning(json.dumps({"event": "late_ack", "delivery_tag": delivery_tag}))
+        virtual.QoS.ack(self, delivery_tag)  # kombu's in-memory bookkeeping only
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        self._release(delivery_tag)
+        super().reject(delivery_tag, requeue=requeue)
+
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        super().restore_by_tag(tag, client, leftmost)
+        self._release(tag, client)
+
+    def _release(self, tag: str, client: Any = None) -> None:
+        if claimant is None:
+            return
+        try:
+            with self.channel.conn_or_acquire(client) as connected:
+                release(connected, claimant, tag)
+        except Exception as e:  # the channel is going away (Redis lost): kombu then restores what it can
+            # A claim left behind costs at most a second run of that job (at least once), never a loss.
+            log.warning(json.dumps({"event": "claim_not_released", "delivery_tag": tag, "error": str(e)}))
+
+
+class _ClaimingRead:
+    """Replaces kombu's BRPOP poll (``_brpop_start`` / ``_brpop_read``) with claim-then-wait."""
+
+    QoS = ClaimedQoS
+    _claimed: tuple[str, bytes] | None = None
+    _sent = "BRPOP"
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if claimant is None:
+            super()._brpop_start(timeout)  # type: ignore[misc]
+            return
+        lists = self._lane_lists()
+        if not lists:
+            return
+        self._claimed = claim(self.client, lists, claimant)  # type: ignore[attr-defined]
+        connection = self.client.connection  # type: ignore[attr-defined]
+        self._in_poll = connection
+        self._brpop_sent_at = monotonic()
+        if self._claimed is not None:  # the reply wakes the poller, which then delivers it
+            self._sent = "PING"
+            connection.send_command("PING")
+        else:
+            self._sent = "BLMOVE"
+            connection.send_command("BLMOVE", lists[0], lists[0], "RIGHT", "RIGHT", self._wait_s(timeout))
+
     def _brpop_read(self, **options: Any) -> bool:
+        if claimant is None:
+            return self._read_unclaimed(**options)
+        try:
+            try:
+                self.client.parse_response(self.client.connection, self._sent, **options)  # type: ignore[attr-defined]
+            except self.connection_errors:  # type: ignore[attr-defined]
+                self.client.connection.disconnect()  # type: ignore[attr-defined]
+                raise
+            found, self._claimed = self._claimed or claim(self.client, self._lane_lists(), claimant), None  # type: ignore[attr-defined]
+            if found is None:
+                raise virtual.Empty()
+            return self._deliver_claimed(*found)
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()  # type: ignore[attr-defined]
+
+    def _deliver_claimed(self, source: str, item: bytes) -> bool:
+        queue = source.rsplit(self.sep, 1)[0]  # type: ignore[attr-defined]
+        self._queue_cycle.rotate(queue)  # type: ignore[attr-defined]
+        try:
+            self.connection._deliver(json.loads(bytes_to_str(item)), queue)  # type: ignore[attr-defined]
+        except UNREADABLE as e:
+            record_rejection("unreadable", f"not a kombu JSON message ({type(e).__name__}: {e})")
+        return True  # consumed (it was taken), so the poller goes on
+
+    def _read_unclaimed(self, **options: Any) -> bool:
         try:
             return bool(super()._brpop_read(**options))  # type: ignore[misc]
         except UNREADABLE as e:
             record_rejection("unreadable", f"not a kombu JSON message ({type(e).__name__}: {e})")
-            return True  # consumed (it was popped), so the poller goes on
+            return True
+
+    def _wait_s(self, timeout: float | None) -> float:
+        """How long one wait blocks: the poll timeout, or a quarter second when other lanes are
+        looked at only between waits (so a cpu or bulk job waits at most that long)."""
+        full = timeout or self.brpop_timeout  # type: ignore[attr-defined]
+        return float(full) if len(self.active_queues) == 1 else min(float(full), OTHER_LANES_WAIT_S)  # type: ignore[attr-defined]
+
+    def _lane_lists(self) -> list[str]:
+        """The lists to take from, most urgent first (kombu's order: queues, then priorities)."""
+        queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
+        return [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]  # type: ignore[attr-defined]
 
 
-class Channel(_SafeRead, kombu_redis.Channel):  # type: ignore[misc]
+class Channel(_ClaimingRead, kombu_redis.Channel):  # type: ignore[misc]
     pass
 
 
-class SentinelChannel(_SafeRead, kombu_redis.SentinelChannel):  # type: ignore[misc]
+class SentinelChannel(_ClaimingRead, kombu_redis.SentinelChannel):  # type: ignore[misc]
     pass
 
 
