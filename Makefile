@@ -8,7 +8,7 @@ VENV := .venv/bin
 setup:
 	ops/scripts/setup.sh dev
 	ops/scripts/ensure-redis-server.sh
-	ops/scripts/ensure-docker-compose.sh
+	ops/scripts/ensure-ops-tools.sh
 
 # only what the demo needs: rerankq[worker] and a redis-server
 setup-demo:

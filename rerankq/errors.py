@@ -45,9 +45,11 @@ class InvalidRequest(RerankError, ValueError):
         return f"{message} ({self.detail})" if self.detail else message
 
 
-def invalid_request(errors: Sequence[Mapping[str, Any]], default_field: str) -> InvalidRequest:
+def invalid_request(errors: Sequence[Mapping[str, Any]], default_field: str, echo_input: bool = True) -> InvalidRequest:
     """The first of pydantic's (or FastAPI's) validation errors as an ``InvalidRequest`` naming
-    the field as users write it (``documents[3].text``): the one home of that translation."""
+    the field as users write it (``documents[3].text``): the one home of that translation.
+    ``echo_input=False`` where the message travels on (a worker's failure goes into task events
+    and logs, which must hold no query or document text)."""
     if not errors:
         return InvalidRequest(default_field, "is invalid")
     first = errors[0]
@@ -55,7 +57,7 @@ def invalid_request(errors: Sequence[Mapping[str, Any]], default_field: str) -> 
         position = first.get("loc", ())[-1:]
         return InvalidRequest("body", "must be valid JSON", f"{first.get('msg')} at character {position[0]}")
     message = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
-    detail = f"got {first['input']!r}" if "input" in first and _short(first["input"]) else ""
+    detail = f"got {first['input']!r}" if echo_input and "input" in first and _short(first["input"]) else ""
     return InvalidRequest(field_path(first.get("loc", ())) or default_field, message, detail)
 
 

@@ -77,7 +77,7 @@ def test_plain_and_hashed_keys_are_accepted(gateway: GatewayProcess) -> None:
 def test_health_probes_are_open(gateway: GatewayProcess) -> None:
     assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{gateway.url}/readyz")
-    assert ready.status_code == 200 and ready.json()["default_model"] == "tiny-bert" and ready.json()["workers"] >= 1
+    assert ready.status_code == 200 and "tiny-bert" in ready.json()["served"] and ready.json()["workers"] >= 1
 
 
 def test_keys_never_reach_the_log(http: httpx.Client, gateway: GatewayProcess) -> None:
@@ -124,10 +124,14 @@ def test_metrics_count_requests_by_route_and_status(http: httpx.Client) -> None:
     assert "rerankq_gateway_request_seconds_bucket" in text
 
 
-async def test_not_ready_without_a_worker_for_the_default_model() -> None:
+async def test_readiness_means_a_worker_for_each_ready_model_or_for_any(workers: dict) -> None:
+    """Not the default model's alone: a gateway serving other models is ready (RERANKQ_READY_MODELS
+    empty), and one told which models it needs is ready only when each has a live worker."""
     async with app_client(default_model="bge-reranker-v2-m3") as gateway:
+        assert (await gateway.get("/readyz")).status_code == 200  # no worker for the default, others live
+    async with app_client(ready_models=["tiny-bert", "bge-reranker-v2-m3"]) as gateway:
         response = await gateway.get("/readyz")
-    assert response.status_code == 503 and "bge-reranker-v2-m3" in response.json()["reason"]
+    assert response.status_code == 503 and response.json()["reason"] == "no live worker serves bge-reranker-v2-m3"
 
 
 # --- bad input ----------------------------------------------------------------------------------

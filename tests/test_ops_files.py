@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 from prometheus_client import REGISTRY
@@ -81,6 +82,18 @@ def test_the_compose_stack_validates_and_has_every_service(compose: dict[str, An
             source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
             if source.startswith(("/", ".")):
                 assert Path(source if source.startswith("/") else ROOT / source).exists(), source
+
+
+def test_compose_publishes_nothing_open(compose: dict[str, Any]) -> None:
+    """No Redis reachable from the network; every published port either asks for credentials
+    (gateway keys, Flower basic auth, Grafana password) or listens on the host's loopback only."""
+    authenticated = {"gateway", "flower", "grafana"}
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            published = port if isinstance(port, dict) else {"published": port}
+            loopback = published.get("host_ip") == "127.0.0.1" or str(port).startswith("127.0.0.1:")
+            assert name in authenticated or loopback, (name, port)
+    assert not compose["services"]["redis"].get("ports") and not compose["services"]["redis-cache"].get("ports")
 
 
 def test_compose_refuses_to_start_without_its_secrets() -> None:
@@ -165,6 +178,74 @@ def test_kubernetes_manifests_hold_together() -> None:
     assert {doc["spec"]["scaleTargetRef"]["name"] for doc in scaled} == {"rerankq-worker-gpu", "rerankq-worker-cpu"}
     for doc in scaled:
         assert "rerankq_queue_depth" in doc["spec"]["triggers"][0]["metadata"]["query"]
+
+
+def test_keda_scaled_objects_follow_kedas_own_schema() -> None:
+    """Against the ScaledObject CRD's schema from KEDA's repository (tests/fixtures): a typo or a
+    wrong type is caught here, not by the cluster."""
+    schema = json.loads((ROOT / "tests" / "fixtures" / "keda-scaledobject-v1alpha1.schema.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    scaled = [doc for doc in k8s_documents() if doc["kind"] == "ScaledObject"]
+    assert scaled and all(not list(validator.iter_errors(doc)) for doc in scaled)
+    broken = json.loads(json.dumps(scaled[0]))
+    broken["spec"]["triggers"][0]["metadata"]["threshold"] = 32  # KEDA wants strings
+    broken["spec"]["minReplicaCount"] = "one"
+    assert len(list(validator.iter_errors(broken))) == 2
+
+
+def test_kubernetes_pods_are_scraped_by_the_shipped_config() -> None:
+    """ops/prometheus/prometheus-k8s.yml keeps pods annotated prometheus.io/scrape and reads their
+    port and path annotations; every Deployment's pods carry all three."""
+    config = yaml.safe_load((ROOT / "ops" / "prometheus" / "prometheus-k8s.yml").read_text())
+    relabels = config["scrape_configs"][0]["relabel_configs"]
+    sources = {label for rule in relabels for label in rule["source_labels"]}
+    annotations = {"scrape", "port", "path"}
+    assert {f"__meta_kubernetes_pod_annotation_prometheus_io_{name}" for name in annotations} <= sources
+    for doc in k8s_documents():
+        if doc["kind"] == "Deployment":
+            pod = doc["spec"]["template"]["metadata"]["annotations"]
+            assert {f"prometheus.io/{name}" for name in annotations} <= set(pod), doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-k8s.yml"])
+def test_promtool_accepts_the_rules_and_the_compose_config(config: str, tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (make setup installs it with apt)")
+    alerts = ROOT / "ops" / "prometheus" / "alerts.yml"
+    checked = subprocess.run([promtool, "check", "rules", str(alerts)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and "SUCCESS: 7 rules found" in checked.stdout, checked.stdout + checked.stderr
+    if config == "prometheus-k8s.yml":
+        pytest.skip("Debian's promtool is built without Kubernetes service discovery; checked structurally above")
+    text = (ROOT / "ops" / "prometheus" / config).read_text().replace("/etc/prometheus/alerts.yml", str(alerts))
+    (tmp_path / config).write_text(text)
+    checked = subprocess.run([promtool, "check", "config", str(tmp_path / config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_dashboard_panel_has_one_unit() -> None:
+    """A panel plots one kind of quantity in its declared unit: seconds beside tokens, or requests
+    per second drawn as seconds, mislead at a glance."""
+    dashboard = json.loads((ROOT / "ops" / "grafana" / "dashboards" / "rerankq.json").read_text())
+    units = {"seconds": {"s"}, "per second": {"reqps", "short"}, "count": {"short"}, "ratio": {"percentunit", "none"}}
+    units |= {"percent": {"percent"}, "flag": {"none"}}
+    for panel in dashboard["panels"]:
+        kinds = {quantity(target["expr"]) for target in panel["targets"]}
+        assert len(kinds) == 1, (panel["title"], kinds)
+        assert panel["fieldConfig"]["defaults"]["unit"] in units[kinds.pop()], panel["title"]
+
+
+def quantity(expr: str) -> str:
+    """What an expression of the dashboard measures, from its shape."""
+    if "_seconds_bucket" in expr:
+        return "seconds"
+    if "alias_share" in expr:
+        return "percent"
+    if "redis_up" in expr:
+        return "flag"
+    if ") / sum(" in expr:
+        return "ratio"
+    return "per second" if "rate(" in expr and "_bucket" not in expr else "count"
 
 
 def test_every_command_line_in_the_deployment_files_is_one_rerankq_accepts(compose: dict[str, Any]) -> None:

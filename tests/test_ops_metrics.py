@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -158,23 +159,39 @@ def test_status_lists_workers_lanes_and_the_cache(workers: dict, client: RerankC
     assert table.returncode == 0 and "queues" in table.stdout and "cache:" in table.stdout
 
 
-def test_flower_sees_the_workers_and_their_queues_behind_basic_auth(workers: dict, tmp_path: Path) -> None:
+def test_flower_sees_the_workers_and_their_queues_behind_basic_auth_and_no_text(
+    workers: dict, tmp_path: Path, client: RerankClient
+) -> None:
+    """Flower (the real one) shows the workers' queues, and the jobs it hears of without their
+    query or document text, even for a job that asked for its documents back."""
     port = free_port()
     env = {**os.environ, "RERANKQ_FLOWER_BASIC_AUTH": "ops:flower-secret"}
     command = [sys.executable, "-m", "rerankq", "flower", "--port", str(port)]
     flower = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/api/workers?refresh=1"
-    try:
-        wait_until(lambda: _status(url) == 401, timeout=60)  # up, and closed without credentials
-        credentials = base64.b64encode(b"ops:flower-secret").decode()
-        request = urllib.request.Request(url, headers={"Authorization": f"Basic {credentials}"})
+    base = f"http://127.0.0.1:{port}"
+    credentials = base64.b64encode(b"ops:flower-secret").decode()
+
+    def api(path: str) -> Any:
+        request = urllib.request.Request(base + path, headers={"Authorization": f"Basic {credentials}"})
         with urllib.request.urlopen(request, timeout=30) as response:
-            seen = json.loads(response.read())
+            return json.loads(response.read())
+
+    try:
+        wait_until(lambda: _status(f"{base}/api/workers") == 401, timeout=60)  # up, and closed without credentials
+        seen = api("/api/workers?refresh=1")
+        secret = "flower-must-not-see-this-text"
+        handle = client.submit(
+            f"query {secret}", [f"document {secret}", "another"], model="tiny-bert", return_documents=True
+        )
+        assert handle.result(timeout=60).results[0].document is not None  # the text does come back to the caller
+        wait_until(lambda: api(f"/api/task/info/{handle.id}").get("state") == "SUCCESS", timeout=30)
+        shown = json.dumps([api(f"/api/task/info/{handle.id}"), api("/api/tasks")])
     finally:
         flower.terminate()
         flower.wait(10)
     tiny = next(info for name, info in seen.items() if name.startswith("rerankq-tiny-bert-"))
     assert "rerankq.tiny-bert.interactive" in {queue["name"] for queue in tiny["active_queues"]}
+    assert handle.id in shown and secret not in shown
 
 
 def test_flower_refuses_an_open_address_without_auth() -> None:
@@ -203,13 +220,13 @@ def test_a_gateway_of_several_processes_serves_their_summed_metrics(
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     gateway = start_gateway(tmp_path / "gateway.log", "--workers", "2", env={"RERANKQ_PUBLIC_METRICS": "true"})
     port = int(gateway.url.rsplit(":", 1)[1])
-    healthz = {"endpoint": "/healthz", "method": "GET", "status": "200"}
+    models = {"endpoint": "/v1/models", "method": "GET", "status": "200"}
     try:
-        before = value(scrape(port), "rerankq_gateway_requests_total", **healthz)
+        before = value(scrape(port), "rerankq_gateway_requests_total", **models)
         for _ in range(20):
-            with urllib.request.urlopen(f"{gateway.url}/healthz", timeout=10):
+            with urllib.request.urlopen(f"{gateway.url}/v1/models", timeout=10):
                 pass
-        counts = [value(scrape(port), "rerankq_gateway_requests_total", **healthz) for _ in range(4)]
+        counts = [value(scrape(port), "rerankq_gateway_requests_total", **models) for _ in range(4)]
     finally:
         stop_process(gateway.process)
     assert counts == [before + 20] * 4

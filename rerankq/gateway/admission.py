@@ -1,20 +1,47 @@
 """Whether the gateway takes a job: a live worker must consume the model's lane (else 503
 ``no_workers``) and the lane's queue must be under its limit (else 429 ``queue_full``).
 
-Live workers and queue depths are read from Redis and memoised for a fraction of a second, so
-admission on a busy gateway costs a round trip per interval, not per request.
+Live workers are read from Redis and memoised for a fraction of a second. The queue limit is
+atomic: one Lua script counts the lane's messages plus the jobs gateways are still sending and,
+below the limit, reserves a place; the place is given back once the job is on the queue (or
+failed to get there). Reading the depth and then sending let 300 concurrent requests past a
+limit of 30.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 
 from rerankq.errors import NoWorkers, QueueFull
-from rerankq.producer.constants import DEFAULT_LANE, queue_keys, queue_name
+from rerankq.producer.constants import DEFAULT_LANE, admitted_key, queue_keys, queue_name
 from rerankq.producer.presence import MEMO_S, AsyncLiveWorkers, WorkerPresence, serving
 from rerankq.producer.settings import Settings
+
+# KEYS: the queue's lists, then its reservations. ARGV: the limit, the reservations' TTL (ms).
+# Returns the depth before this job, or -(depth + 1) when the queue is full (nothing reserved).
+RESERVE = """
+local n = #KEYS - 1
+local depth = tonumber(redis.call('GET', KEYS[n + 1]) or '0')
+for i = 1, n do
+  depth = depth + redis.call('LLEN', KEYS[i])
+end
+if depth >= tonumber(ARGV[1]) then
+  return -1 - depth
+end
+redis.call('INCR', KEYS[n + 1])
+redis.call('PEXPIRE', KEYS[n + 1], ARGV[2])
+return depth
+"""
+RELEASE = """
+if redis.call('DECR', KEYS[1]) <= 0 then
+  redis.call('DEL', KEYS[1])
+end
+"""
+RESERVATION_TTL_MS = 30_000  # far longer than a send; bounds what a gateway dying mid-send holds
 
 
 class Admission:
@@ -30,15 +57,22 @@ class Admission:
     async def served_before(self) -> set[str]:
         return await self._workers.served_before()
 
-    async def admit(self, model: str) -> None:
-        """Refuse work no one will take (NoWorkers) or that would queue past the lane's limit (QueueFull)."""
+    @asynccontextmanager
+    async def admitted(self, model: str) -> AsyncIterator[None]:
+        """A place on the model's lane for the block's send. Refuses work no one will take
+        (NoWorkers) or that would queue past the lane's limit (QueueFull)."""
         lane = DEFAULT_LANE
         if not serving(await self.workers(), model, lane):
             raise NoWorkers(model, lane)
-        queue = queue_name(model, lane)
-        depth = await self.queue_depth(queue)
-        if depth >= self._settings.max_queue_depth:
-            raise QueueFull(queue, depth, self._settings.max_queue_depth, self._settings.retry_after_s)
+        queue, limit = queue_name(model, lane), self._settings.max_queue_depth
+        keys = [*queue_keys(queue), admitted_key(queue)]
+        depth = int(await self._redis.eval(RESERVE, len(keys), *keys, str(limit), str(RESERVATION_TTL_MS)))  # type: ignore[misc]
+        if depth < 0:
+            raise QueueFull(queue, -depth - 1, limit, self._settings.retry_after_s)
+        try:
+            yield
+        finally:
+            await self._redis.eval(RELEASE, 1, admitted_key(queue))  # type: ignore[misc]
 
     async def queue_depth(self, queue: str) -> int:
         """Messages waiting in ``queue``, over all its priority lists (reserved jobs not included)."""

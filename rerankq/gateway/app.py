@@ -6,14 +6,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI, Security
 
+from rerankq import __version__
 from rerankq.gateway import jobs_api, ops_api, rerank_api
-from rerankq.gateway.auth import ApiKeys, require_api_key
+from rerankq.gateway.auth import ApiKeys, AuthGate, bearer
 from rerankq.gateway.callbacks import CallbackDispatcher
-from rerankq.gateway.errors import install_error_handlers
+from rerankq.gateway.errors import error_responses, install_error_handlers
 from rerankq.gateway.limits import BodySizeLimit
 from rerankq.gateway.metrics import RequestMetrics
+from rerankq.gateway.openapi import install_openapi
+from rerankq.gateway.responses import SafeJSONResponse
 from rerankq.gateway.service import RerankService
 from rerankq.producer.aio import AsyncRerankClient
 from rerankq.producer.redis_clients import connect_async
@@ -39,18 +42,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await redis.aclose()
 
     # no redirect_slashes: API clients get a JSON 404, not a redirect to another path
-    app = FastAPI(title="rerankq gateway", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
-    app.state.api_keys = ApiKeys(settings.api_keys)
+    app = FastAPI(
+        title="rerankq gateway",
+        version=__version__,
+        lifespan=lifespan,
+        redirect_slashes=False,
+        default_response_class=SafeJSONResponse,
+    )
     install_error_handlers(app)
+    install_openapi(app, settings)
+    # Outermost last: metrics see every answer; the API key is checked before the body is read.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthGate, keys=ApiKeys(settings.api_keys), open_paths=open_paths(settings))
     app.add_middleware(RequestMetrics)
-    authenticated = [Depends(require_api_key)]
+    authenticated = [Security(bearer)]  # declares the scheme; AuthGate checks it
     app.include_router(ops_api.health)
     app.include_router(ops_api.metrics_router, dependencies=[] if settings.public_metrics else authenticated)
-    app.include_router(ops_api.protected, dependencies=authenticated)
-    app.include_router(rerank_api.router, dependencies=authenticated)
-    app.include_router(jobs_api.router, dependencies=authenticated)
+    for router in (ops_api.protected, rerank_api.router, jobs_api.router):
+        app.include_router(router, dependencies=authenticated, responses=error_responses())
     return app
+
+
+def open_paths(settings: Settings) -> frozenset[str]:
+    """What answers without an API key: the probes, the API's own description, and /metrics when public."""
+    paths = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+    return frozenset(paths | ({"/metrics"} if settings.public_metrics else set()))
 
 
 def _callbacks(settings: Settings, service: RerankService, redis: aioredis.Redis) -> CallbackDispatcher | None:

@@ -1,15 +1,22 @@
 """Bearer API keys. Settings hold keys or their SHA-256 digests (``sha256:<hex>``); the gateway
-keeps only digests and compares the presented key's digest with each in constant time."""
+keeps only digests and compares the presented key's digest with each in constant time.
+
+The check is an ASGI middleware in front of everything else, so an unauthenticated request is
+answered 401 from its headers alone: its body is never read, parsed or validated (a route
+dependency would run only after FastAPI parsed the body, letting anyone make the gateway parse
+32 MiB)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 
-from fastapi import Request
+from fastapi.security import HTTPBearer
 from pydantic import SecretStr
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from rerankq.gateway.errors import Unauthorized
+from rerankq.gateway.errors import Unauthorized, error_response
 
 DIGEST_PREFIX = "sha256:"
 
@@ -46,7 +53,24 @@ class ApiKeys:
             raise Unauthorized()
 
 
-async def require_api_key(request: Request) -> None:
-    """FastAPI dependency on every route except the health probes."""
-    keys: ApiKeys = request.app.state.api_keys
-    keys.check(request.headers.get("authorization"))
+# Declares the scheme in the OpenAPI document; the check itself is AuthGate's.
+bearer = HTTPBearer(auto_error=False, description="An API key from RERANKQ_API_KEYS")
+
+
+class AuthGate:
+    """401 before anything reads the body, for every path but the open ones."""
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys, open_paths: frozenset[str]) -> None:
+        self.app = app
+        self.keys = keys
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.open_paths and self.keys.enabled:
+            try:
+                self.keys.check(Headers(scope=scope).get("authorization"))
+            except Unauthorized as e:
+                headers = {"WWW-Authenticate": "Bearer"}
+                await error_response(401, "unauthorized", str(e), headers)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -10,15 +10,17 @@ the rule of its nearest class in ``RULES`` (``RequestTooLarge`` before ``Invalid
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from rerankq.errors import (
     BrokerUnavailable,
@@ -34,12 +36,14 @@ from rerankq.errors import (
     UnknownModel,
     invalid_request,
 )
+from rerankq.gateway.responses import SafeJSONResponse
 from rerankq.gateway.service import GatewayBusy
 
 log = logging.getLogger("rerankq.gateway")
 REDIS_RETRY_AFTER_S = 2  # Redis restarting or failing over is back within seconds
 UPGRADE_RETRY_AFTER_S = 30  # a rolling upgrade takes minutes
 NO_WORKERS_RETRY_AFTER_S = 10  # a worker starting (or scaled from zero) loads its model first
+POLL_AFTER_S = 1  # a timed-out job's status is worth asking for again this soon
 
 
 class Unauthorized(Exception):
@@ -137,9 +141,16 @@ RULES: dict[type[Exception], Rule] = {
         _incompatible,
     ),
     JobFailed: Rule(502, "job_failed", "the worker failed the job (says why)", lambda e: {"job_id": e.job_id}),
-    JobTimeout: Rule(504, "timeout", "no result within RERANKQ_GATEWAY_TIMEOUT_S (the job may finish)"),
+    JobTimeout: Rule(
+        504,
+        "timeout",
+        "no result within RERANKQ_GATEWAY_TIMEOUT_S (the job may finish: poll its status_url)",
+        _none,
+        lambda e: POLL_AFTER_S,
+    ),
     HTTPException: Rule(404, "not_found", "an unknown route (other HTTP errors keep their status)"),
-    Exception: Rule(500, "internal", "anything else (a bug)", message=_internal),
+    # a failed answer may leave the connection unusable: the client is told to open a new one
+    Exception: Rule(500, "internal", "anything else (a bug)", message=_internal, headers={"Connection": "close"}),
 }
 
 
@@ -148,11 +159,33 @@ def rule_for(error: Exception) -> Rule:
     return next(RULES[kind] for kind in type(error).__mro__ if kind in RULES)
 
 
+class ErrorBody(BaseModel):
+    """Every error's body: TEI clients read ``error`` and ``error_type``, Cohere's ``message``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str
+    error_type: str
+    message: str
+    field: str | None = None
+    limit: str | None = None
+
+
 def error_response(
     status_code: int, error_type: str, message: str, headers: Mapping[str, str] | None = None, **details: Any
 ) -> JSONResponse:
     body = {"error": message, "error_type": error_type, "message": message, **details}
-    return JSONResponse(body, status_code=status_code, headers=headers)
+    return SafeJSONResponse(body, status_code=status_code, headers=headers)
+
+
+def error_responses() -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of an API route: every status the table can answer with."""
+    kinds: dict[int, list[str]] = {}
+    for rule in RULES.values():
+        kinds.setdefault(rule.status, []).append(rule.error_type)
+    kinds.setdefault(405, ["http"])  # a known path, another method
+    described = {status: ", ".join(sorted(set(types))) for status, types in kinds.items()}
+    return {status: {"model": ErrorBody, "description": f"error_type: {types}"} for status, types in described.items()}
 
 
 async def handle(request: Request, error: Exception) -> JSONResponse:
@@ -167,9 +200,27 @@ async def handle(request: Request, error: Exception) -> JSONResponse:
     if isinstance(error, HTTPException):  # starlette's own: keep its status and headers
         status, error_type = error.status_code, "not_found" if error.status_code == 404 else "http"
         message, headers = str(error.detail), dict(error.headers or {})
+        if status == 405:  # Starlette names the first route's methods only
+            headers["Allow"] = ", ".join(allowed_methods(request))
     if isinstance(error, JobTimeout):
         details, message = _timeout_details(request, error)
     return error_response(status, error_type, message, headers, **details)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path."""
+    methods: set[str] = set()
+    for route in _leaf_routes(request.app.routes):
+        match, _ = route.matches({**request.scope, "method": "OPTIONS"})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
+def _leaf_routes(routes: Any) -> Iterator[Any]:
+    for route in routes:  # an included router (FastAPI's _IncludedRouter) holds its own routes
+        nested = getattr(getattr(route, "original_router", route), "routes", None)
+        yield from _leaf_routes(nested) if nested is not None else [route]
 
 
 def _as_invalid(error: RequestValidationError) -> InvalidRequest:

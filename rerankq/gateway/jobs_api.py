@@ -10,6 +10,7 @@ from rerankq.errors import InvalidRequest
 from rerankq.gateway.callback_targets import check_callback_url
 from rerankq.gateway.callbacks import CallbackDispatcher
 from rerankq.gateway.errors import Conflict
+from rerankq.gateway.request_limits import check_documents_request
 from rerankq.gateway.rerank_api import Service, cohere_response, document_texts
 from rerankq.gateway.schemas import JobAccepted, JobRequest, JobState
 from rerankq.gateway.service import RerankService
@@ -37,6 +38,7 @@ async def create_job(
     callbacks: Callbacks,
 ) -> JobAccepted:
     """Enqueue a Cohere-v1-shaped request; 202 with the job's id and where to poll it."""
+    check_documents_request(body.documents, body.rank_fields, service.settings)
     if body.callback_url is not None and callbacks is None:
         raise InvalidRequest("callback_url", "callbacks need RERANKQ_CALLBACK_SECRET set on the gateway (to sign them)")
     if body.callback_url is not None:

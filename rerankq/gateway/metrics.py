@@ -23,15 +23,21 @@ WAITING = Gauge("rerankq_gateway_waiting_requests", "Requests waiting for a job 
 CALLBACKS = Counter("rerankq_gateway_callbacks_total", "Job callbacks by outcome", ["outcome"])
 
 
+# Probes and scrapes are not traffic: counted, a failing readiness probe would feed the 5xx
+# alert and a scrape every 15 s the latency panels.
+UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 class RequestMetrics:
     """Counts and times every request under its route template (``/v1/jobs/{job_id}``), never
-    the raw path: unknown paths are one ``other`` label, so scanners cannot blow up cardinality."""
+    the raw path: unknown paths are one ``other`` label, so scanners cannot blow up cardinality.
+    Probes and scrapes (``UNCOUNTED_PATHS``) are left out."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in UNCOUNTED_PATHS:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from redis.exceptions import RedisError
 
@@ -25,19 +25,21 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@health.get("/readyz")
+@health.get("/readyz", responses={503: {"description": "not ready: `reason` says why"}})
 async def readyz(service: Service) -> JSONResponse:
-    """Ready: Redis answers and at least one live worker consumes the default model."""
-    model = service.settings.default_model
+    """Ready: Redis answers, and a live worker serves each model of RERANKQ_READY_MODELS (empty:
+    any model at all). A gateway is ready when it can answer some request, not only the default's."""
     try:
         await service.redis.ping()
-        workers = [p for p in await service.admission.workers() if p.model == model]
+        workers = await service.admission.workers()
     except RedisError as e:
         return JSONResponse({"status": "not_ready", "reason": f"Redis unreachable: {e}"}, status_code=503)
-    if not workers:
-        reason = f"no live worker serves the default model {model!r}"
-        return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
-    return JSONResponse({"status": "ready", "default_model": model, "workers": len(workers)})
+    served = sorted({worker.model for worker in workers})
+    needed = service.settings.ready_models
+    if missing := [model for model in needed if model not in served] or ([] if served else ["any model"]):
+        reason = f"no live worker serves {', '.join(missing)}"
+        return JSONResponse({"status": "not_ready", "reason": reason, "served": served}, status_code=503)
+    return JSONResponse({"status": "ready", "served": served, "workers": len(workers)})
 
 
 @protected.get("/v1/models")
@@ -70,6 +72,11 @@ async def models(service: Service) -> dict[str, Any]:
     return {"default": default, "models": described, "aliases": splits}
 
 
-@metrics_router.get("/metrics")
+@metrics_router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Prometheus text format"}},
+)
 async def metrics() -> Response:
+    """Prometheus metrics (text exposition format)."""
     return Response(generate_latest(multiprocess_registry() or REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from rerankq.errors import InvalidRequest
+from rerankq.gateway.request_limits import check_documents_request
 from rerankq.gateway.schemas import (
     CohereResponse,
     CohereV1Request,
@@ -48,6 +49,7 @@ async def rerank_v2(body: CohereV2Request, service: Service, response: Response)
 @router.post("/rerank", response_model_exclude_none=True)
 async def rerank_tei(body: TeiRequest, service: Service, response: Response) -> list[TeiHit]:
     """text-embeddings-inference: every text, highest score first."""
+    check_documents_request(body.texts, None, service.settings)
     result = await service.rank(
         body.query,
         body.texts,
@@ -65,6 +67,7 @@ async def rerank_tei(body: TeiRequest, service: Service, response: Response) -> 
 async def _cohere(
     body: CohereV1Request | CohereV2Request, service: RerankService, response: Response, api_version: str
 ) -> CohereResponse:
+    check_documents_request(body.documents, body.rank_fields, service.settings)
     texts = document_texts(body.documents, body.rank_fields)
     result = await service.rank(body.query, texts, body.model, top_n=body.top_n, **body.text_options())
     name_served_version(response, result)

@@ -5,13 +5,32 @@ Unknown request fields are ignored, as the original services do, so newer client
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, Strict
 
-from rerankq.producer.text_options import TEXT_OPTIONS
+from rerankq.producer.contract import visible_text_pattern
+from rerankq.producer.text_options import (
+    TEXT_OPTIONS,
+    Aggregate,
+    ChunkOverlap,
+    ChunkTokens,
+    LongDocuments,
+    MaxLength,
+    PositiveTokens,
+    TruncationDirection,
+)
 
-Document = str | dict[str, Any]
+# A structured document (Cohere v1, Jina): a string ``text`` and any other fields, echoed back with
+# ``return_documents`` and rankable with ``rank_fields``. Kept a plain dict (echoed as sent).
+DocumentObject = Annotated[
+    dict[str, Any],
+    Field(json_schema_extra={"properties": {"text": {"type": "string"}}, "required": ["text"]}),
+]
+Document = str | DocumentObject
+TopN = PositiveTokens  # the same rule: a positive JSON integer
+# The SDK's rule (rerankq.producer.contract.check_query) as a pattern: some visible character.
+Query = Annotated[str, Field(min_length=1, pattern=visible_text_pattern())]
 
 
 class _Request(BaseModel):
@@ -20,22 +39,21 @@ class _Request(BaseModel):
 
 class _CohereRequest(_Request):
     model: str | None = None
-    query: str
+    query: Query
     documents: list[Document]
-    top_n: int | None = Field(None, ge=1)
-    return_documents: bool = False
-    rank_fields: list[str] | None = None
+    top_n: TopN | None = None
+    return_documents: Annotated[bool, Strict()] = False
+    rank_fields: Annotated[list[str], Field(min_length=1)] | None = None
     # Long documents (rerankq.producer.text_options). Cohere's own: max_chunks_per_doc (v1; chunks the
-    # documents) and max_tokens_per_doc (v2; truncates them); the rest are rerankq's. Values are
-    # checked where the job is built, so the error names the field the same way the SDK does.
-    max_chunks_per_doc: Any = None
-    max_tokens_per_doc: Any = None
-    long_documents: Any = None
-    chunk_tokens: Any = None
-    chunk_overlap: Any = None
-    aggregate: Any = None
-    truncation_direction: Any = None
-    max_length: Any = None
+    # documents) and max_tokens_per_doc (v2; truncates them); the rest are rerankq's.
+    max_chunks_per_doc: PositiveTokens | None = None
+    max_tokens_per_doc: PositiveTokens | None = None
+    long_documents: LongDocuments | None = None
+    chunk_tokens: ChunkTokens | None = None
+    chunk_overlap: ChunkOverlap | None = None
+    aggregate: Aggregate | None = None
+    truncation_direction: TruncationDirection | None = None
+    max_length: MaxLength | None = None
 
     def text_options(self) -> dict[str, Any]:
         """The options as SDK keyword arguments; ``max_chunks_per_doc`` alone means chunking."""
@@ -54,12 +72,12 @@ class CohereV2Request(_CohereRequest):
 
 
 class TeiRequest(_Request):
-    query: str
+    query: Query
     texts: list[str]
-    raw_scores: bool = False
-    return_text: bool = False
+    raw_scores: Annotated[bool, Strict()] = False
+    return_text: Annotated[bool, Strict()] = False
     truncate: bool | None = None  # accepted; rerankq always truncates (see truncation_direction)
-    truncation_direction: Literal["Right", "right", "Left", "left"] = "Right"
+    truncation_direction: TruncationDirection = "Right"
     model: str | None = None  # not in TEI (one model per server); lets TEI clients pick one here
 
 

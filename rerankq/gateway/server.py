@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from rerankq.listen import is_loopback
 from rerankq.producer.settings import get_settings
@@ -13,6 +15,48 @@ from rerankq.producer.settings import get_settings
 
 class UnsafeBind(Exception):
     pass
+
+
+class HeadTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request head. uvicorn times out idle
+    keep-alive connections but waits forever for a head that never completes, and a connection
+    that sends nothing at all has no timer: 21,000 half-sent requests held the gateway's file
+    descriptors. Here a connection must complete a request head within
+    ``RERANKQ_GATEWAY_HEADER_TIMEOUT_S`` of connecting, or of the first byte of its next request."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._between_requests() and self._head_timer is None:
+            self._arm()  # a new request has begun: its head must arrive in time
+        super().data_received(data)
+        if not self._between_requests():
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _between_requests(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(get_settings().gateway_header_timeout_s, self._expire)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _expire(self) -> None:
+        self._head_timer = None
+        if self._between_requests() and not self.transport.is_closing():
+            self.transport.close()
 
 
 def check_bind(host: str, have_keys: bool, insecure: bool) -> None:
@@ -39,5 +83,6 @@ def serve(host: str, port: int, insecure: bool, workers: int = 1) -> None:
         workers=workers,
         proxy_headers=True,
         timeout_keep_alive=settings.gateway_keep_alive_s,
+        http=HeadTimeoutProtocol,
         log_level="info",
     )

@@ -85,8 +85,8 @@ class RerankService:
         job = self.client.build(query, documents, model=self.settings.default_model, **options)
         route = await self.resolve_model(model)
         job = job.model_copy(update={"model": route.model, "alias": route.alias})
-        await self.admission.admit(job.model)
-        await self.client.send(job)
+        async with self.admission.admitted(job.model):
+            await self.client.send(job)
         return job
 
     async def rank(self, query: Any, documents: Sequence[Any], model: str | None, **options: Any) -> RerankResult:

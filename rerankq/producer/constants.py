@@ -29,6 +29,9 @@ HEARTBEATS_KEY: Final = f"{KEY_PREFIX}:heartbeats"  # hash: worker id -> unix ti
 # ... and names here every message it holds, so a sweeper can give a dead worker's messages back.
 CLAIMS_KEY_PREFIX: Final = f"{KEY_PREFIX}:claims:"  # + "<worker id>" -> hash: delivery tag -> claimed at
 CLAIMANTS_KEY: Final = f"{KEY_PREFIX}:claimants"  # set: worker ids that may hold messages
+# + "<queue>": jobs gateways have admitted to a queue and are still sending (the queue limit's
+# reservations, rerankq.gateway.admission); expires if a gateway dies mid-send
+ADMITTED_KEY_PREFIX: Final = f"{KEY_PREFIX}:admitted:"
 # hash: queue name -> unix time a live worker last announced it consumes that queue (kept after
 # the worker is gone, so a job waiting on a queue nobody consumes can say since when)
 LANES_SEEN_KEY: Final = f"{KEY_PREFIX}:lanes:seen"
@@ -85,3 +88,7 @@ def alias_history_key(alias: str) -> str:
 
 def claims_key(worker_id: str) -> str:
     return f"{CLAIMS_KEY_PREFIX}{worker_id}"
+
+
+def admitted_key(queue: str) -> str:
+    return f"{ADMITTED_KEY_PREFIX}{queue}"

@@ -7,6 +7,7 @@ again, because a queue accepts messages from anyone.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import os
 import re
@@ -271,9 +272,30 @@ def _check_text(field: str, text: str, max_chars: int) -> None:
         raise InvalidRequest(field, "must be valid Unicode text", f"unpaired surrogate at {e.start}") from e
 
 
+# Characters that carry no text: separators (spaces), controls, and format characters (zero-width
+# ones). Private-use and not-yet-assigned code points count as text: fonts and newer Unicode
+# versions give them glyphs.
+INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
+
+
 def _visible(char: str) -> bool:
-    # Z* separators, C* controls / format (zero-width) / unassigned code points carry no text
-    return unicodedata.category(char)[0] not in "ZC"
+    return unicodedata.category(char) not in INVISIBLE_CATEGORIES
+
+
+@functools.cache  # 65,536 look-ups: built when a gateway needs it, not when the SDK is imported
+def visible_text_pattern() -> str:
+    """The same rule as a regular expression (JSON Schema's ``pattern``, searched anywhere): one
+    character outside the invisible ones of the Basic Multilingual Plane."""
+    ranges: list[list[int]] = []
+    for code in range(0x10000):
+        if 0xD800 <= code <= 0xDFFF or unicodedata.category(chr(code)) not in INVISIBLE_CATEGORIES:
+            continue
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    spans = "".join(f"\\u{low:04x}" + (f"-\\u{high:04x}" if high > low else "") for low, high in ranges)
+    return f"[^{spans}]"
 
 
 def _kind(value: Any) -> str:

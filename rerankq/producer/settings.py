@@ -238,6 +238,30 @@ class Settings(BaseSettings):
         "they always close first: at uvicorn's default of 5 s, a request sent on a connection the gateway "
         "was closing that instant was reset (seen in the burst drill).",
     )
+    gateway_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection must send a whole request head (request line and headers) within this many "
+        "seconds of its first byte (or of connecting); else the gateway closes it, so half-sent requests "
+        "cannot hold its file descriptors.",
+    )
+    max_rank_fields: int = Field(
+        32, ge=1, description="The most `rank_fields` one request may name; more: `413` before any work."
+    )
+    max_document_fields: int = Field(
+        256, ge=1, description="The most fields one document object may hold; more: `413` before any work."
+    )
+    max_document_depth: int = Field(
+        16,
+        ge=1,
+        description="How deep objects and lists may nest in a document object (the object itself is 1 deep); "
+        "deeper: `413` before any work.",
+    )
+    ready_models: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Models that need a live worker for the gateway's `/readyz` to be ready (comma-separated). "
+        "Empty: a live worker of any model.",
+    )
     public_metrics: bool = Field(False, description="Serve the gateway's `/metrics` without an API key.")
     callback_secret: SecretStr | None = Field(
         None,
@@ -271,7 +295,7 @@ class Settings(BaseSettings):
             )
         return url
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "ready_models", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

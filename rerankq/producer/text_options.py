@@ -16,10 +16,11 @@ worker; the producer checks everything that does not need a tokenizer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rerankq.errors import RequestTooLarge, invalid_request
 from rerankq.producer.settings import Settings
@@ -37,18 +38,36 @@ TEXT_OPTIONS = (
 Aggregate = Literal["max", "mean", "first"]
 
 
+def json_integer(value: Any) -> Any:
+    """An integer as JSON Schema means it (``5``, ``5.0``), not ``true`` or ``"5"`` (which lax
+    parsing would read as 1 and 5)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value != int(value):
+        raise ValueError("must be an integer")
+    return int(value)
+
+
+# The options' types, also the gateway's request schema (one rule each). The bounds come first,
+# so the JSON schema states them (minimum, maximum); the integer check wraps them.
+MaxLength = Annotated[int, Field(ge=8, le=131_072), BeforeValidator(json_integer)]  # capped by the model's limit
+PositiveTokens = Annotated[int, Field(ge=1), BeforeValidator(json_integer)]
+ChunkTokens = Annotated[int, Field(ge=8), BeforeValidator(json_integer)]
+ChunkOverlap = Annotated[int, Field(ge=0), BeforeValidator(json_integer)]
+TruncationDirection = Literal["right", "left", "Right", "Left"]  # TEI sends "Right" / "Left"
+LongDocuments = Literal["truncate", "chunk"]
+
+
 class TextOptions(BaseModel):
     """The per-job text options (all optional); see the module docstring."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_length: int | None = Field(None, ge=8, le=131_072)  # tokens per pair; capped by the model's limit
-    max_tokens_per_doc: int | None = Field(None, ge=1)
+    max_length: MaxLength | None = None
+    max_tokens_per_doc: PositiveTokens | None = None
     truncation_direction: Literal["right", "left"] = "right"
-    long_documents: Literal["truncate", "chunk"] = "truncate"
-    chunk_tokens: int | None = Field(None, ge=8)
-    chunk_overlap: int = Field(0, ge=0)
-    max_chunks_per_doc: int | None = Field(None, ge=1)  # None: RERANKQ_MAX_CHUNKS_PER_DOC
+    long_documents: LongDocuments = "truncate"
+    chunk_tokens: ChunkTokens | None = None
+    chunk_overlap: ChunkOverlap = 0
+    max_chunks_per_doc: PositiveTokens | None = None  # None: RERANKQ_MAX_CHUNKS_PER_DOC
     aggregate: Aggregate = "max"
 
     @field_validator("truncation_direction", mode="before")

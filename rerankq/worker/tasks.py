@@ -6,12 +6,14 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore
+from celery.worker.request import Request
 from pydantic import ValidationError
 
 from rerankq.errors import IncompatibleFormat, InvalidRequest, JobFailed, invalid_request
@@ -43,9 +45,34 @@ from rerankq.worker.text_windows import PairLimits, Span, aggregate
 log = logging.getLogger("rerankq.jobs")
 
 
+class QuietRequest(Request):  # type: ignore[misc]
+    """What the worker tells the world about a job (task events: Flower, event monitors) holds no
+    query or document text. Celery's events carry the task's arguments (its ``argsrepr`` when the
+    producer sent one) and a repr of its return value, which holds the documents when the caller
+    asked for them back: both are replaced by a summary."""
+
+    @property
+    def argsrepr(self) -> str:
+        sent = str(self._request_dict.get("argsrepr") or "")
+        return sent if ARGSREPR.match(sent) else "<rerank job>"
+
+    @property
+    def kwargsrepr(self) -> str:
+        return "{}"
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        if "result" in fields:
+            fields["result"] = RESULTREPR
+        super().send_event(type, **fields)
+
+
+ARGSREPR = re.compile(r"^<[A-Za-z0-9._-]+: (\d+ documents|rerouted)>$")  # what rerankq producers send
+RESULTREPR = "<ranked documents: see the result backend>"
+
+
 def register(app: Celery) -> None:
     """Add the rerank task to a worker's app (rerankq.worker.app.create_worker_app)."""
-    app.task(name=TASK_RERANK, bind=True)(rerank)
+    app.task(name=TASK_RERANK, bind=True, Request=QuietRequest)(rerank)
 
 
 def rerank(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +161,7 @@ def parse_job(payload: Any, runtime: Runtime) -> RerankJob:
         record_rejection("incompatible_format", str(e))
         raise
     except ValidationError as e:
-        invalid = invalid_request(e.errors(), "job")
+        invalid = invalid_request(e.errors(), "job", echo_input=False)
         record_rejection("invalid_job", str(invalid))
         raise invalid from e
     try:
