@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -139,11 +140,23 @@ def test_a_frozen_worker_is_given_up_on_and_corrupts_nothing_when_it_wakes(
     assert len(served.results) == 2
 
 
-def test_two_sweepers_racing_restore_each_message_once(redis_server: Any) -> None:
+@pytest.fixture
+def quiet_store(redis_server: Any) -> Iterator[tuple[redis.Redis, str]]:
+    """A database of the session's Redis that no worker serves, so no live worker's sweeper
+    restores the test's messages before the test does (CI saw that race)."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/11"
+    store = redis.Redis.from_url(url)
+    store.flushdb()
+    yield store, url
+    store.flushdb()
+    store.close()
+
+
+def test_two_sweepers_racing_restore_each_message_once(quiet_store: tuple[redis.Redis, str]) -> None:
     """Messages held by a worker without a heartbeat, restored by eight sweepers at once (the
     lock bypassed, so the Lua script alone must keep the count): each comes back exactly once,
     at the front of its queue, marked redelivered."""
-    store, queue = redis.Redis.from_url(redis_server.url), queue_name(f"race-{uuid.uuid4().hex[:6]}")
+    (store, url), queue = quiet_store, queue_name(f"race-{uuid.uuid4().hex[:6]}")
     dead = f"rerankq-race-{uuid.uuid4().hex[:6]}@nowhere"
     for i in range(50):
         tag = str(uuid.uuid4())
@@ -156,7 +169,7 @@ def test_two_sweepers_racing_restore_each_message_once(redis_server: Any) -> Non
     barrier = threading.Barrier(8)
 
     def race() -> int:
-        own = redis.Redis.from_url(redis_server.url)
+        own = redis.Redis.from_url(url)
         barrier.wait()
         return restore_worker(own, dead)
 
@@ -176,18 +189,18 @@ def test_two_sweepers_racing_restore_each_message_once(redis_server: Any) -> Non
     store.delete(queue)
 
 
-def test_a_sweep_spares_workers_whose_heartbeat_is_fresh(redis_server: Any) -> None:
-    store, queue = redis.Redis.from_url(redis_server.url), queue_name(f"alive-{uuid.uuid4().hex[:6]}")
+def test_a_sweep_spares_workers_whose_heartbeat_is_fresh(quiet_store: tuple[redis.Redis, str]) -> None:
+    (store, url), queue = quiet_store, queue_name(f"alive-{uuid.uuid4().hex[:6]}")
     alive = f"rerankq-alive-{uuid.uuid4().hex[:6]}@here"
     message = {"headers": {"id": "alive-job"}, "properties": {"delivery_tag": str(uuid.uuid4()), "priority": 0}}
     message["properties"]["delivery_info"] = {"exchange": "", "routing_key": queue}
     store.lpush(queue, json.dumps(message))
     assert claim(store, [queue], alive) is not None
     store.hset(HEARTBEATS_KEY, alive, time.time())
-    report = sweep(store, Settings(redis_url=redis_server.url))
+    report = sweep(store, Settings(redis_url=url))
     assert alive not in report.dead and store.hlen(claims_key(alive)) == 1 and store.llen(queue) == 0
     store.hset(HEARTBEATS_KEY, alive, time.time() - 60)  # three intervals (15 s) and more without a beat
-    report = sweep(store, Settings(redis_url=redis_server.url))
+    report = sweep(store, Settings(redis_url=url))
     assert alive in report.dead and report.restored >= 1 and store.llen(queue) == 1
     store.delete(queue)
     store.hdel(HEARTBEATS_KEY, alive)

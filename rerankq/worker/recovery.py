@@ -161,7 +161,7 @@ def dead_workers(client: redis.Redis, interval_s: float, now: float | None = Non
     return [worker for worker, beat in zip(claimants, beats, strict=True) if beat is None or float(beat) < cutoff]
 
 
-def restore_worker(client: redis.Redis, worker_id: str) -> int:
+def restore_worker(client: redis.Redis, worker_id: str, event: str = "dead_worker_restored") -> int:
     """Put back every message ``worker_id`` holds; returns how many were put back."""
     tags = [tag.decode() for tag in cast(list[bytes], client.hkeys(claims_key(worker_id)))]
     if not tags:
@@ -172,7 +172,7 @@ def restore_worker(client: redis.Redis, worker_id: str) -> int:
     keys = [claims_key(worker_id), UNACKED_KEY, UNACKED_INDEX_KEY, CLAIMANTS_KEY, *(queue for _, (queue, _) in pairs)]
     args = [worker_id, *(value for tag, (_, message) in pairs for value in (tag, message))]
     restored = int(_run(client, RESTORE, keys, args))
-    log.warning(json.dumps({"event": "dead_worker_restored", "worker": worker_id, "restored": restored}))
+    log.warning(json.dumps({"event": event, "worker": worker_id, "restored": restored}))
     return restored
 
 

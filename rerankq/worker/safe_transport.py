@@ -30,7 +30,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
-from rerankq.worker.recovery import acknowledge, claim, release
+from rerankq.worker.recovery import acknowledge, claim, release, restore_worker
 from rerankq.worker.rejections import record_rejection
 
 log = logging.getLogger("rerankq.worker")
@@ -57,6 +57,17 @@ class ClaimedQoS(kombu_redis.QoS):  # type: ignore[misc]
                 log.warning(json.dumps({"event": "late_ack", "delivery_tag": delivery_tag}))
         virtual.QoS.ack(self, delivery_tag)  # kombu's in-memory bookkeeping only
 
+    def restore_unacked(self, client: Any = None) -> None:
+        """Celery (5.7) may close a lost connection's channel only after ``collect()`` has taken
+        the transport away; kombu's restore then dies of an AttributeError that Celery calls
+        unrecoverable, and the worker exits. Those messages stay claimed under this worker's name
+        instead, and its next channel gives them back (``_ClaimingRead._brpop_start``)."""
+        if claimant is not None and self.channel.connection.client is None:
+            log.warning(json.dumps({"event": "restore_deferred", "messages": len(self._delivered)}))
+            self._delivered.clear()
+            return
+        super().restore_unacked(client)
+
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         self._release(delivery_tag)
         super().reject(delivery_tag, requeue=requeue)
@@ -82,6 +93,7 @@ class _ClaimingRead:
     QoS = ClaimedQoS
     _claimed: tuple[str, bytes] | None = None
     _sent = "BRPOP"
+    _took_back_orphans = False
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if claimant is None:
@@ -90,6 +102,11 @@ class _ClaimingRead:
         lists = self._lane_lists()
         if not lists:
             return
+        if not self._took_back_orphans:
+            # What an earlier channel of this worker took and could not give back when it closed
+            # (Redis was gone then): held under this live worker's name, no sweeper would take it.
+            restore_worker(self.client, claimant, event="orphaned_claims_restored")  # type: ignore[attr-defined]
+            self._took_back_orphans = True
         self._claimed = claim(self.client, lists, claimant)  # type: ignore[attr-defined]
         connection = self.client.connection  # type: ignore[attr-defined]
         self._in_poll = connection
