@@ -9,7 +9,6 @@ logs that it consumes (after the model loaded and warmed up). A gateway is a rea
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from rerankq.local_redis import local_redis_server
+from rerankq.local_redis import free_port, local_redis_server
 
 
 @dataclass
@@ -81,13 +80,6 @@ class GatewayProcess(LoggedProcess):
     url: str
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def start_gateway(log_path: Path, *args: str, env: dict[str, str] | None = None) -> GatewayProcess:
     """``rerankq gateway --port <free port> ARGS...`` on 127.0.0.1, ready on return."""
     port = free_port()
@@ -99,11 +91,12 @@ def start_gateway(log_path: Path, *args: str, env: dict[str, str] | None = None)
             env={**os.environ, **(env or {})},
         )
     gateway = GatewayProcess(process, log_path, f"http://127.0.0.1:{port}")
-    _wait_until_serving(gateway)
+    wait_until_serving(gateway)
     return gateway
 
 
-def _wait_until_serving(gateway: GatewayProcess, timeout: float = 60) -> None:
+def wait_until_serving(gateway: GatewayProcess, timeout: float = 60) -> None:
+    """Until ``/healthz`` answers; the log's tail in the error when the process exits first."""
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -17,7 +17,8 @@ from gateway_support import AUTH, HASHED_KEY, MAX_BODY_BYTES, MAX_DOCUMENTS, PLA
 from prometheus_client import REGISTRY
 
 from rerankq.gateway.server import UnsafeBind, check_bind
-from rerankq.processes import GatewayProcess, free_port
+from rerankq.local_redis import free_port
+from rerankq.processes import GatewayProcess
 from rerankq.producer import RerankClient
 from rerankq.producer.constants import JOB_KEY_PREFIX, queue_name
 

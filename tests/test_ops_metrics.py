@@ -20,7 +20,8 @@ import redis
 from gateway_support import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from rerankq.processes import free_port, running_workers, start_gateway, stop_process
+from rerankq.local_redis import free_port
+from rerankq.processes import running_workers, start_gateway, stop_process
 from rerankq.producer import RerankClient
 from rerankq.producer.aliases import delete_alias, set_alias
 from rerankq.producer.constants import WORKERS_KEY, alias_history_key
