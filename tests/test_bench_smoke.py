@@ -23,10 +23,11 @@ FIELDS = {
     "scale": {"one_pairs_per_s", "two_pairs_per_s", "ratio"},
     "priority": {"idle_ms_p95", "under_bulk_ms_p95", "ratio", "bulk_pairs_per_s", "pipeline_pairs_per_s", "bulk_ratio"},
     "startup": {"load_s_p50", "checked_s_p50", "check_cost_s", "ratio"},
+    "seed": {"clients", "seed_pairs_per_s", "rerankq_pairs_per_s", "ratio", "seed_ms_p50", "rerankq_ms_p99"},
 }
 
 
-@pytest.mark.timeout(1200)  # seven scenarios, each starting real workers: minutes on a slow or busy machine
+@pytest.mark.timeout(1200)  # nine scenarios, each starting real workers: minutes on a slow or busy machine
 def test_every_scenario_produces_its_fields(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "RERANKQ_REDIS_URL"}  # the bench starts its own Redis
     env["RERANKQ_SHAPES_DIR"] = str(tmp_path / "shapes")
@@ -37,6 +38,7 @@ def test_every_scenario_produces_its_fields(tmp_path: Path) -> None:
     records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert {record["scenario"] for record in records} == set(FIELDS)
     assert sorted(r["docs_per_job"] for r in records if r["scenario"] == "naive") == [1, 8]
+    assert sorted(r["clients"] for r in records if r["scenario"] == "seed") == [1, 8, 32]
     for record in records:
         assert FIELDS[record["scenario"]] <= record.keys(), record
         numbers = [v for k, v in record.items() if k in FIELDS[record["scenario"]] and isinstance(v, float)]

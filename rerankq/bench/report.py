@@ -43,6 +43,11 @@ TARGETS: dict[str, tuple[str, str, Check]] = {
         lambda r: r["ratio"] <= 2 and r["bulk_ratio"] >= 0.9,
     ),
     "startup": ("check_cost_s", "model checks add <= 5 s to a worker start", lambda r: r["check_cost_s"] <= 5),
+    "seed": (
+        "ratio",
+        "rerankq's gateway ahead of the seed recipe at 8 and 32 clients",
+        lambda r: r["clients"] < 8 or r["ratio"] > 1,
+    ),
 }
 
 

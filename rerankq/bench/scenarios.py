@@ -188,6 +188,14 @@ def startup(ctx: BenchContext) -> Iterator[Record]:
     }
 
 
+def seed(ctx: BenchContext) -> Iterator[Record]:
+    """rerankq's gateway vs the seed's recipe (FastAPI + one ``CrossEncoder``, ``predict`` per
+    request), the same 1 x 20 requests from 1, 8 and 32 concurrent clients."""
+    from rerankq.bench.seed_recipe import seed_comparison  # FastAPI and uvicorn: only this scenario
+
+    yield from seed_comparison(ctx.setup, ctx.job_count(96), (1, 8, 32))
+
+
 def _seconds(action: Callable[[], object]) -> float:
     started = time.perf_counter()
     action()
@@ -203,6 +211,7 @@ SCENARIOS: dict[str, Callable[[BenchContext], Iterator[Record]]] = {
     "scale": scale,
     "priority": priority,
     "startup": startup,
+    "seed": seed,
 }
 
 
