@@ -2,7 +2,7 @@
 export HF_HUB_OFFLINE ?= 0
 VENV := .venv/bin
 
-.PHONY: setup setup-demo demo test test-fast test-faults wheel-smoke bench lint audit lock clean
+.PHONY: setup setup-demo demo test test-fast test-faults wheel-smoke bench gpu-kit lint audit lock clean
 
 # everything for development: tests, linters, every extra (editable install)
 setup:
@@ -36,6 +36,10 @@ wheel-smoke:
 # the full benchmark suite on this machine; writes docs/BENCHMARKS.md (ARGS e.g. --shape tiny-bert --jobs 300)
 bench: setup
 	HF_HUB_OFFLINE=1 $(VENV)/rerankq bench all $(ARGS)
+
+# dist/gpu-kit/: one command that measures the GPU path on a lent GPU machine (docs/BENCHMARKS.md)
+gpu-kit: setup
+	$(VENV)/python ops/scripts/build_gpu_kit.py
 
 lint: setup
 	$(VENV)/ruff check .
