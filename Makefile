@@ -18,9 +18,10 @@ setup-demo:
 demo: setup-demo
 	$(VENV)/rerankq demo
 
-# two pytest processes, one test file each at a time: most tests wait on real workers and Redis
+# two pytest processes, one test file each at a time: most tests wait on real workers and Redis;
+# files in collection order, so the longest two start first (tests/conftest.py, LONGEST_FIRST)
 test: setup
-	HF_HUB_OFFLINE=1 $(VENV)/pytest -q -n 2 --dist loadfile
+	HF_HUB_OFFLINE=1 $(VENV)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(VENV)/pytest -q -m "not slow"

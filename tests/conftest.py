@@ -136,3 +136,12 @@ def paused_model(client: RerankClient, workers: dict) -> Iterator[object]:
     model = "tiny-xlmr"
     with paused(client, model):
         yield PausedModel(model, lambda: resume(client, model, ("interactive",)))
+
+
+# The longest files start first, one on each pytest process (--dist loadfile hands files out in
+# this order), so neither is left to run alone at the end of the suite.
+LONGEST_FIRST = ("test_gpu_kit.py", "test_bench_smoke.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)

@@ -227,6 +227,8 @@ def test_a_gateway_of_several_processes_serves_their_summed_metrics(
         for _ in range(20):
             with urllib.request.urlopen(f"{gateway.url}/v1/models", timeout=10):
                 pass
+        # a request is counted once its response has gone out: the last one may land a moment later
+        wait_until(lambda: value(scrape(port), "rerankq_gateway_requests_total", **models) >= before + 20, timeout=10)
         counts = [value(scrape(port), "rerankq_gateway_requests_total", **models) for _ in range(4)]
     finally:
         stop_process(gateway.process)
