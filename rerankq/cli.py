@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, cast
 
 import typer
 
-from rerankq.cli_support import EXIT_USAGE, App, Host, ModelName, RedisUrl, apply_settings
+from rerankq.cli_support import EXIT_USAGE, App, Host, Kind, ModelName, RedisUrl, apply_settings
 from rerankq.extras import needs_extra
 from rerankq.models_cli import models_app
 from rerankq.producer.constants import LANES, Lane
+from rerankq.producer.registry import ModelKind
 
 app = App(
     help="rerankq: cross-encoder reranking behind a Celery queue on Redis.",
@@ -47,6 +49,7 @@ def _setup_logging(level: int = logging.INFO) -> None:
 @app.command()
 def worker(
     model: ModelName = None,
+    kind: Kind = None,
     device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
     concurrency: Annotated[int, typer.Option(min=1, help="Jobs held at once; their pairs share batches.")] = 32,
     name: Annotated[str | None, typer.Option(help="Serve under this model name (default: folder name).")] = None,
@@ -106,6 +109,7 @@ def worker(
 
     options = WorkerOptions(
         model=model or settings.default_model,
+        kind=cast(ModelKind | None, kind),
         device=device,
         concurrency=concurrency,
         name=name,
@@ -173,15 +177,17 @@ def bench(
     scenario: Annotated[
         str,
         typer.Argument(
-            help="throughput, naive, mixed, cache, latency, scale, priority, or all (writes docs/BENCHMARKS.md)."
+            help="throughput, naive, mixed, cache, latency, scale, priority, startup, seed, or all "
+            "(writes docs/BENCHMARKS.md)."
         ),
     ],
     model: ModelName = None,
+    kind: Kind = None,
     shape: Annotated[
         str | None,
         typer.Option(
             help="Random weights with a real architecture: tiny-bert, tiny-xlmr, minilm-l6 (default), "
-            "bge-reranker-base, bge-reranker-v2-m3."
+            "bge-reranker-base, bge-reranker-v2-m3, qwen3-reranker-0.6b, tiny-qwen3-reranker, tiny-gemma-reranker."
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
@@ -204,7 +210,8 @@ def bench(
     if model and shape:
         raise typer.BadParameter("pass --model or --shape, not both", param_hint="--model")
     _setup_logging(logging.WARNING)
-    run(BenchOptions(scenario, model, shape, device, jobs, docs_per_job, concurrency, as_json))
+    options = BenchOptions(scenario, model, shape, device, jobs, docs_per_job, concurrency, as_json)
+    run(replace(options, kind=cast(ModelKind | None, kind)))
 
 
 cache_app = App(help="Inspect or clear the result cache.", no_args_is_help=True, path="rerankq cache")

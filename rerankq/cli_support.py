@@ -32,6 +32,7 @@ from rerankq.errors import (
     UnknownModel,
 )
 from rerankq.producer.jobs import broker_unavailable
+from rerankq.producer.registry import MODEL_KINDS
 from rerankq.producer.settings import Settings, get_settings, use_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -43,6 +44,22 @@ RedisUrl = Annotated[
 ]
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
 ModelName = Annotated[str | None, typer.Option("--model", help="Registry name, Hugging Face id or local folder.")]
+
+
+def _known_kind(kind: str | None) -> str | None:
+    if kind is not None and kind not in MODEL_KINDS:
+        raise typer.BadParameter(f"must be one of {', '.join(MODEL_KINDS)}; got {kind!r}")
+    return kind
+
+
+Kind = Annotated[
+    str | None,
+    typer.Option(
+        callback=_known_kind,
+        help=f"What a folder or Hugging Face id holds: {', '.join(MODEL_KINDS)} (default cross-encoder); a "
+        "registry name's manifest says it.",
+    ),
+]
 
 
 def apply_settings(**flags: Any) -> Settings:

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rerankq.cli_support import EXIT_FAILED, EXIT_USAGE, App, RedisUrl, apply_settings
+from rerankq.cli_support import EXIT_FAILED, EXIT_USAGE, App, Kind, RedisUrl, apply_settings
 from rerankq.errors import InvalidRequest, ModelCheckFailed
 from rerankq.extras import needs_extra
 from rerankq.producer.aliases import (
@@ -27,7 +27,7 @@ from rerankq.producer.aliases import (
 )
 from rerankq.producer.presence import WorkerPresence, read_live, serving
 from rerankq.producer.redis_clients import connect
-from rerankq.producer.registry import ModelManifest, load_manifests
+from rerankq.producer.registry import ModelKind, ModelManifest, load_manifests
 from rerankq.producer.settings import Settings, get_settings
 
 models_app = App(
@@ -56,6 +56,7 @@ ModelOption = Annotated[
 @models_app.command("check")
 def check(
     model: ModelOption,
+    kind: Kind = None,
     device: Device = "auto",
     golden: Golden = None,
     languages: Annotated[
@@ -74,7 +75,7 @@ def check(
         items = load_golden(golden)
     except GoldenSetError as e:
         raise InvalidRequest("--golden", str(e)) from e
-    manifest = resolve_model(model, None, get_settings())
+    manifest = resolve_model(model, None, get_settings(), cast(ModelKind | None, kind))
     if languages:
         manifest = manifest.model_copy(update={"languages": languages.split(",")})
     target = pick_device(device)

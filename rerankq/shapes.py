@@ -28,6 +28,8 @@ from transformers import (
     XLMRobertaForSequenceClassification,
 )
 
+from rerankq.producer.registry import ModelKind
+
 CORPUS = [
     "what is artificial intelligence",
     "Artificial intelligence is the study of machines that learn, reason and act.",
@@ -199,11 +201,32 @@ def _wordpiece_as_xlmr(model_max_length: int) -> PreTrainedTokenizerFast:
     )
 
 
+def _llm_shape(builder: str) -> Callable[[Path], Path]:
+    """An LLM reranker's builder, imported when used (rerankq.llm_shapes imports this module)."""
+
+    def build(path: Path) -> Path:
+        from rerankq import llm_shapes
+
+        built: Path = getattr(llm_shapes, builder)(path)
+        return built
+
+    return build
+
+
 SHAPES: dict[str, Callable[[Path], Path]] = {
     "tiny-bert": build_tiny_bert,
     "tiny-xlmr": build_tiny_xlm_roberta,
     "minilm-l6": build_minilm_l6_cross_encoder,
     **{name: partial(build_xlmr_shape, name=name) for name in _XLMR_SHAPES},
+    "tiny-qwen3-reranker": _llm_shape("build_tiny_qwen3_reranker"),
+    "tiny-gemma-reranker": _llm_shape("build_tiny_gemma_reranker"),
+    "qwen3-reranker-0.6b": _llm_shape("build_qwen3_reranker_shape"),
+}
+# What a worker must be told a shape's folder holds (--kind); the rest are cross-encoders.
+SHAPE_KINDS: dict[str, ModelKind] = {
+    "tiny-qwen3-reranker": "qwen3-reranker",
+    "tiny-gemma-reranker": "bge-gemma-reranker",
+    "qwen3-reranker-0.6b": "qwen3-reranker",
 }
 
 

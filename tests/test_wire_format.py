@@ -119,7 +119,7 @@ def test_a_job_of_a_newer_major_fails_with_the_reason_and_the_worker_serves_the_
     with pytest.raises(JobFailed) as failed:
         client.job(job_id).result(timeout=60)
     reason = failed.value.reason
-    assert "job message format 2.0" in reason and "reads 1.0" in reason
+    assert "job message format 2.0" in reason and f"reads {JOB_FORMAT.version}" in reason
     assert "upgrade every worker before the producers and gateways" in reason
     rejected = [json.loads(entry) for entry in redis.Redis.from_url(redis_server.url).lrange(REJECTED_KEY, 0, 20)]
     assert any(entry["kind"] == "incompatible_format" and "2.0" in entry["reason"] for entry in rejected)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sentence_transformers import CrossEncoder
 
 from rerankq.bench.workload import Job, total_pairs
+from rerankq.producer.registry import ModelKind
 from rerankq.producer.settings import Settings
 from rerankq.worker.backends import Backend, CrossEncoderBackend, EncodedPair
 from rerankq.worker.batcher import Batcher, BatchStats
@@ -36,8 +37,8 @@ class BatchedRun:
 class InProcessModel:
     """One model instance on one device, driven directly."""
 
-    def __init__(self, spec: str, device: str, settings: Settings) -> None:
-        manifest = resolve_model(spec, None, settings)
+    def __init__(self, spec: str, device: str, settings: Settings, kind: ModelKind | None = None) -> None:
+        manifest = resolve_model(spec, None, settings, kind)
         self.settings = settings
         self.backend: Backend = load_backend(manifest, pick_device(device), settings.max_length)
         self.backend.warm_up()

@@ -15,6 +15,7 @@ from rerankq.bench.inprocess import Timed
 from rerankq.bench.workload import Job, make_jobs, total_pairs, uniform
 from rerankq.processes import WorkerProcess, running_workers
 from rerankq.producer import RerankClient
+from rerankq.producer.registry import ModelKind
 
 JOB_TIMEOUT_S = 600.0
 _runs = itertools.count(1)
@@ -30,6 +31,7 @@ class WorkerSetup:
     device: str
     concurrency: int
     run_dir: Path
+    kind: ModelKind | None = None  # --kind for the workers (an LLM reranker's folder)
 
 
 @dataclass
@@ -106,6 +108,7 @@ def serving(setup: WorkerSetup, workers: int = 1, *worker_args: str) -> Iterator
     """``workers`` worker processes for the set-up.s model, ready on entry, stopped on exit."""
     log_dir = setup.run_dir / f"run-{next(_runs)}"
     args = ["--name", setup.model, "--concurrency", str(setup.concurrency), *worker_args]
+    args += ["--kind", setup.kind] if setup.kind else []
     # benchmark shapes carry random weights: timing needs no golden-ranking check
     env = {"RERANKQ_REDIS_URL": setup.redis_url, "RERANKQ_CHECK_RANKING": "false"}
     with (

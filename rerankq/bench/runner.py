@@ -15,8 +15,9 @@ from rerankq.bench.pipeline import WorkerSetup
 from rerankq.bench.report import Record, machine, print_record, write_markdown
 from rerankq.bench.scenarios import SCENARIOS, BenchContext
 from rerankq.processes import redis_for_run
+from rerankq.producer.registry import ModelKind
 from rerankq.producer.settings import get_settings
-from rerankq.shapes import shape_folder
+from rerankq.shapes import SHAPE_KINDS, shape_folder
 from rerankq.worker.loading import pick_device, resolve_model
 
 DEFAULT_SHAPE = "minilm-l6"
@@ -34,25 +35,26 @@ class BenchOptions:
     docs_per_job: int | None = None
     concurrency: int = 32
     as_json: bool = False
+    kind: ModelKind | None = None  # --kind for a --model folder (a shape knows its own)
 
 
 def run(options: BenchOptions) -> list[Record]:
     console = Console(stderr=options.as_json)  # with --json, stdout carries only the JSON lines
     settings = get_settings()
     spec, label = _model_spec(options, console)
+    kind = options.kind if options.model else SHAPE_KINDS.get(options.shape or DEFAULT_SHAPE)
     device = pick_device(options.device)
     names = list(SCENARIOS) if options.scenario == "all" else [options.scenario]
     records: list[Record] = []
     with redis_for_run() as redis_url:
         run_dir = RUN_DIR / time.strftime("%Y%m%d-%H%M%S")  # worker logs of this run
-        setup = WorkerSetup(
-            redis_url, spec, resolve_model(spec, None, settings).name, device, options.concurrency, run_dir
-        )
+        name = resolve_model(spec, None, settings, kind).name
+        setup = WorkerSetup(redis_url, spec, name, device, options.concurrency, run_dir, kind)
         ctx = BenchContext(
             setup,
             options.jobs,
             options.docs_per_job,
-            lambda: InProcessModel(spec, device, settings),  # loaded only if a scenario needs it
+            lambda: InProcessModel(spec, device, settings, kind),  # loaded only if a scenario needs it
             running_all=options.scenario == "all",
         )
         for name in names:

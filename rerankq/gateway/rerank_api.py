@@ -56,6 +56,7 @@ async def rerank_tei(body: TeiRequest, service: Service, response: Response) -> 
         body.model,
         normalize=not body.raw_scores,
         truncation_direction=body.truncation_direction,
+        instruction=body.instruction,
     )
     name_served_version(response, result)
     return [

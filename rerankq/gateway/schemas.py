@@ -31,6 +31,10 @@ Document = str | DocumentObject
 TopN = PositiveTokens  # the same rule: a positive JSON integer
 # The SDK's rule (rerankq.producer.contract.check_query) as a pattern: some visible character.
 Query = Annotated[str, Field(min_length=1, pattern=visible_text_pattern())]
+# rerankq's extension for LLM rerankers (Qwen3-Reranker, bge-reranker-v2-gemma): the task in words.
+Instruction = Annotated[
+    str, Field(min_length=1, pattern=visible_text_pattern(), description="LLM rerankers: what relevance means here.")
+]
 
 
 class _Request(BaseModel):
@@ -54,10 +58,12 @@ class _CohereRequest(_Request):
     aggregate: Aggregate | None = None
     truncation_direction: TruncationDirection | None = None
     max_length: MaxLength | None = None
+    instruction: Instruction | None = None
 
     def text_options(self) -> dict[str, Any]:
         """The options as SDK keyword arguments; ``max_chunks_per_doc`` alone means chunking."""
-        options = {name: getattr(self, name) for name in TEXT_OPTIONS if getattr(self, name) is not None}
+        names = (*TEXT_OPTIONS, "instruction")
+        options = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
         if self.max_chunks_per_doc is not None and self.long_documents is None:
             options["long_documents"] = "chunk"
         return options
@@ -79,6 +85,7 @@ class TeiRequest(_Request):
     truncate: bool | None = None  # accepted; rerankq always truncates (see truncation_direction)
     truncation_direction: TruncationDirection = "Right"
     model: str | None = None  # not in TEI (one model per server); lets TEI clients pick one here
+    instruction: Instruction | None = None
 
 
 class JobRequest(CohereV1Request):

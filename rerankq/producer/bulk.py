@@ -54,13 +54,15 @@ Document = Annotated[
 
 
 class BulkRecord(BaseModel):
-    """One input record: ``{"id": ..., "query": ..., "documents": [...]}``; other fields are ignored."""
+    """One input record: ``{"id": ..., "query": ..., "documents": [...]}``, and for LLM rerankers
+    an optional ``instruction`` (the run's own when absent); other fields are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
     id: RecordId
     query: str
     documents: list[Document]
+    instruction: str | None = None
 
     def texts(self) -> list[str]:
         return [doc if isinstance(doc, str) else doc.text for doc in self.documents]
@@ -242,13 +244,15 @@ class BulkRanker:
         step = self.job_documents
         route = self.client.resolve(self.model)  # once per record: its jobs never mix versions
         return [
-            (offset, self._build(record.query, texts[offset : offset + step], route))
+            (offset, self._build(record.query, texts[offset : offset + step], route, record.instruction))
             for offset in range(0, len(texts), step)
         ]
 
-    def _build(self, query: str, documents: list[str], route: Route) -> RerankJob:
+    def _build(self, query: str, documents: list[str], route: Route, instruction: str | None) -> RerankJob:
         """Every document's score comes back (top_n applies to the merged record)."""
         options: JobOptions = {**self.options, "model": route.model, "top_n": None}
+        if instruction is not None:
+            options["instruction"] = instruction
         job = self.client.build(query, documents, lane="bulk", **options)
         return job.model_copy(update={"alias": route.alias}) if route.alias else job
 

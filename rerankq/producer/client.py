@@ -8,7 +8,7 @@ from typing import Any
 from celery import states
 from typing_extensions import Unpack
 
-from rerankq.errors import NoWorkers
+from rerankq.errors import InvalidRequest, NoWorkers
 from rerankq.producer import ledger
 from rerankq.producer.aliases import AliasTable, Route
 from rerankq.producer.bulk import BulkRanker, BulkRecord, RecordResult
@@ -24,12 +24,13 @@ from rerankq.producer.contract import (
     build_job,
     check_model_name,
     check_option_names,
+    kind_of,
     score_options,
 )
 from rerankq.producer.job_status import JobStatus
 from rerankq.producer.jobs import JobHandle, broker_errors
 from rerankq.producer.presence import LiveWorkers, serving
-from rerankq.producer.registry import load_manifests
+from rerankq.producer.registry import LLM_KINDS, load_manifests
 from rerankq.producer.settings import Settings, get_settings
 from rerankq.producer.text_options import text_options
 from rerankq.producer.transport import make_celery
@@ -93,6 +94,7 @@ class RerankClient:
             normalize=options.get("normalize", True),
             cache=options.get("cache", True),
             text=text_options(options),
+            instruction=options.get("instruction"),
             settings=self.settings,
         )
 
@@ -116,6 +118,8 @@ class RerankClient:
         """Publish the job on its lane's queue, carrying the cached scores so the worker computes
         only the misses. Returns the answer instead when there is nothing left to compute."""
         job = self.route(job)
+        if job.instruction is not None:
+            self._check_takes_instruction(job.model)
         if not job.documents:
             return RerankResult(job_id=job.job_id, model=job.model, alias=job.alias, device="none", results=[])
         job = self._with_cached_scores(job)
@@ -170,6 +174,20 @@ class RerankClient:
         self.resolve(options.get("model"))  # UnknownModel now, before a record is read
         ranker = BulkRanker(self, max_in_flight or self.settings.bulk_max_in_flight, options)
         return ranker.run(records, ordered=ordered, on_wait=on_wait)
+
+    def _check_takes_instruction(self, model: str) -> None:
+        """An instruction for a model that has nowhere to put one fails here, not on a worker:
+        what the live workers serve says the model's kind (its manifest, when none is up)."""
+        kinds = {kind_of(worker.identity) for worker in self.workers.read() if worker.model == model}
+        if not kinds and (manifest := self.manifests.get(model)) is not None:
+            kinds = {manifest.kind}
+        if kinds and not kinds & set(LLM_KINDS):
+            raise InvalidRequest(
+                "instruction",
+                f"only LLM rerankers ({', '.join(LLM_KINDS)}) read an instruction; "
+                f"{model} is a {', '.join(sorted(kinds))}",
+                "leave instruction out for it",
+            )
 
     def _with_cached_scores(self, job: RerankJob) -> RerankJob:
         # a chunked document's score is made of its windows' scores: only the worker, holding the

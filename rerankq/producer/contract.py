@@ -43,6 +43,7 @@ class RerankJob(BaseModel):
     return_documents: bool = False
     normalize: bool = True
     text: TextOptions = TextOptions()  # token limits, truncation, chunking (rerankq.producer.text_options)
+    instruction: str | None = None  # LLM rerankers: the task in words (None: the model's default)
     enqueued_at: float = Field(default_factory=time.time)
     # Result cache (see rerankq.producer.cache): ``cache=False`` neither reads nor writes it.
     # ``cached_scores`` holds what the producer found under ``cache_identity``; the worker uses
@@ -65,6 +66,7 @@ class JobOptions(TypedDict, total=False):
     return_documents: bool  # attach each document's text to its result
     normalize: bool  # sigmoid into [0, 1] (default) or raw logits
     cache: bool  # read and write the result cache (default True)
+    instruction: str | None  # LLM rerankers only: what relevance means here (None: the model's default)
     # Long documents (see rerankq.producer.text_options): tokens per pair, per document, truncation side,
     # and chunk-and-aggregate scoring.
     max_length: int | None
@@ -165,6 +167,7 @@ def build_job(
     normalize: bool = True,
     cache: bool = True,
     text: TextOptions | None = None,
+    instruction: Any = None,
     settings: Settings,
 ) -> RerankJob:
     """Check every rule and build the job; raises ``InvalidRequest`` naming the field and the limit.
@@ -173,6 +176,7 @@ def build_job(
     check_query(query, settings)
     docs = check_documents(documents, settings)
     check_top_n(top_n)
+    check_instruction(instruction, settings)
     text = text or TextOptions()
     check_chunk_pairs(len(docs), text, settings)
     return RerankJob(
@@ -186,6 +190,7 @@ def build_job(
         normalize=bool(normalize),
         cache=bool(cache),
         text=text,
+        instruction=instruction,
     )
 
 
@@ -195,6 +200,7 @@ def check_job(job: RerankJob, settings: Settings) -> None:
     check_query(job.query, settings)
     check_documents(job.documents, settings)
     check_top_n(job.top_n)
+    check_instruction(job.instruction, settings)
     check_chunk_pairs(len(job.documents), job.text, settings)
     if any(not 0 <= i < len(job.documents) for i in job.cached_scores):
         raise InvalidRequest("cached_scores", f"indices must lie in 0..{len(job.documents) - 1}")
@@ -235,6 +241,15 @@ def check_query(query: Any, settings: Settings) -> None:
     _check_text("query", query, settings.max_query_chars)
     if not any(_visible(char) for char in query):
         raise InvalidRequest("query", "must hold visible text", "got only whitespace, control or zero-width characters")
+
+
+def check_instruction(instruction: Any, settings: Settings) -> None:
+    """None (the model's default) or visible text within the query's limit."""
+    if instruction is None:
+        return
+    if not isinstance(instruction, str) or not any(_visible(char) for char in instruction):
+        raise InvalidRequest("instruction", "must be a string of visible text or None", f"got {instruction!r:.80}")
+    _check_text("instruction", instruction, settings.max_query_chars)
 
 
 def check_documents(documents: Any, settings: Settings) -> list[str]:
@@ -305,7 +320,9 @@ def _kind(value: Any) -> str:
 def score_options(job: RerankJob) -> str:
     """Every per-job option that changes a score, canonically. The worker's own settings that
     change scores (weights, default max_length) are part of its model identity instead."""
-    return f"normalize={int(job.normalize)};{job.text.pair_options()}"
+    options = f"normalize={int(job.normalize)};{job.text.pair_options()}"
+    # last, so its text cannot be read as another option; absent for most jobs, whose keys stay as they were
+    return options if job.instruction is None else f"{options};instruction={job.instruction}"
 
 
 def model_identity(name: str, revision: str, kind: str, fingerprint: str, max_length: int, query_share: float) -> str:
@@ -313,6 +330,12 @@ def model_identity(name: str, revision: str, kind: str, fingerprint: str, max_le
     Workers publish it per model; the producer reads the revision back out of it for answers it
     makes from the cache alone."""
     return f"{name}@{revision}|{kind}|{fingerprint}|max_length={max_length};query_share={query_share}"
+
+
+def kind_of(identity: str) -> str:
+    """The model kind in an identity (``cross-encoder``, ``qwen3-reranker``, ...), template aside."""
+    parts = identity.split("|")
+    return parts[1].split("+", 1)[0] if len(parts) > 1 else ""
 
 
 def revision_of(identity: str | None) -> str | None:

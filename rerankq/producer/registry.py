@@ -7,7 +7,10 @@ The manifests rerankq ships live in the package (``rerankq/manifests/``, read th
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
+import re
 import tomllib
 from collections.abc import Iterable
 from importlib.resources import files
@@ -15,14 +18,65 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rerankq.errors import ModelLoadError
 from rerankq.producer.constants import MODEL_NAME_PATTERN
 
-ModelKind = Literal["cross-encoder", "bi-encoder"]
+ModelKind = Literal["cross-encoder", "bi-encoder", "qwen3-reranker", "bge-gemma-reranker"]
+# Decoder LLMs asked "does this document meet the query?" and scored by their answer token.
+LLM_KINDS: tuple[ModelKind, ...] = ("qwen3-reranker", "bge-gemma-reranker")
+MODEL_KINDS: tuple[ModelKind, ...] = ("cross-encoder", "bi-encoder", *LLM_KINDS)
 DeviceKind = Literal["cuda", "cpu"]
 Dtype = Literal["float16", "bfloat16", "float32"]
+PLACEHOLDER = re.compile(r"\{(instruction|query|document)\}")
+
+
+class PromptTemplate(BaseModel):
+    """How a yes/no LLM reranker reads one pair, exactly as its model card builds the prompt.
+
+    ``segments`` are tokenized one by one (no special tokens added) and joined, as the cards do;
+    ``{instruction}``, ``{query}`` and ``{document}`` are filled in first. Only the segment holding
+    ``{document}`` is ever cut, so truncation never touches the template. The score is the
+    last position's logit of ``yes`` minus that of ``no`` (``yes`` alone when there is no ``no``),
+    so its sigmoid is the card's probability of "yes". ``special_tokens`` are the template's
+    markers the tokenizer must hold as single tokens.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str = Field(pattern=r"^[A-Za-z0-9._/-]{1,64}$")  # part of the cache key: bump it on any change
+    segments: list[str] = Field(min_length=1)
+    instruction: str = Field(min_length=1)  # the default; a job may bring its own
+    special_tokens: list[str] = []
+    yes: str = Field(min_length=1)
+    no: str | None = None
+
+    @field_validator("segments")
+    @classmethod
+    def _placeholders(cls, segments: list[str]) -> list[str]:
+        for name in ("query", "document"):
+            holding = [segment for segment in segments if f"{{{name}}}" in segment]
+            if len(holding) != 1 or holding[0].count(f"{{{name}}}") != 1:
+                raise ValueError(f"exactly one segment must hold {{{name}}} once")
+        stray = [s for s in segments if re.search(r"\{[a-z_]+\}", PLACEHOLDER.sub("", s))]
+        if stray:
+            raise ValueError(f"unknown placeholder in {stray[0]!r}: use {{instruction}}, {{query}}, {{document}}")
+        return segments
+
+    def fingerprint(self) -> str:
+        """The version and a hash of everything else: what cached scores are keyed on."""
+        digest = hashlib.blake2b(self.model_dump_json().encode(), digest_size=6).hexdigest()
+        return f"{self.version}#{digest}"
+
+    def document_segment(self) -> int:
+        return next(i for i, segment in enumerate(self.segments) if "{document}" in segment)
+
+    def fill(self, segment: str, instruction: str, query: str, document: str) -> str:
+        """One segment with its placeholders filled in one pass (a query holding ``{document}``
+        stays as it is)."""
+        values = {"instruction": instruction, "query": query, "document": document}
+        return PLACEHOLDER.sub(lambda match: values[match.group(1)], segment)
 
 
 class ModelManifest(BaseModel):
@@ -45,7 +99,22 @@ class ModelManifest(BaseModel):
     dtype: dict[DeviceKind, Dtype] = {"cuda": "float16", "cpu": "float32"}
     token_budget: dict[DeviceKind, int] = {}  # padded tokens per forward pass; missing: RERANKQ_TOKEN_BUDGET
     languages: list[str] = []  # golden-set languages the model must rank ("multilingual" or empty: all)
+    template: PromptTemplate | None = None  # LLM kinds only; missing: the kind's shipped template
     notes: str = ""
+
+    @model_validator(mode="after")
+    def _template_for_llm_kinds(self) -> ModelManifest:
+        if self.kind not in LLM_KINDS:
+            if self.template is not None:
+                raise ValueError(f"a template applies to {', '.join(LLM_KINDS)} models, not to {self.kind}")
+            return self
+        if self.template is None:
+            object.__setattr__(self, "template", kind_template(self.kind))
+        return self
+
+    @property
+    def takes_instruction(self) -> bool:
+        return self.template is not None
 
     @field_validator("dtype")
     @classmethod
@@ -78,6 +147,13 @@ def device_kind(device: str) -> DeviceKind:
 
 
 SHIPPED_MANIFESTS: Traversable = files("rerankq") / "manifests"
+
+
+@functools.cache
+def kind_template(kind: ModelKind) -> PromptTemplate:
+    """The shipped template of an LLM kind (``rerankq/manifests/templates/<kind>.toml``)."""
+    path = SHIPPED_MANIFESTS / "templates" / f"{kind}.toml"
+    return PromptTemplate(**tomllib.loads(path.read_text(encoding="utf-8")))
 
 
 def load_manifests(models_dir: Path | None) -> dict[str, ModelManifest]:

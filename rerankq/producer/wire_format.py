@@ -78,6 +78,6 @@ def _parse(version: Any) -> tuple[int, int]:
     return (int(match.group(1)), int(match.group(2))) if match else (-1, -1)
 
 
-JOB_FORMAT = RecordFormat("job message", "1.0", "upgrade every worker before the producers and gateways")
+JOB_FORMAT = RecordFormat("job message", "1.1", "upgrade every worker before the producers and gateways")
 RESULT_FORMAT = RecordFormat("result", "1.0", "upgrade the producers and gateways before the workers")
 ALIAS_FORMAT = RecordFormat("alias record", "1.0", "upgrade the producers and gateways before `rerankq models alias`")

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
+from rerankq.errors import InvalidRequest
 from rerankq.worker.text_windows import PairLimits, TextCutter
 
 Features = dict[str, list[int]]
@@ -33,6 +34,7 @@ class Backend(ABC):
 
     kind: str
     cutter: TextCutter  # cuts queries and documents by this model's tokens (rerankq.worker.text_windows)
+    takes_instruction = False  # LLM rerankers read a per-job instruction; encoders have nowhere to put one
 
     def __init__(self, device: str, max_length: int) -> None:
         self.device = device
@@ -42,11 +44,27 @@ class Backend(ABC):
         """Plain limits: the worker's max_length (or one given), nothing else."""
         return PairLimits(max_length or self.max_length)
 
-    def encode(self, query: str, documents: Sequence[str], limits: PairLimits) -> list[EncodedPair]:
+    def encode(
+        self, query: str, documents: Sequence[str], limits: PairLimits, instruction: str | None = None
+    ) -> list[EncodedPair]:
         """Tokenize one job's pairs: the query cut to its share of ``max_length``, each document
         to what fits beside it (``max_tokens_per_doc`` at most, from the side the limits keep)."""
+        self.refuse_instruction(instruction)
         query, budget = self.cutter.fit_query(query, limits)
         return self.encode_pairs(query, self.cutter.cut(documents, budget, limits.direction), limits.max_length)
+
+    def cutter_for(self, instruction: str | None) -> TextCutter:
+        """The cutter for one job's pairs (an LLM's template takes room, with its instruction)."""
+        self.refuse_instruction(instruction)
+        return self.cutter
+
+    def refuse_instruction(self, instruction: str | None) -> None:
+        if instruction is not None and not self.takes_instruction:
+            raise InvalidRequest(
+                "instruction",
+                f"only LLM rerankers read an instruction; this model is a {self.kind}",
+                "leave instruction out for it",
+            )
 
     @abstractmethod
     def encode_pairs(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
@@ -88,13 +106,13 @@ class CrossEncoderBackend(Backend):
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
-        features = _pad(self.tokenizer, [pair.features[0] for pair in batch], self.device)
+        features = pad_features(self.tokenizer, [pair.features[0] for pair in batch], self.device)
         scores: torch.Tensor = self.model({**features, "modality": "text"})["scores"]
         values: list[float] = scores.float().reshape(len(batch), -1)[:, 0].tolist()
         return values
 
     def normalize(self, raw: float) -> float:
-        return _sigmoid(raw)
+        return sigmoid(raw)
 
 
 class BiEncoderBackend(Backend):
@@ -123,7 +141,7 @@ class BiEncoderBackend(Backend):
     @torch.inference_mode()
     def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
         sequences = [pair.features[0] for pair in batch] + [pair.features[1] for pair in batch]
-        features = _pad(self.tokenizer, sequences, self.device)
+        features = pad_features(self.tokenizer, sequences, self.device)
         embeddings = self.model({**features, "modality": "text"})["sentence_embedding"].float()
         embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
         queries, documents = embeddings[: len(batch)], embeddings[len(batch) :]
@@ -143,8 +161,17 @@ class OomInjectingBackend(Backend):
         self.inner = inner
         self.kind = inner.kind
         self.cutter = inner.cutter
+        self.takes_instruction = inner.takes_instruction
         self.batch_tokens = batch_tokens
         self.pair_tokens = pair_tokens
+
+    def encode(
+        self, query: str, documents: Sequence[str], limits: PairLimits, instruction: str | None = None
+    ) -> list[EncodedPair]:
+        return self.inner.encode(query, documents, limits, instruction)
+
+    def cutter_for(self, instruction: str | None) -> TextCutter:
+        return self.inner.cutter_for(instruction)
 
     def encode_pairs(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
         return self.inner.encode_pairs(query, documents, max_length)
@@ -166,12 +193,12 @@ def _unbatch(encoded: Any) -> list[Features]:
     return [dict(zip(keys, values, strict=True)) for values in zip(*(encoded[k] for k in keys), strict=True)]
 
 
-def _pad(tokenizer: Any, features: list[Features], device: str) -> dict[str, torch.Tensor]:
+def pad_features(tokenizer: Any, features: list[Features], device: str) -> dict[str, torch.Tensor]:
     padded = tokenizer.pad(features, padding=True, return_tensors="pt")
     return {name: tensor.to(device) for name, tensor in padded.items()}
 
 
-def _sigmoid(x: float) -> float:
+def sigmoid(x: float) -> float:
     # float64 and overflow-safe; equals torch.sigmoid on float32 logits within float32 precision
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))

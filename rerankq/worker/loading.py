@@ -18,7 +18,7 @@ from transformers.utils import logging as transformers_logging
 from rerankq.errors import InvalidRequest, ModelLoadError
 from rerankq.producer.contract import check_model_name
 from rerankq.producer.contract import model_identity as identity_of
-from rerankq.producer.registry import ModelManifest, find_manifest, source_path
+from rerankq.producer.registry import LLM_KINDS, ModelKind, ModelManifest, find_manifest, source_path
 from rerankq.producer.settings import Settings
 from rerankq.worker.backends import Backend, BiEncoderBackend, CrossEncoderBackend
 from rerankq.worker.golden import GoldenItem, load_golden
@@ -28,22 +28,30 @@ from rerankq.worker.validation import Report, check_files, check_scores
 log = logging.getLogger("rerankq.worker")
 transformers_logging.disable_progress_bar()  # one bar per load on stderr, in every worker log
 _SAMPLE_BYTES = 1 << 20
+DEFAULT_LLM_LENGTH = 1024  # tokens per pair, template included, for an LLM reranker's folder
 _FINGERPRINTED = {"config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "pytorch_model.bin"}
 
 
-def resolve_model(spec: str, name: str | None, settings: Settings) -> ModelManifest:
-    """A registry name or HF id with a manifest, a local folder, or a bare Hugging Face id."""
+def resolve_model(spec: str, name: str | None, settings: Settings, kind: ModelKind | None = None) -> ModelManifest:
+    """A registry name or HF id with a manifest, a local folder, or a bare Hugging Face id.
+    ``kind`` (``--kind``) says what a folder or bare id holds; a manifest says it itself."""
     manifest = find_manifest(settings.models_dir, spec)
     if manifest is not None:
+        if kind is not None and kind != manifest.kind:
+            raise ModelLoadError(f"{spec} is a {manifest.kind} by its manifest, not a {kind}: leave --kind out")
         return manifest.model_copy(update={"name": name or manifest.name})
+    kind = kind or "cross-encoder"
     path = Path(spec).expanduser()
     if path.is_dir():
         limit = folder_token_limit(path)
         name = _checked_name(name or path.resolve().name)
-        return ModelManifest(name=name, source=str(path.resolve()), max_length=min(512, limit), model_max_length=limit)
+        length = min(DEFAULT_LLM_LENGTH if kind in LLM_KINDS else 512, limit)
+        return ModelManifest(
+            name=name, source=str(path.resolve()), kind=kind, max_length=length, model_max_length=limit
+        )
     if _looks_like_path(spec):
         raise ModelLoadError(f"model folder {spec} does not exist")
-    return ModelManifest(name=_checked_name(name or spec.rsplit("/", 1)[-1]), source=spec)
+    return ModelManifest(name=_checked_name(name or spec.rsplit("/", 1)[-1]), source=spec, kind=kind)
 
 
 def folder_token_limit(folder: Path) -> int:
@@ -101,7 +109,7 @@ def load_checked(
     folder to check before the load, which then fails with its own message."""
     folder = model_folder(manifest)
     if folder is not None:
-        for passed in check_files(folder, manifest.kind):
+        for passed in check_files(folder, manifest):
             report(passed)
     backend = load_backend(manifest, device, max_length)
     for passed in check_scores(backend, golden or load_golden(), manifest, check_ranking):
@@ -131,7 +139,9 @@ def model_identity(manifest: ModelManifest, backend: Backend, query_share: float
     model change can never serve stale scores."""
     fingerprint = weights_fingerprint(manifest)
     revision = served_revision(manifest, fingerprint)
-    return identity_of(manifest.name, revision, manifest.kind, fingerprint, backend.max_length, query_share)
+    # an LLM's prompt changes its scores as its weights do: the template's version and hash count
+    kind = manifest.kind if manifest.template is None else f"{manifest.kind}+{manifest.template.fingerprint()}"
+    return identity_of(manifest.name, revision, kind, fingerprint, backend.max_length, query_share)
 
 
 def served_revision(manifest: ModelManifest, fingerprint: str) -> str:
@@ -176,6 +186,8 @@ def model_folder(manifest: ModelManifest) -> Path | None:
 
 
 def _load(manifest: ModelManifest, source: str, device: str, max_length: int) -> Backend:
+    if manifest.template is not None:
+        return _load_llm(manifest, source, device, max_length)
     if manifest.kind == "bi-encoder":
         bi_encoder = SentenceTransformer(source, device=device, revision=manifest.revision)
         bi_encoder.max_seq_length = max_length
@@ -187,6 +199,21 @@ def _load(manifest: ModelManifest, source: str, device: str, max_length: int) ->
             "a reranker needs exactly one output (num_labels=1)"
         )
     return CrossEncoderBackend(cross_encoder, device, max_length)
+
+
+def _load_llm(manifest: ModelManifest, source: str, device: str, max_length: int) -> Backend:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rerankq.worker.llm_backend import TemplateTokenError, YesNoRerankerBackend
+
+    assert manifest.template is not None
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=manifest.revision)
+    dtype = getattr(torch, manifest.dtype_for(device))  # loaded as it will serve: an 8B model in fp32 is 32 GB
+    model = AutoModelForCausalLM.from_pretrained(source, revision=manifest.revision, dtype=dtype).to(device)
+    try:
+        return YesNoRerankerBackend(model, tokenizer, manifest.template, manifest.kind, device, max_length)
+    except TemplateTokenError as e:
+        raise ModelLoadError(f"cannot serve {manifest.source} as a {manifest.kind}: {e}") from e
 
 
 def _explain_load_failure(manifest: ModelManifest, error: Exception) -> str:

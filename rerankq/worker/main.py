@@ -17,7 +17,7 @@ from rerankq.producer.cache import ScoreCache
 from rerankq.producer.constants import Lane, by_priority, queue_name
 from rerankq.producer.contract import revision_of
 from rerankq.producer.redis_clients import connect
-from rerankq.producer.registry import ModelManifest
+from rerankq.producer.registry import ModelKind, ModelManifest
 from rerankq.producer.settings import Settings
 from rerankq.worker import metrics, safe_transport
 from rerankq.worker.app import create_worker_app
@@ -40,6 +40,7 @@ class WorkerOptions:
     (the CLI's flags build a copy of it); these are the choices settings do not hold."""
 
     model: str
+    kind: ModelKind | None = None  # --kind: what a folder or bare hub id holds (a manifest says it itself)
     device: str = "auto"
     concurrency: int = 32
     name: str | None = None
@@ -52,7 +53,7 @@ class WorkerOptions:
 
 def load_runtime(options: WorkerOptions, settings: Settings) -> Runtime:
     """Everything a worker process holds: one model instance, one batcher, one Redis client."""
-    manifest = resolve_model(options.model, options.name, settings)
+    manifest = resolve_model(options.model, options.name, settings, options.kind)
     if options.languages:
         manifest = manifest.model_copy(update={"languages": list(options.languages)})
     device = pick_device(options.device, options.min_free_gpu_mb, options.fallback_to_cpu)

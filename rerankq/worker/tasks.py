@@ -40,7 +40,7 @@ from rerankq.worker.backends import EncodedPair
 from rerankq.worker.oom import PairTooLarge
 from rerankq.worker.rejections import record_rejection
 from rerankq.worker.runtime import Runtime, current
-from rerankq.worker.text_windows import PairLimits, Span, aggregate
+from rerankq.worker.text_windows import PairLimits, Span, TextCutter, aggregate
 
 log = logging.getLogger("rerankq.jobs")
 
@@ -208,11 +208,12 @@ def prepare(job: RerankJob, runtime: Runtime, look_again: bool = False) -> Prepa
     started = time.time()
     tokenize_started = time.perf_counter()
     limits = job_limits(job, runtime)
-    windows = document_windows(job, runtime, limits) if job.text.chunked else None
+    cutter = runtime.backend.cutter_for(job.instruction)  # InvalidRequest: an instruction for an encoder
+    windows = document_windows(job, runtime, limits, cutter) if job.text.chunked else None
     texts = list(dict.fromkeys(_texts(job, windows)))
     known, late_hits = known_scores(job, runtime, texts, look_again)
     missing = [text for text in texts if text not in known]
-    pairs = runtime.backend.encode(job.query, missing, limits) if missing else []
+    pairs = runtime.backend.encode(job.query, missing, limits, job.instruction) if missing else []
     tokenize_ms = (time.perf_counter() - tokenize_started) * 1000
     return PreparedJob(job, started, known, late_hits, missing, pairs, tokenize_ms, windows)
 
@@ -222,9 +223,8 @@ def job_limits(job: RerankJob, runtime: Runtime) -> PairLimits:
     return PairLimits.of(job.text, runtime.backend.max_length, model_limit, runtime.settings.query_share)
 
 
-def document_windows(job: RerankJob, runtime: Runtime, limits: PairLimits) -> dict[str, list[Span]]:
-    """Each distinct document's windows, sized to what fits beside the (cut) query."""
-    cutter = runtime.backend.cutter
+def document_windows(job: RerankJob, runtime: Runtime, limits: PairLimits, cutter: TextCutter) -> dict[str, list[Span]]:
+    """Each distinct document's windows, sized to what fits beside the (cut) query (and an LLM's prompt)."""
     _, budget = cutter.fit_query(job.query, limits)
     most = job.text.chunks_per_doc(runtime.settings)
     return {doc: cutter.windows(doc, budget, job.text, most) for doc in dict.fromkeys(job.documents)}

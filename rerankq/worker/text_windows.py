@@ -53,10 +53,12 @@ class TextCutter:
     """The cuts one tokenizer makes. ``paired``: query and document share one sequence (a
     cross-encoder); otherwise each is encoded alone (a bi-encoder)."""
 
-    def __init__(self, tokenizer: Any, paired: bool) -> None:
+    def __init__(self, tokenizer: Any, paired: bool, overhead: int | None = None) -> None:
+        """``overhead``: tokens every pair spends besides query and document (default: the
+        tokenizer's special tokens; an LLM reranker's prompt template is more)."""
         self.tokenizer = tokenizer
         self.paired = paired
-        self.specials = tokenizer.num_special_tokens_to_add(pair=paired)
+        self.specials = tokenizer.num_special_tokens_to_add(pair=paired) if overhead is None else overhead
 
     def fit_query(self, query: str, limits: PairLimits) -> tuple[str, int]:
         """The query cut to its share of ``max_length`` (keeping its start), and how many tokens

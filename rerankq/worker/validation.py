@@ -1,6 +1,6 @@
 """The checks a model must pass before it serves traffic, in order, stopping at the first failure:
 
-    config → tokenizer → weights → architecture → outputs → ranking
+    config → tokenizer → weights → architecture → (template) → outputs → ranking
 
 The first four read the model folder; the last two score the golden set (``rerankq.worker.golden``)
 through the loaded backend, on the device and dtype that will serve. ``rerankq models check``
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rerankq.errors import ModelCheckFailed
-from rerankq.producer.registry import ModelKind, ModelManifest
+from rerankq.producer.registry import LLM_KINDS, ModelKind, ModelManifest, PromptTemplate
 from rerankq.worker.backends import Backend
 from rerankq.worker.golden import GoldenItem, GoldenScores, score_golden
 
@@ -43,15 +43,18 @@ class Passed:
 Report = Callable[[Passed], None]
 
 
-def check_files(folder: Path, kind: ModelKind) -> Iterator[Passed]:
-    """The checks that need only the folder: config, tokenizer, weights, architecture."""
+def check_files(folder: Path, manifest: ModelManifest) -> Iterator[Passed]:
+    """The checks that need only the folder: config, tokenizer, weights, architecture, and an LLM
+    reranker's prompt template against its tokenizer."""
     config = _config(folder)
     yield Passed(
         "config", f"{config['model_type']} config, {', '.join(config.get('architectures') or ['no architecture'])}"
     )
     yield Passed("tokenizer", _tokenizer(folder))
-    yield Passed("weights", _weights(folder, kind, config))
-    yield Passed("architecture", _architecture(config, kind))
+    yield Passed("weights", _weights(folder, manifest.kind, config))
+    yield Passed("architecture", _architecture(config, manifest.kind))
+    if manifest.template is not None:
+        yield Passed("template", _template(folder, manifest.template))
 
 
 def check_scores(
@@ -185,9 +188,10 @@ def _loading_info(folder: Path, kind: ModelKind) -> dict[str, Any]:
     This loads the weights once more (in their stored dtype, so safetensors can map rather than
     copy them): a sentence-transformers load silently fills a missing head with random numbers
     and reports nothing."""
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    model_class = AutoModelForSequenceClassification if kind == "cross-encoder" else AutoModel
+    classes = {"cross-encoder": AutoModelForSequenceClassification, "bi-encoder": AutoModel}
+    model_class = classes.get(kind, AutoModelForCausalLM)
     try:
         model, info = model_class.from_pretrained(folder, output_loading_info=True, ignore_mismatched_sizes=True)
     except (OSError, ValueError, RuntimeError) as e:
@@ -208,6 +212,8 @@ def _architecture(config: dict[str, Any], kind: ModelKind) -> str:
     if kind == "bi-encoder":
         return "bi-encoder: scored by cosine similarity of query and document embeddings (no ranking head)"
     architectures = config.get("architectures") or []
+    if kind in LLM_KINDS:
+        return _llm_architecture(architectures, kind)
     if architectures and not any(name.endswith("ForSequenceClassification") for name in architectures):
         raise ModelCheckFailed(
             "architecture",
@@ -224,6 +230,40 @@ def _architecture(config: dict[str, Any], kind: ModelKind) -> str:
             "classifier cannot rank",
         )
     return f"{', '.join(architectures) or 'a sequence classifier'} with one output"
+
+
+def _llm_architecture(architectures: list[str], kind: ModelKind) -> str:
+    if architectures and not any(name.endswith("ForCausalLM") for name in architectures):
+        raise ModelCheckFailed(
+            "architecture",
+            f"config.json names {', '.join(architectures)}, not a causal language model, so it cannot answer yes or no",
+            f"a {kind} is the model's *ForCausalLM checkpoint; a sequence classifier serves as a cross-encoder "
+            "(leave --kind out)",
+        )
+    return f"{', '.join(architectures) or 'a causal LM'}, scored by its answer token"
+
+
+# --- template ---------------------------------------------------------------------------------
+
+
+def _template(folder: Path, template: PromptTemplate) -> str:
+    from transformers import AutoTokenizer
+
+    from rerankq.worker.llm_backend import TemplateTokenError, answer_token_ids, check_special_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        check_special_tokens(tokenizer, template)
+        answer_token_ids(tokenizer, template)
+    except TemplateTokenError as e:
+        raise ModelCheckFailed(
+            "template",
+            str(e),
+            "save the model's own tokenizer into the folder (tokenizer.save_pretrained), or give the manifest "
+            "a [template] written for this tokenizer",
+        ) from e
+    answers = " / ".join(answer for answer in (template.yes, template.no) if answer)
+    return f"{template.version}: its {len(template.special_tokens)} markers and the answers {answers} are single tokens"
 
 
 # --- outputs and ranking ----------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""LLM rerankers: a causal language model asked whether a document meets a query, scored by its
+answer token (Qwen3-Reranker, bge-reranker-v2-gemma).
+
+The prompt comes from the model's manifest (``rerankq.producer.registry.PromptTemplate``): its
+segments are tokenized one by one and joined, as the model cards do, and only the document's
+segment is ever cut. Pairs are right-padded in a batch and each is read at its own last real
+token, so a pair scores the same whatever batch it rides in. Only the two answer rows of the
+output layer are computed (the full vocabulary's logits would cost as much as a small model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from rerankq.errors import InvalidRequest
+from rerankq.producer.registry import PromptTemplate
+from rerankq.worker.backends import Backend, EncodedPair, pad_features, sigmoid
+from rerankq.worker.text_windows import PairLimits, TextCutter
+
+MIN_TEXT_TOKENS = 16  # what a pair must keep for query and document beside the prompt
+
+
+class TemplateTokenError(ValueError):
+    """The tokenizer cannot read the template as the model was trained to."""
+
+
+def answer_token_ids(tokenizer: Any, template: PromptTemplate) -> tuple[int, int | None]:
+    """The ids of the answer tokens; each must be exactly one token of this tokenizer."""
+    return _single_token(tokenizer, template.yes, "answer"), (
+        _single_token(tokenizer, template.no, "answer") if template.no is not None else None
+    )
+
+
+def check_special_tokens(tokenizer: Any, template: PromptTemplate) -> None:
+    """Every marker of the template (``<|im_start|>``, ``<bos>``, ...) is one token of the tokenizer."""
+    for token in template.special_tokens:
+        _single_token(tokenizer, token, "template")
+
+
+def _single_token(tokenizer: Any, text: str, role: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise TemplateTokenError(
+            f"the tokenizer has no single token for the {role} token {text!r} (it reads as {pieces}): "
+            "this is not the tokenizer the model was trained with"
+        )
+    return int(ids[0])
+
+
+class YesNoRerankerBackend(Backend):
+    """A causal LM scored by ``logit(yes) - logit(no)`` at the pair's last token (``logit(yes)``
+    when the template has no "no"); ``normalize`` (sigmoid) gives the model card's probability."""
+
+    takes_instruction = True
+
+    def __init__(self, model: Any, tokenizer: Any, template: PromptTemplate, kind: str, device: str, max_length: int):
+        super().__init__(device, max_length)
+        self.kind = kind
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "right"  # each row is read at its own last token
+        self.template = template
+        check_special_tokens(tokenizer, template)
+        self.answer_ids = answer_token_ids(tokenizer, template)
+        self.cutter = self.cutter_for(None)
+
+    def cutter_for(self, instruction: str | None) -> TextCutter:
+        """The cutter with the template's tokens (this instruction's) set aside in every pair."""
+        filled = [
+            self.template.fill(s, instruction or self.template.instruction, "", "") for s in self.template.segments
+        ]
+        overhead = sum(len(ids) for ids in self.tokenizer(filled, add_special_tokens=False)["input_ids"])
+        return TextCutter(self.tokenizer, paired=True, overhead=overhead)
+
+    def encode(
+        self, query: str, documents: Sequence[str], limits: PairLimits, instruction: str | None = None
+    ) -> list[EncodedPair]:
+        cutter = self.cutter_for(instruction)
+        if cutter.specials + MIN_TEXT_TOKENS > limits.max_length:
+            raise InvalidRequest(
+                "instruction" if instruction else "max_length",
+                f"the prompt takes {cutter.specials} of the pair's {limits.max_length} tokens, leaving too few "
+                f"for query and document (at least {MIN_TEXT_TOKENS})",
+                "raise max_length or shorten the instruction",
+            )
+        query, budget = cutter.fit_query(query, limits)
+        cut = cutter.cut(documents, budget, limits.direction)
+        return self.encode_pairs(query, cut, limits.max_length, instruction)
+
+    def encode_pairs(
+        self, query: str, documents: Sequence[str], max_length: int, instruction: str | None = None
+    ) -> list[EncodedPair]:
+        template, instruction = self.template, instruction or self.template.instruction
+        at = template.document_segment()
+        fixed = [self._tokens(template.fill(s, instruction, query, "")) for s in template.segments]
+        per_document = self.tokenizer(
+            [template.fill(template.segments[at], instruction, query, document) for document in documents],
+            add_special_tokens=False,
+        )["input_ids"]
+        pairs = []
+        for document_ids in per_document:
+            excess = sum(map(len, fixed)) - len(fixed[at]) + len(document_ids) - max_length
+            if excess > 0:  # a safety net (the cutter left room): the document's end goes, never the
+                # template, nor the segment's own text before the document (instruction, query)
+                document_ids = document_ids[: max(len(fixed[at]), len(document_ids) - excess)]
+            ids = [i for part in [*fixed[:at], document_ids, *fixed[at + 1 :]] for i in part]
+            pairs.append(EncodedPair(features=({"input_ids": ids, "attention_mask": [1] * len(ids)},), length=len(ids)))
+        return pairs
+
+    def _tokens(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    @torch.inference_mode()
+    def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
+        features = pad_features(self.tokenizer, [pair.features[0] for pair in batch], self.device)
+        mask = features["attention_mask"]
+        hidden = self.model.get_decoder()(input_ids=features["input_ids"], attention_mask=mask).last_hidden_state
+        last = hidden[torch.arange(len(batch), device=hidden.device), mask.sum(dim=1) - 1]
+        logits = self._answer_logits(last)
+        raw = logits[:, 0] - logits[:, 1] if logits.shape[1] == 2 else logits[:, 0]
+        values: list[float] = raw.float().tolist()
+        return values
+
+    def _answer_logits(self, last: torch.Tensor) -> torch.Tensor:
+        """The output layer's rows of the answer tokens only, with any final soft-capping."""
+        head = self.model.get_output_embeddings()
+        rows = [i for i in self.answer_ids if i is not None]
+        logits = torch.nn.functional.linear(last, head.weight[rows], None if head.bias is None else head.bias[rows])
+        if cap := getattr(self.model.config, "final_logit_softcapping", None):
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def normalize(self, raw: float) -> float:
+        return sigmoid(raw)
