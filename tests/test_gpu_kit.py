@@ -71,7 +71,7 @@ def test_the_kit_builds_small_and_its_dry_run_reports_every_section(tmp_path: Pa
     report = json.loads((tmp_path / "out" / "gpu-report.json").read_text())
     assert report["dry_run"] is True
     assert {name: step["status"] for name, step in report["steps"].items()} == dict.fromkeys(
-        ["prepare", "throughput", "score_drift", "oom_drill", "long_mode", "latency", "vs_seed_recipe"], "ok"
+        ["prepare", "throughput", "score_drift", "oom_drill", "long_mode", "latency", "vs_seed_recipe", "llm"], "ok"
     )
     throughput = report["throughput"]
     for tokens in ("tokens_32", "tokens_64"):
@@ -90,5 +90,7 @@ def test_the_kit_builds_small_and_its_dry_run_reports_every_section(tmp_path: Pa
     for clients in (1, 8, 32):
         record = report["vs_seed_recipe"][f"clients_{clients}"]
         assert {"seed_pairs_per_s", "rerankq_pairs_per_s", "ratio", "seed_ms_p99", "rerankq_ms_p99"} <= record.keys()
+    for words in ("words_20", "words_60"):  # the LLM reranker, its prompt in every pair
+        assert {"forward_pairs_per_s", "forward_mfu", "pipeline_pairs_per_s", "ratio"} <= report["llm"][words].keys()
     markdown = (tmp_path / "out" / "gpu-report.md").read_text()
     assert "## Targets" in markdown and "vs_seed_recipe" in markdown

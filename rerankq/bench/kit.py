@@ -33,13 +33,14 @@ Report = dict[str, Any]
 # Seconds each step may take at full size on a GPU (bge-reranker-v2-m3's shape). A dry run on a
 # slow CPU gets twice as long; either way the whole run stops at --budget-s.
 STEPS: dict[str, int] = {
-    "prepare": 60,
-    "throughput": 100,
-    "score_drift": 30,
-    "oom_drill": 70,
-    "long_mode": 30,
-    "latency": 35,
-    "vs_seed_recipe": 85,
+    "prepare": 75,
+    "throughput": 95,
+    "score_drift": 25,
+    "oom_drill": 65,
+    "long_mode": 25,
+    "latency": 30,
+    "vs_seed_recipe": 80,
+    "llm": 50,
 }
 MIN_STEP_S = 10  # a step with less time left than this is skipped, not started
 
@@ -71,7 +72,7 @@ def run(dry_run: bool, deadline: float, out: Path) -> Report:
     report: Report = {"dry_run": dry_run, "machine": _machine(device), "steps": {}}
     with tempfile.TemporaryDirectory(prefix="rerankq-kit-") as work, local_redis_server() as server:
         config = Path(work) / "kit.json"
-        models = {"main_model": f"{work}/main-model", "drill_model": f"{work}/drill-model"}
+        models = {name: f"{work}/{name.replace('_', '-')}" for name in ("main_model", "drill_model", "llm_model")}
         config.write_text(
             json.dumps({"dry_run": dry_run, "device": device, "redis_url": server.url, "work": work, **models})
         )
@@ -138,6 +139,12 @@ TARGETS = [
     (
         "rerankq's gateway ahead of the seed recipe at 8 and 32 clients",
         lambda r: all(r["vs_seed_recipe"][f"clients_{n}"]["ratio"] > 1 for n in (8, 32)),
+    ),
+    (
+        "LLM reranker: pipeline >= 0.9 x raw forward at the longer length",
+        lambda r: (
+            r["llm"][max((k for k in r["llm"] if k.startswith("words_")), key=lambda k: int(k[6:]))]["ratio"] >= 0.9
+        ),
     ),
 ]
 

@@ -21,13 +21,15 @@ from typing import Any
 import torch
 from sentence_transformers import CrossEncoder
 
-from rerankq.bench.flops import EncoderShape, mfu, peak_tflops
+from rerankq.bench.flops import ModelShape, mfu, peak_tflops
 from rerankq.bench.inprocess import InProcessModel
 from rerankq.bench.pipeline import WorkerSetup, serving
 from rerankq.bench.scenarios import BenchContext, latency
 from rerankq.bench.workload import Job, log_normal, make_jobs, uniform
+from rerankq.llm_shapes import build_qwen3_reranker_shape, build_tiny_qwen3_reranker
 from rerankq.processes import running_workers
 from rerankq.producer import RerankClient
+from rerankq.producer.registry import ModelKind
 from rerankq.producer.settings import Settings, get_settings
 from rerankq.shapes import build_tiny_bert, build_xlmr_shape
 from rerankq.worker.backends import Backend, CrossEncoderBackend, EncodedPair
@@ -53,10 +55,12 @@ class Sizes:
     latency_jobs: int
     seed_jobs: int  # jobs of 20 documents per client count
     clients: tuple[int, ...]
+    llm_words: tuple[int, ...]  # words per document for the LLM reranker (its prompt comes on top)
+    llm_jobs: int  # jobs of ``docs_per_job`` per length
 
 
-FULL = Sizes((128, 512), 4096, 256, 32, 4096, 64, 16, 8, 64, 8192, 32, 100, 192, (1, 8, 32))
-DRY = Sizes((32, 64), 64, 4, 8, 64, 4, 8, 4, 16, 512, 4, 5, 8, (1, 8, 32))
+FULL = Sizes((128, 512), 4096, 256, 32, 4096, 64, 16, 8, 64, 8192, 32, 100, 192, (1, 8, 32), (100, 700), 32)
+DRY = Sizes((32, 64), 64, 4, 8, 64, 4, 8, 4, 16, 512, 4, 5, 8, (1, 8, 32), (20, 60), 2)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class Kit:
     work: Path
     main_model: Path  # bge-reranker-v2-m3's shape (a tiny BERT in a dry run)
     drill_model: Path
+    llm_model: Path  # Qwen3-Reranker-0.6B's shape (a tiny Qwen3 reranker in a dry run)
 
     @property
     def sizes(self) -> Sizes:
@@ -88,10 +93,13 @@ def prepare(kit: Kit) -> Section:
     if kit.dry_run:  # the BERT family's WordPiece: one workload word is one token, as in the full run
         build_tiny_bert(kit.main_model, max_position_embeddings=1024)
         build_tiny_bert(kit.drill_model, max_position_embeddings=1024, seed=1)
+        build_tiny_qwen3_reranker(kit.llm_model)
     else:
         build_xlmr_shape(kit.main_model, "bge-reranker-v2-m3")
         build_xlmr_shape(kit.drill_model, "xlmr-drill")
-    return {"main_model": kit.main_model.name, "drill_model": kit.drill_model.name, "seconds": _since(started)}
+        build_qwen3_reranker_shape(kit.llm_model)
+    names = {name: getattr(kit, name).name for name in ("main_model", "drill_model", "llm_model")}
+    return names | {"seconds": _since(started)}
 
 
 # --- throughput -------------------------------------------------------------------------------
@@ -102,7 +110,7 @@ def throughput(kit: Kit) -> Section:
     longest length, sdpa vs eager attention and fp16 vs bf16; and length-sorted vs arrival order."""
     settings = get_settings()
     model = InProcessModel(str(kit.main_model), kit.device, settings)
-    shape = EncoderShape.of(model.backend.model.config)  # type: ignore[attr-defined]
+    shape = ModelShape.of(model.backend.model.config)  # type: ignore[attr-defined]
     section: Section = {"device_name": kit.device_name, "peak_tflops": peak_tflops(kit.device_name)}
     workloads = {length: _jobs_of_length(kit, length) for length in kit.sizes.lengths}
     raw = {length: _raw_side(kit, model, shape, jobs) for length, jobs in workloads.items()}
@@ -128,7 +136,7 @@ def _jobs_of_length(kit: Kit, tokens: int) -> list[Job]:
     return make_jobs(kit.sizes.pipeline_jobs, kit.sizes.docs_per_job, uniform(tokens - 24, tokens - 14), seed=tokens)
 
 
-def _raw_side(kit: Kit, model: InProcessModel, shape: EncoderShape, jobs: list[Job]) -> Section:
+def _raw_side(kit: Kit, model: InProcessModel, shape: ModelShape, jobs: list[Job]) -> Section:
     pairs = _encode(model.backend, jobs)[: kit.sizes.forward_pairs]
     budget, pairs_cap = model.settings.token_budget, model.settings.batch_pairs_for(kit.device)
     seconds = _forward_seconds(model.backend, pairs, budget, pairs_cap)
@@ -370,6 +378,34 @@ def long_mode(kit: Kit) -> Section:
     }
 
 
+# --- an LLM reranker --------------------------------------------------------------------------
+
+
+def llm(kit: Kit) -> Section:
+    """Qwen3-Reranker-0.6B's shape as a worker serves it (bf16 on CUDA, prompt included in every
+    pair): the raw forward pass and its MFU, and the pipeline's pairs/s, at two lengths."""
+    model = InProcessModel(str(kit.llm_model), kit.device, get_settings(), LLM_KIND)
+    shape = ModelShape.of(model.backend.model.config)  # type: ignore[attr-defined]
+    section: Section = {"dtype": str(model.backend.model.dtype).removeprefix("torch.")}  # type: ignore[attr-defined]
+    workloads = {words: _llm_jobs(kit, words) for words in kit.sizes.llm_words}
+    raw = {words: _raw_side(kit, model, shape, jobs) for words, jobs in workloads.items()}
+    with serving(replace(kit.setup(kit.llm_model, "kit-llm", "llm"), kind=LLM_KIND)) as pipeline:
+        for words, jobs in workloads.items():
+            timed, _ = pipeline.run(jobs)
+            section[f"words_{words}"] = raw[words] | {
+                "pipeline_pairs_per_s": timed.pairs_per_s,
+                "ratio": timed.pairs_per_s / raw[words]["forward_pairs_per_s"],
+            }
+    return section
+
+
+LLM_KIND: ModelKind = "qwen3-reranker"
+
+
+def _llm_jobs(kit: Kit, words: int) -> list[Job]:
+    return make_jobs(kit.sizes.llm_jobs, kit.sizes.docs_per_job, uniform(words - 10, words + 10), seed=words)
+
+
 # --- latency and the seed recipe --------------------------------------------------------------
 
 
@@ -411,15 +447,15 @@ SECTIONS: dict[str, Callable[[Kit], Section]] = {
     "long_mode": long_mode,
     "latency": latency_section,
     "vs_seed_recipe": vs_seed_recipe,
+    "llm": llm,
 }
 
 
 def main(argv: list[str]) -> int:
     name, config, result = argv
     raw = json.loads(Path(config).read_text())
-    kit = Kit(
-        raw["dry_run"], raw["device"], raw["redis_url"], *(Path(raw[k]) for k in ("work", "main_model", "drill_model"))
-    )
+    folders = (Path(raw[key]) for key in ("work", "main_model", "drill_model", "llm_model"))
+    kit = Kit(raw["dry_run"], raw["device"], raw["redis_url"], *folders)
     Path(result).write_text(json.dumps(SECTIONS[name](kit)))
     return 0
 
