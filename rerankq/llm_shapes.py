@@ -52,9 +52,10 @@ def build_tiny_gemma_reranker(path: Path, *, seed: int = 0, vocab_size: int = 12
 
 def build_qwen3_reranker_shape(path: Path, *, seed: int = 0) -> Path:
     """Qwen3-Reranker-0.6B's architecture (28 layers, 151,669-token embedding) with random weights:
-    a forward pass costs what the published model's does. English text tokenizes to about as many
-    tokens as with Qwen's own tokenizer (ids stay inside the embedding)."""
-    tokenizer = train_bpe_tokenizer(QWEN3_SPECIAL, 8000, pad="<|endoftext|>", eos="<|im_end|>")
+    a forward pass costs what the published model's does. Its BPE holds nearly every benchmark
+    word whole (one workload word is one token, as with the cross-encoder shapes' WordPiece, so
+    pair lengths compare); ids stay inside the embedding."""
+    tokenizer = train_bpe_tokenizer(QWEN3_SPECIAL, 32_000, pad="<|endoftext|>", eos="<|im_end|>")
     config = Qwen3Config(**QWEN3_RERANKER_06B)
     return _save(path, Qwen3ForCausalLM, config, tokenizer, seed)
 
