@@ -247,6 +247,8 @@ def test_templates_ship_in_the_manifests_and_reach_the_cache_key() -> None:
     assert kind_template("bge-gemma-reranker").instruction == GEMMA_PROMPT
     manifest = resolve_model("qwen3-reranker-0.6b", None, get_settings())
     assert manifest.source == "Qwen/Qwen3-Reranker-0.6B" and manifest.template == qwen
+    folder = resolve_model("some/hub-id", None, get_settings(), "bge-gemma-reranker")  # a folder or hub id
+    assert folder.dtype_for("cuda") == "bfloat16" and folder.dtype_for("cpu") == "float32"
 
 
 @pytest.mark.slow

@@ -110,6 +110,8 @@ class ModelManifest(BaseModel):
             return self
         if self.template is None:
             object.__setattr__(self, "template", kind_template(self.kind))
+        if "dtype" not in self.model_fields_set:  # trained in bf16; float16 overflows their activations
+            object.__setattr__(self, "dtype", {"cuda": "bfloat16", "cpu": "float32"})
         return self
 
     @property
