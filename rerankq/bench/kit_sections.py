@@ -108,22 +108,10 @@ def prepare(kit: Kit) -> Section:
 def throughput(kit: Kit) -> Section:
     """Raw forward vs the batcher in-process vs the pipeline at each length; MFU; then, at the
     longest length, sdpa vs eager attention and fp16 vs bf16; and length-sorted vs arrival order."""
-    settings = get_settings()
-    model = InProcessModel(str(kit.main_model), kit.device, settings)
-    shape = ModelShape.of(model.backend.model.config)  # type: ignore[attr-defined]
+    model = InProcessModel(str(kit.main_model), kit.device, get_settings())
     section: Section = {"device_name": kit.device_name, "peak_tflops": peak_tflops(kit.device_name)}
-    workloads = {length: _jobs_of_length(kit, length) for length in kit.sizes.lengths}
-    raw = {length: _raw_side(kit, model, shape, jobs) for length, jobs in workloads.items()}
-    with serving(kit.setup(kit.main_model, "kit-main", "throughput")) as pipeline:
-        for length, jobs in workloads.items():
-            timed, _ = pipeline.run(jobs)
-            lengths = _lengths(model, jobs)
-            section[f"tokens_{length}"] = raw[length] | {
-                "pipeline_pairs_per_s": timed.pairs_per_s,
-                "ratio": timed.pairs_per_s / raw[length]["forward_pairs_per_s"],
-                "pipeline_mfu": mfu(shape, lengths, timed.seconds, kit.device_name),
-            }
-    section["padding_ratio_pipeline"] = pipeline.padding_ratio
+    workloads = {f"tokens_{length}": _jobs_of_length(kit, length) for length in kit.sizes.lengths}
+    section |= _raw_and_pipeline(kit, model, kit.setup(kit.main_model, "kit-main", "throughput"), workloads)
     longest = max(kit.sizes.lengths)
     section["attention"] = _variants(kit, model, longest, [("sdpa", "float16"), ("eager", "float16")])
     section["dtype"] = _variants(kit, model, longest, [("sdpa", "float16"), ("sdpa", "bfloat16")])
@@ -134,6 +122,23 @@ def throughput(kit: Kit) -> Section:
 def _jobs_of_length(kit: Kit, tokens: int) -> list[Job]:
     """Jobs whose pairs hold close to ``tokens`` tokens (one workload word is one token)."""
     return make_jobs(kit.sizes.pipeline_jobs, kit.sizes.docs_per_job, uniform(tokens - 24, tokens - 14), seed=tokens)
+
+
+def _raw_and_pipeline(kit: Kit, model: InProcessModel, setup: WorkerSetup, workloads: dict[str, list[Job]]) -> Section:
+    """Each workload's raw side in-process, then the same jobs through SDK -> Redis -> worker:
+    pairs/s, the ratio to the raw forward pass, MFU of both, and the pipeline's padding."""
+    shape = ModelShape.of(model.backend.model.config)  # type: ignore[attr-defined]
+    raw = {key: _raw_side(kit, model, shape, jobs) for key, jobs in workloads.items()}
+    section: Section = {}
+    with serving(setup) as pipeline:
+        for key, jobs in workloads.items():
+            timed, _ = pipeline.run(jobs)
+            section[key] = raw[key] | {
+                "pipeline_pairs_per_s": timed.pairs_per_s,
+                "ratio": timed.pairs_per_s / raw[key]["forward_pairs_per_s"],
+                "pipeline_mfu": mfu(shape, _lengths(model, jobs), timed.seconds, kit.device_name),
+            }
+    return section | {"padding_ratio_pipeline": pipeline.padding_ratio}
 
 
 def _raw_side(kit: Kit, model: InProcessModel, shape: ModelShape, jobs: list[Job]) -> Section:
@@ -155,12 +160,7 @@ def _raw_side(kit: Kit, model: InProcessModel, shape: ModelShape, jobs: list[Job
 def _forward_seconds(backend: Backend, pairs: list[EncodedPair], token_budget: int, pairs_cap: int) -> float:
     """Length-sorted batches cut as the worker cuts them (pairs cap, padded-token budget),
     tokenisation excluded; the first batch runs twice (kernel choice, allocator)."""
-    batches = _cut(sorted(pairs, key=lambda pair: pair.length), token_budget, pairs_cap)
-    backend.forward(batches[0])
-    started = time.perf_counter()
-    for batch in batches:
-        backend.forward(batch)  # returns Python floats: the device has finished
-    return time.perf_counter() - started
+    return _timed_batches(backend, _cut(sorted(pairs, key=lambda pair: pair.length), token_budget, pairs_cap))
 
 
 def _cut(pairs: list[EncodedPair], token_budget: int, pairs_cap: int) -> list[list[EncodedPair]]:
@@ -218,10 +218,11 @@ def _sorted_vs_arrival(kit: Kit, model: InProcessModel) -> Section:
 
 
 def _timed_batches(backend: Backend, batches: list[list[EncodedPair]]) -> float:
+    """The batches' forward time; the first runs once before the clock (kernel choice, allocator)."""
     backend.forward(batches[0])
     started = time.perf_counter()
     for batch in batches:
-        backend.forward(batch)
+        backend.forward(batch)  # returns Python floats: the device has finished
     return time.perf_counter() - started
 
 
@@ -385,18 +386,10 @@ def llm(kit: Kit) -> Section:
     """Qwen3-Reranker-0.6B's shape as a worker serves it (bf16 on CUDA, prompt included in every
     pair): the raw forward pass and its MFU, and the pipeline's pairs/s, at two lengths."""
     model = InProcessModel(str(kit.llm_model), kit.device, get_settings(), LLM_KIND)
-    shape = ModelShape.of(model.backend.model.config)  # type: ignore[attr-defined]
     section: Section = {"dtype": str(model.backend.model.dtype).removeprefix("torch.")}  # type: ignore[attr-defined]
-    workloads = {words: _llm_jobs(kit, words) for words in kit.sizes.llm_words}
-    raw = {words: _raw_side(kit, model, shape, jobs) for words, jobs in workloads.items()}
-    with serving(replace(kit.setup(kit.llm_model, "kit-llm", "llm"), kind=LLM_KIND)) as pipeline:
-        for words, jobs in workloads.items():
-            timed, _ = pipeline.run(jobs)
-            section[f"words_{words}"] = raw[words] | {
-                "pipeline_pairs_per_s": timed.pairs_per_s,
-                "ratio": timed.pairs_per_s / raw[words]["forward_pairs_per_s"],
-            }
-    return section
+    workloads = {f"words_{words}": _llm_jobs(kit, words) for words in kit.sizes.llm_words}
+    setup = replace(kit.setup(kit.llm_model, "kit-llm", "llm"), kind=LLM_KIND)
+    return section | _raw_and_pipeline(kit, model, setup, workloads)
 
 
 LLM_KIND: ModelKind = "qwen3-reranker"

@@ -114,10 +114,6 @@ class ModelManifest(BaseModel):
             object.__setattr__(self, "dtype", {"cuda": "bfloat16", "cpu": "float32"})
         return self
 
-    @property
-    def takes_instruction(self) -> bool:
-        return self.template is not None
-
     @field_validator("dtype")
     @classmethod
     def _cpu_dtype(cls, dtype: dict[DeviceKind, Dtype]) -> dict[DeviceKind, Dtype]:

@@ -34,7 +34,6 @@ class Backend(ABC):
 
     kind: str
     cutter: TextCutter  # cuts queries and documents by this model's tokens (rerankq.worker.text_windows)
-    takes_instruction = False  # LLM rerankers read a per-job instruction; encoders have nowhere to put one
 
     def __init__(self, device: str, max_length: int) -> None:
         self.device = device
@@ -49,26 +48,27 @@ class Backend(ABC):
     ) -> list[EncodedPair]:
         """Tokenize one job's pairs: the query cut to its share of ``max_length``, each document
         to what fits beside it (``max_tokens_per_doc`` at most, from the side the limits keep)."""
-        self.refuse_instruction(instruction)
-        query, budget = self.cutter.fit_query(query, limits)
-        return self.encode_pairs(query, self.cutter.cut(documents, budget, limits.direction), limits.max_length)
+        cutter = self.cutter_for(instruction)
+        query, budget = cutter.fit_query(query, limits)
+        return self.encode_pairs(query, cutter.cut(documents, budget, limits.direction), limits.max_length, instruction)
 
     def cutter_for(self, instruction: str | None) -> TextCutter:
-        """The cutter for one job's pairs (an LLM's template takes room, with its instruction)."""
-        self.refuse_instruction(instruction)
-        return self.cutter
-
-    def refuse_instruction(self, instruction: str | None) -> None:
-        if instruction is not None and not self.takes_instruction:
+        """The cutter for one job's pairs. An encoder has nowhere to put an instruction and
+        refuses one; an LLM reranker's prompt (with the instruction) takes room in every pair."""
+        if instruction is not None:
             raise InvalidRequest(
                 "instruction",
                 f"only LLM rerankers read an instruction; this model is a {self.kind}",
                 "leave instruction out for it",
             )
+        return self.cutter
 
     @abstractmethod
-    def encode_pairs(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
-        """Tokenize pairs that fit (``longest_first`` truncation to ``max_length`` as a safety net)."""
+    def encode_pairs(
+        self, query: str, documents: Sequence[str], max_length: int, instruction: str | None = None
+    ) -> list[EncodedPair]:
+        """Tokenize pairs that fit (``longest_first`` truncation to ``max_length`` as a safety net);
+        ``instruction`` reaches only backends whose ``cutter_for`` took it."""
 
     @abstractmethod
     def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
@@ -98,7 +98,9 @@ class CrossEncoderBackend(Backend):
         self.tokenizer = model.tokenizer
         self.cutter = TextCutter(self.tokenizer, paired=True)
 
-    def encode_pairs(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
+    def encode_pairs(
+        self, query: str, documents: Sequence[str], max_length: int, instruction: str | None = None
+    ) -> list[EncodedPair]:
         encoded = self.tokenizer(
             [query] * len(documents), list(documents), truncation="longest_first", max_length=max_length
         )
@@ -130,7 +132,9 @@ class BiEncoderBackend(Backend):
         self.tokenizer = model.tokenizer
         self.cutter = TextCutter(self.tokenizer, paired=False)
 
-    def encode_pairs(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
+    def encode_pairs(
+        self, query: str, documents: Sequence[str], max_length: int, instruction: str | None = None
+    ) -> list[EncodedPair]:
         encoded = _unbatch(self.tokenizer([query, *documents], truncation=True, max_length=max_length))
         query_features = encoded[0]
         return [
@@ -161,20 +165,21 @@ class OomInjectingBackend(Backend):
         self.inner = inner
         self.kind = inner.kind
         self.cutter = inner.cutter
-        self.takes_instruction = inner.takes_instruction
         self.batch_tokens = batch_tokens
         self.pair_tokens = pair_tokens
 
     def encode(
         self, query: str, documents: Sequence[str], limits: PairLimits, instruction: str | None = None
     ) -> list[EncodedPair]:
-        return self.inner.encode(query, documents, limits, instruction)
+        return self.inner.encode(query, documents, limits, instruction)  # the inner model's own checks
 
     def cutter_for(self, instruction: str | None) -> TextCutter:
         return self.inner.cutter_for(instruction)
 
-    def encode_pairs(self, query: str, documents: Sequence[str], max_length: int) -> list[EncodedPair]:
-        return self.inner.encode_pairs(query, documents, max_length)
+    def encode_pairs(
+        self, query: str, documents: Sequence[str], max_length: int, instruction: str | None = None
+    ) -> list[EncodedPair]:
+        return self.inner.encode_pairs(query, documents, max_length, instruction)
 
     def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
         longest = max(pair.length for pair in batch)

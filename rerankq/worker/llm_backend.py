@@ -21,6 +21,7 @@ from rerankq.worker.backends import Backend, EncodedPair, pad_features, sigmoid
 from rerankq.worker.text_windows import PairLimits, TextCutter
 
 MIN_TEXT_TOKENS = 16  # what a pair must keep for query and document beside the prompt
+MAX_KEPT_CUTTERS = 256  # instructions whose prompt length is kept
 
 
 class TemplateTokenError(ValueError):
@@ -55,8 +56,6 @@ class YesNoRerankerBackend(Backend):
     """A causal LM scored by ``logit(yes) - logit(no)`` at the pair's last token (``logit(yes)``
     when the template has no "no"); ``normalize`` (sigmoid) gives the model card's probability."""
 
-    takes_instruction = True
-
     def __init__(self, model: Any, tokenizer: Any, template: PromptTemplate, kind: str, device: str, max_length: int):
         super().__init__(device, max_length)
         self.kind = kind
@@ -65,31 +64,36 @@ class YesNoRerankerBackend(Backend):
         self.tokenizer.padding_side = "right"  # each row is read at its own last token
         self.template = template
         check_special_tokens(tokenizer, template)
-        self.answer_ids = answer_token_ids(tokenizer, template)
+        yes, no = answer_token_ids(tokenizer, template)
+        self.answer_rows = [yes] if no is None else [yes, no]  # the output layer's rows that are read
+        self._cutters: dict[str | None, TextCutter] = {}
         self.cutter = self.cutter_for(None)
 
     def cutter_for(self, instruction: str | None) -> TextCutter:
-        """The cutter with the template's tokens (this instruction's) set aside in every pair."""
-        filled = [
-            self.template.fill(s, instruction or self.template.instruction, "", "") for s in self.template.segments
-        ]
-        overhead = sum(len(ids) for ids in self.tokenizer(filled, add_special_tokens=False)["input_ids"])
-        return TextCutter(self.tokenizer, paired=True, overhead=overhead)
+        """The cutter with the template's tokens (this instruction's) set aside in every pair; one
+        per instruction, kept (a job asks for it once to chunk and once to encode)."""
+        if instruction not in self._cutters:
+            if len(self._cutters) >= MAX_KEPT_CUTTERS:
+                self._cutters.clear()
+            filled = [
+                self.template.fill(s, instruction or self.template.instruction, "", "") for s in self.template.segments
+            ]
+            overhead = sum(len(ids) for ids in self.tokenizer(filled, add_special_tokens=False)["input_ids"])
+            self._cutters[instruction] = TextCutter(self.tokenizer, paired=True, overhead=overhead)
+        return self._cutters[instruction]
 
     def encode(
         self, query: str, documents: Sequence[str], limits: PairLimits, instruction: str | None = None
     ) -> list[EncodedPair]:
-        cutter = self.cutter_for(instruction)
-        if cutter.specials + MIN_TEXT_TOKENS > limits.max_length:
+        prompt = self.cutter_for(instruction).specials
+        if prompt + MIN_TEXT_TOKENS > limits.max_length:
             raise InvalidRequest(
                 "instruction" if instruction else "max_length",
-                f"the prompt takes {cutter.specials} of the pair's {limits.max_length} tokens, leaving too few "
+                f"the prompt takes {prompt} of the pair's {limits.max_length} tokens, leaving too few "
                 f"for query and document (at least {MIN_TEXT_TOKENS})",
                 "raise max_length or shorten the instruction",
             )
-        query, budget = cutter.fit_query(query, limits)
-        cut = cutter.cut(documents, budget, limits.direction)
-        return self.encode_pairs(query, cut, limits.max_length, instruction)
+        return super().encode(query, documents, limits, instruction)
 
     def encode_pairs(
         self, query: str, documents: Sequence[str], max_length: int, instruction: str | None = None
@@ -127,8 +131,7 @@ class YesNoRerankerBackend(Backend):
 
     def _answer_logits(self, last: torch.Tensor) -> torch.Tensor:
         """The output layer's rows of the answer tokens only, with any final soft-capping."""
-        head = self.model.get_output_embeddings()
-        rows = [i for i in self.answer_ids if i is not None]
+        head, rows = self.model.get_output_embeddings(), self.answer_rows
         logits = torch.nn.functional.linear(last, head.weight[rows], None if head.bias is None else head.bias[rows])
         if cap := getattr(self.model.config, "final_logit_softcapping", None):
             logits = torch.tanh(logits / cap) * cap
