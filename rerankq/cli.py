@@ -11,7 +11,7 @@ from typing import Annotated, cast
 
 import typer
 
-from rerankq.cli_support import EXIT_USAGE, App, Host, Kind, ModelName, RedisUrl, apply_settings
+from rerankq.cli_support import EXIT_USAGE, App, BackendOption, Host, Kind, ModelName, RedisUrl, apply_settings
 from rerankq.extras import needs_extra
 from rerankq.models_cli import models_app
 from rerankq.producer.constants import LANES, Lane
@@ -92,6 +92,7 @@ def worker(
     golden: Annotated[
         Path | None, typer.Option(help="A golden-set file of your own (JSON Lines; default: the shipped set).")
     ] = None,
+    backend: BackendOption = None,
     redis_url: RedisUrl = None,
 ) -> None:
     """Serve one model version: check and load it once, then consume its queues."""
@@ -103,6 +104,7 @@ def worker(
         cross_job_batching=cross_job_batching,
         worker_metrics_port=metrics_port,
         check_ranking=check_ranking,
+        backend=backend,
     )
     with needs_extra("worker", "worker"):
         from rerankq.worker.main import WorkerOptions, run_worker
@@ -177,7 +179,7 @@ def bench(
     scenario: Annotated[
         str,
         typer.Argument(
-            help="throughput, naive, mixed, cache, latency, scale, priority, startup, seed, or all "
+            help="throughput, naive, mixed, cache, latency, scale, priority, startup, seed, backends, or all "
             "(writes docs/BENCHMARKS.md)."
         ),
     ],

@@ -33,7 +33,7 @@ from rerankq.errors import (
 )
 from rerankq.producer.jobs import broker_unavailable
 from rerankq.producer.registry import MODEL_KINDS
-from rerankq.producer.settings import Settings, get_settings, use_settings
+from rerankq.producer.settings import BACKENDS, Settings, get_settings, use_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 CommandFunction = TypeVar("CommandFunction", bound=Callable[..., Any])
@@ -46,18 +46,34 @@ Host = Annotated[str, typer.Option(help="Address to listen on.")]
 ModelName = Annotated[str | None, typer.Option("--model", help="Registry name, Hugging Face id or local folder.")]
 
 
-def _known_kind(kind: str | None) -> str | None:
-    if kind is not None and kind not in MODEL_KINDS:
-        raise typer.BadParameter(f"must be one of {', '.join(MODEL_KINDS)}; got {kind!r}")
-    return kind
+def one_of(choices: tuple[str, ...]) -> Callable[[str | None], str | None]:
+    """An option callback that refuses a value outside ``choices`` (an unset option passes)."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    return check
 
 
 Kind = Annotated[
     str | None,
     typer.Option(
-        callback=_known_kind,
+        callback=one_of(MODEL_KINDS),
         help=f"What a folder or Hugging Face id holds: {', '.join(MODEL_KINDS)} (default cross-encoder); a "
         "registry name's manifest says it.",
+    ),
+]
+
+
+BackendOption = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        callback=one_of(BACKENDS),
+        help=f"What runs the forward passes: {', '.join(BACKENDS)} (default RERANKQ_BACKEND, torch). The ONNX "
+        "backends serve cross-encoders and the bi-encoder on CPU; onnx-int8 only past the int8 gate.",
     ),
 ]
 

@@ -12,7 +12,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rerankq.cli_support import EXIT_FAILED, EXIT_USAGE, App, Kind, RedisUrl, apply_settings
+from rerankq.cli_support import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    App,
+    BackendOption,
+    Kind,
+    RedisUrl,
+    apply_settings,
+    one_of,
+)
 from rerankq.errors import InvalidRequest, ModelCheckFailed
 from rerankq.extras import needs_extra
 from rerankq.producer.aliases import (
@@ -28,7 +37,7 @@ from rerankq.producer.aliases import (
 from rerankq.producer.presence import WorkerPresence, read_live, serving
 from rerankq.producer.redis_clients import connect
 from rerankq.producer.registry import ModelKind, ModelManifest, load_manifests
-from rerankq.producer.settings import Settings, get_settings
+from rerankq.producer.settings import BACKENDS, BackendName, Settings, get_settings
 
 models_app = App(
     help="Model versions: check custom weights, compare versions, aliases.", no_args_is_help=True, path="rerankq models"
@@ -63,9 +72,18 @@ def check(
         str | None, typer.Option(help="Comma-separated golden-set languages the model must rank (default: manifest's).")
     ] = None,
     max_length: Annotated[int | None, typer.Option(min=8, help="Tokens per pair, as the worker will serve.")] = None,
+    backend: BackendOption = None,
+    check_ranking: Annotated[
+        bool,
+        typer.Option(
+            "--check-ranking/--no-check-ranking",
+            help="The golden-ranking check (on); off only for random-weight models, to reach the checks after it.",
+        ),
+    ] = True,
 ) -> None:
     """Check a model in order, stopping at the first failure: config, tokenizer, weights,
-    architecture, outputs on the golden set, golden ranking. Exit status 0 when all pass, 1 when a
+    architecture, outputs on the golden set, golden ranking; with an ONNX backend, the export
+    against torch (onnx-int8: the int8 gate). Exit status 0 when all pass, 1 when a
     check fails, 2 when the model cannot be found or loaded, 3 when the hub cannot be reached."""
     with needs_extra("models check", "worker"):
         from rerankq.worker.golden import GoldenSetError, load_golden
@@ -79,17 +97,21 @@ def check(
     if languages:
         manifest = manifest.model_copy(update={"languages": languages.split(",")})
     target = pick_device(device)
-    console.print(f"checking {manifest.name} ({manifest.source}) on {target}")
+    settings = apply_settings(backend=backend)
+    console.print(f"checking {manifest.name} ({manifest.source}) on {target} with {settings.backend}")
     try:
         load_checked(
             manifest,
             target,
             max_length=max_length,
             golden=items,
-            report=lambda passed: console.print(f"[green]✓[/] {passed.check:<12} {passed.detail}"),
+            check_ranking=check_ranking,
+            served_by=settings.backend,
+            settings=settings,
+            report=lambda passed: console.print(f"[green]✓[/] {passed.check:<14} {passed.detail}"),
         )
     except ModelCheckFailed as e:
-        console.print(f"[red]✗[/] {e.check:<12} {e.problem}\n  [bold]fix:[/] {e.fix}")
+        console.print(f"[red]✗[/] {e.check:<14} {e.problem}\n  [bold]fix:[/] {e.fix}")
         raise typer.Exit(EXIT_FAILED) from e
     console.print(f"[green]all checks passed[/]: {manifest.name} can serve")
 
@@ -97,7 +119,19 @@ def check(
 @models_app.command("diff")
 def diff(
     a: Annotated[str, typer.Option("--model", help="The serving version: folder, registry name or Hugging Face id.")],
-    b: Annotated[str, typer.Option("--candidate", help="The version to compare with it, named the same way.")],
+    b: Annotated[
+        str | None,
+        typer.Option("--candidate", help="The version to compare with it, named the same way (default: --model)."),
+    ] = None,
+    backend: BackendOption = None,
+    candidate_backend: Annotated[
+        str | None,
+        typer.Option(
+            callback=one_of(BACKENDS),
+            help="What runs the candidate's forward passes (default: --backend); e.g. onnx-int8 against torch.",
+        ),
+    ] = None,
+    kind: Kind = None,
     golden: Golden = None,
     device: Device = "auto",
     top: Annotated[int, typer.Option(min=1, help="How many of the largest score changes to list.")] = 5,
@@ -106,8 +140,8 @@ def diff(
     ] = None,
     as_json: Json = False,
 ) -> None:
-    """Score a golden set with both versions: rank correlation, items each ranks right, and the
-    pairs whose score changed most."""
+    """Score a golden set with both versions (two models, or one model on two backends): rank
+    correlation, items each ranks right, and the pairs whose score changed most."""
     with needs_extra("models diff", "worker"):
         from rerankq.worker.golden import GoldenSetError, load_golden
         from rerankq.worker.loading import load_backend, pick_device, resolve_model
@@ -119,12 +153,16 @@ def diff(
     except GoldenSetError as e:
         raise InvalidRequest("--golden", str(e)) from e
     target = pick_device(device)
-    backends = [load_backend(resolve_model(spec, None, settings), target) for spec in (a, b)]
-    report = diff_models(backends[0], backends[1], items, top)
+    first = cast(BackendName, backend or settings.backend)
+    sides = [(a, first), (b or a, cast(BackendName, candidate_backend or first))]
+    held = cast(ModelKind | None, kind)
+    loaded = [load_backend(resolve_model(spec, None, settings, held), target, None, on, settings) for spec, on in sides]
+    report = diff_models(loaded[0], loaded[1], items, top)
+    named = [f"{spec} ({on})" for spec, on in sides]
     if as_json:
-        print(json.dumps(asdict(report) | {"a": a, "b": b}, allow_nan=True))
+        print(json.dumps(asdict(report) | {"a": named[0], "b": named[1]}, allow_nan=True))
     else:
-        _print_diff(a, b, report)
+        _print_diff(named[0], named[1], report)
     if min_spearman is not None and not report.spearman_at_least(min_spearman):
         raise typer.Exit(EXIT_FAILED)
 
@@ -137,7 +175,7 @@ def _print_diff(a: str, b: str, report: object) -> None:
     console.print(f"Spearman rank correlation {report.spearman:.4f}, Kendall tau {report.kendall:.4f}")
     console.print(
         f"ranked right: A {report.right_a}/{report.items}, B {report.right_b}/{report.items}; "
-        f"same order in {report.same_order}/{report.items} items"
+        f"same order in {report.same_order}/{report.items} items, same best passage in {report.same_top}/{report.items}"
     )
     table = Table("item", "passage", "A", "B", "change", title="largest score changes (normalised scores)")
     for change in report.largest_changes:

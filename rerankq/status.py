@@ -9,6 +9,8 @@ from dataclasses import asdict
 from rich.console import Console
 from rich.table import Table
 
+from rerankq.producer.contract import backend_of
+from rerankq.producer.presence import WorkerPresence
 from rerankq.producer.redis_clients import connect
 from rerankq.producer.settings import Settings
 from rerankq.producer.snapshot import Snapshot, read_snapshot
@@ -41,12 +43,18 @@ def _workers_table(fleet: Snapshot) -> Table:
         table.add_row(
             worker.worker_id,
             worker.model,
-            worker.device,
+            _device(worker),
             ",".join(worker.lanes),
             held,
             f"{now - worker.seen_at:.0f}s ago",
         )
     return table
+
+
+def _device(worker: WorkerPresence) -> str:
+    """``cpu``, or ``cpu (onnx-int8)`` for a worker whose forward passes are not torch's."""
+    backend = backend_of(worker.identity)
+    return worker.device if backend == "torch" else f"{worker.device} ({backend})"
 
 
 def _lanes_table(fleet: Snapshot) -> Table:

@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from rerankq.gateway.rerank_api import Service
 from rerankq.producer.constants import LANES, queue_name
+from rerankq.producer.contract import backend_of
 from rerankq.producer.presence import serving
 from rerankq.worker.metrics import multiprocess_registry
 
@@ -64,6 +65,7 @@ async def models(service: Service) -> dict[str, Any]:
                 "kind": manifest.kind if manifest else None,
                 "aliases": sorted(alias for alias, target in aliases.items() if name in target.targets),
                 "devices": sorted({p.device for p in workers if p.model == name}),
+                "backends": sorted({backend_of(p.identity) for p in workers if p.model == name}),
                 "lanes": lanes,
             }
         )

@@ -117,6 +117,7 @@ class RerankResult(BaseModel):
     revision: str | None = None  # ... and its revision (pinned hub revision, or a hash of the weights)
     alias: str | None = None  # the alias the job was sent to, if any
     device: str
+    backend: str = "torch"  # what ran the forward passes: torch, onnx or onnx-int8 (format 1.1)
     results: list[RankedDocument]
     stats: JobStats = Field(default_factory=JobStats)
     rerouted_from: str | None = None  # the device that ran out of memory before ``device`` served it
@@ -325,17 +326,30 @@ def score_options(job: RerankJob) -> str:
     return options if job.instruction is None else f"{options};instruction={job.instruction}"
 
 
-def model_identity(name: str, revision: str, kind: str, fingerprint: str, max_length: int, query_share: float) -> str:
+def model_identity(
+    name: str, revision: str, kind: str, fingerprint: str, max_length: int, query_share: float, backend: str = "torch"
+) -> str:
     """What cached scores are keyed on: which weights, and the worker settings that change scores.
     Workers publish it per model; the producer reads the revision back out of it for answers it
-    makes from the cache alone."""
-    return f"{name}@{revision}|{kind}|{fingerprint}|max_length={max_length};query_share={query_share}"
+    makes from the cache alone. An ONNX backend's scores differ from torch's (int8: by about 1e-2),
+    so it names itself and its scores never answer for torch's, nor torch's for it."""
+    settings = f"max_length={max_length};query_share={query_share}"
+    if backend != "torch":  # torch's identity stays as before the ONNX backends: its cache stays warm
+        settings += f";backend={backend}"
+    return f"{name}@{revision}|{kind}|{fingerprint}|{settings}"
 
 
 def kind_of(identity: str) -> str:
     """The model kind in an identity (``cross-encoder``, ``qwen3-reranker``, ...), template aside."""
     parts = identity.split("|")
     return parts[1].split("+", 1)[0] if len(parts) > 1 else ""
+
+
+def backend_of(identity: str | None) -> str:
+    """What computed the scores under an identity: ``torch`` unless it names an ONNX backend."""
+    settings = (identity or "").rsplit("|", 1)[-1]
+    named = [part.split("=", 1)[1] for part in settings.split(";") if part.startswith("backend=")]
+    return named[0] if named else "torch"
 
 
 def revision_of(identity: str | None) -> str | None:
@@ -375,6 +389,7 @@ def answer_from_cache(job: RerankJob) -> RerankResult:
         revision=revision_of(job.cache_identity),
         alias=job.alias,
         device="cache",
+        backend=backend_of(job.cache_identity),
         results=rank_scores(scores, job.top_n, job.documents if job.return_documents else None),
         stats=JobStats(cache_hits=len(scores)),
     )

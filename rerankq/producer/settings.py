@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
+# What runs a worker's forward passes (rerankq.worker.onnx_backend): torch, or an ONNX Runtime
+# export of the same weights in float32 or with int8 weights.
+BackendName = Literal["torch", "onnx", "onnx-int8"]
+BACKENDS: tuple[BackendName, ...] = ("torch", "onnx", "onnx-int8")
 
 
 class Settings(BaseSettings):
@@ -134,6 +138,32 @@ class Settings(BaseSettings):
         description="At start a worker scores the golden set and refuses a model that ranks a golden item the "
         "wrong way round. Off (`--no-check-ranking`) only for random-weight models (tests, benchmark "
         "shapes); NaN, constant or all-zero scores refuse a model either way.",
+    )
+
+    backend: BackendName = Field(
+        "torch",
+        description="What runs the forward passes: `torch`, or ONNX Runtime on CPU, `onnx` (float32) or `onnx-int8` "
+        "(int8 weights, about 2x faster on CPU, refused unless it ranks the golden set as float32 does). "
+        "Cross-encoders and the bi-encoder; LLM rerankers run on torch.",
+    )
+    onnx_dir: Path = Field(
+        Path.home() / ".cache" / "rerankq" / "onnx",
+        description="Where a worker exports a model to ONNX at its first start, one folder per weights "
+        "fingerprint, reused by the next start.",
+    )
+    int8_min_spearman: float = Field(
+        0.98,
+        ge=-1,
+        le=1,
+        description="The int8 gate: Spearman's rank correlation of int8 and float32 scores over the golden "
+        "pairs, below which an `onnx-int8` worker refuses to start.",
+    )
+    int8_min_top1: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="The int8 gate: the share of golden items whose best passage int8 and float32 agree on, "
+        "below which an `onnx-int8` worker refuses to start.",
     )
 
     gpu_memory_fraction: float | None = Field(

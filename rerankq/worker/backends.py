@@ -10,12 +10,12 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, Self
 
 import torch
-from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from rerankq.errors import InvalidRequest
+from rerankq.producer.settings import BackendName
 from rerankq.worker.text_windows import PairLimits, TextCutter
 
 Features = dict[str, list[int]]
@@ -29,11 +29,23 @@ class EncodedPair:
     length: int
 
 
+class ScoringModel(Protocol):
+    """What the encoder backends call: a sentence-transformers model, or its ONNX export
+    (rerankq.worker.onnx_backend.OnnxModel). Features in, named outputs out."""
+
+    tokenizer: Any
+
+    def eval(self) -> Self: ...
+
+    def __call__(self, features: dict[str, Any]) -> dict[str, torch.Tensor]: ...
+
+
 class Backend(ABC):
     """One loaded model on one device."""
 
     kind: str
     cutter: TextCutter  # cuts queries and documents by this model's tokens (rerankq.worker.text_windows)
+    served_by: BackendName = "torch"  # what runs the forward passes (RERANKQ_BACKEND)
 
     def __init__(self, device: str, max_length: int) -> None:
         self.device = device
@@ -91,12 +103,14 @@ class CrossEncoderBackend(Backend):
     """A sentence-transformers ``CrossEncoder`` with one logit per pair; normalised by sigmoid."""
 
     kind = "cross-encoder"
+    output = "scores"  # the model output forward reads (and an ONNX export keeps)
 
-    def __init__(self, model: CrossEncoder, device: str, max_length: int) -> None:
+    def __init__(self, model: ScoringModel, device: str, max_length: int, served_by: BackendName = "torch") -> None:
         super().__init__(device, max_length)
         self.model = model.eval()
         self.tokenizer = model.tokenizer
         self.cutter = TextCutter(self.tokenizer, paired=True)
+        self.served_by = served_by
 
     def encode_pairs(
         self, query: str, documents: Sequence[str], max_length: int, instruction: str | None = None
@@ -109,7 +123,7 @@ class CrossEncoderBackend(Backend):
     @torch.inference_mode()
     def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
         features = pad_features(self.tokenizer, [pair.features[0] for pair in batch], self.device)
-        scores: torch.Tensor = self.model({**features, "modality": "text"})["scores"]
+        scores = self.model({**features, "modality": "text"})[self.output]
         values: list[float] = scores.float().reshape(len(batch), -1)[:, 0].tolist()
         return values
 
@@ -125,12 +139,14 @@ class BiEncoderBackend(Backend):
     """
 
     kind = "bi-encoder"
+    output = "sentence_embedding"
 
-    def __init__(self, model: SentenceTransformer, device: str, max_length: int) -> None:
+    def __init__(self, model: ScoringModel, device: str, max_length: int, served_by: BackendName = "torch") -> None:
         super().__init__(device, max_length)
         self.model = model.eval()
         self.tokenizer = model.tokenizer
         self.cutter = TextCutter(self.tokenizer, paired=False)
+        self.served_by = served_by
 
     def encode_pairs(
         self, query: str, documents: Sequence[str], max_length: int, instruction: str | None = None
@@ -146,7 +162,7 @@ class BiEncoderBackend(Backend):
     def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
         sequences = [pair.features[0] for pair in batch] + [pair.features[1] for pair in batch]
         features = pad_features(self.tokenizer, sequences, self.device)
-        embeddings = self.model({**features, "modality": "text"})["sentence_embedding"].float()
+        embeddings = self.model({**features, "modality": "text"})[self.output].float()
         embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
         queries, documents = embeddings[: len(batch)], embeddings[len(batch) :]
         values: list[float] = (queries * documents).sum(dim=-1).tolist()
@@ -165,6 +181,7 @@ class OomInjectingBackend(Backend):
         self.inner = inner
         self.kind = inner.kind
         self.cutter = inner.cutter
+        self.served_by = inner.served_by
         self.batch_tokens = batch_tokens
         self.pair_tokens = pair_tokens
 

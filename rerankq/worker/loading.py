@@ -19,15 +19,18 @@ from rerankq.errors import InvalidRequest, ModelLoadError
 from rerankq.producer.contract import check_model_name
 from rerankq.producer.contract import model_identity as identity_of
 from rerankq.producer.registry import LLM_KINDS, ModelKind, ModelManifest, find_manifest, source_path
-from rerankq.producer.settings import Settings
+from rerankq.producer.settings import BackendName, Settings, get_settings
 from rerankq.worker.backends import Backend, BiEncoderBackend, CrossEncoderBackend
+from rerankq.worker.file_digest import sample_into
 from rerankq.worker.golden import GoldenItem, load_golden
 from rerankq.worker.hub import require_weights
+from rerankq.worker.int8_gate import check_int8
+from rerankq.worker.onnx_backend import onnx_backend, refuse_unservable
+from rerankq.worker.onnx_export import ExportFolder
 from rerankq.worker.validation import Report, check_files, check_scores
 
 log = logging.getLogger("rerankq.worker")
 transformers_logging.disable_progress_bar()  # one bar per load on stderr, in every worker log
-_SAMPLE_BYTES = 1 << 20
 DEFAULT_LLM_LENGTH = 1024  # tokens per pair, template included, for an LLM reranker's folder
 _FINGERPRINTED = {"config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "pytorch_model.bin"}
 
@@ -102,11 +105,15 @@ def load_checked(
     max_length: int | None = None,
     golden: Sequence[GoldenItem] | None = None,
     check_ranking: bool = True,
+    served_by: BackendName = "torch",
+    settings: Settings | None = None,
     report: Report = lambda passed: None,
 ) -> Backend:
     """Run every check of ``rerankq.worker.validation`` around the load; ``report`` hears each that passes.
     Raises ``ModelCheckFailed`` at the first that fails. A hub model not in the local cache has no
-    folder to check before the load, which then fails with its own message."""
+    folder to check before the load, which then fails with its own message. With an ONNX backend
+    the checks run on torch, then the export is checked against it (int8: the gate)."""
+    refuse_unservable(manifest, device, served_by)
     folder = model_folder(manifest)
     if folder is not None:
         for passed in check_files(folder, manifest):
@@ -114,11 +121,26 @@ def load_checked(
     backend = load_backend(manifest, device, max_length)
     for passed in check_scores(backend, golden or load_golden(), manifest, check_ranking):
         report(passed)
-    return backend
+    if served_by == "torch":
+        return backend
+    settings = settings or get_settings()
+    exported = as_onnx(backend, manifest, served_by, settings)
+    if served_by == "onnx-int8":
+        items = gate_items(manifest, golden)
+        report(check_int8(backend, exported, items, settings.int8_min_spearman, settings.int8_min_top1))
+    return exported
 
 
-def load_backend(manifest: ModelManifest, device: str, max_length: int | None = None) -> Backend:
-    """Load the weights once, in the manifest's dtype for the device (fp16 on CUDA, fp32 on CPU)."""
+def load_backend(
+    manifest: ModelManifest,
+    device: str,
+    max_length: int | None = None,
+    served_by: BackendName = "torch",
+    settings: Settings | None = None,
+) -> Backend:
+    """Load the weights once, in the manifest's dtype for the device (fp16 on CUDA, fp32 on CPU);
+    with an ONNX backend, export them (or reuse the export) and serve that, unchecked by the gate."""
+    refuse_unservable(manifest, device, served_by)
     require_weights(manifest)  # in seconds, not after a minute of hub retries
     source = source_path(manifest.source)
     length = min(max_length or manifest.max_length, manifest.model_max_length)
@@ -129,7 +151,21 @@ def load_backend(manifest: ModelManifest, device: str, max_length: int | None = 
     dtype = getattr(torch, manifest.dtype_for(device))
     if dtype != torch.float32:
         backend.model.to(dtype)  # type: ignore[attr-defined]
-    return backend
+    if served_by == "torch":
+        return backend
+    return as_onnx(backend, manifest, served_by, settings or get_settings())
+
+
+def as_onnx(reference: Backend, manifest: ModelManifest, served_by: BackendName, settings: Settings) -> Backend:
+    """``reference`` (torch, float32, CPU) served by ONNX Runtime from its export in RERANKQ_ONNX_DIR."""
+    folder = ExportFolder.for_weights(settings.onnx_dir, manifest.name, manifest.kind, weights_fingerprint(manifest))
+    return onnx_backend(reference, manifest, served_by, folder, load_golden())
+
+
+def gate_items(manifest: ModelManifest, golden: Sequence[GoldenItem] | None) -> list[GoldenItem]:
+    """What the int8 gate scores: the shipped golden items in the model's languages, and the user's."""
+    shipped = [item for item in load_golden() if manifest.checks_language(item.language)]
+    return shipped + [item for item in golden or [] if item not in shipped]
 
 
 def model_identity(manifest: ModelManifest, backend: Backend, query_share: float) -> str:
@@ -141,7 +177,7 @@ def model_identity(manifest: ModelManifest, backend: Backend, query_share: float
     revision = served_revision(manifest, fingerprint)
     # an LLM's prompt changes its scores as its weights do: the template's version and hash count
     kind = manifest.kind if manifest.template is None else f"{manifest.kind}+{manifest.template.fingerprint()}"
-    return identity_of(manifest.name, revision, kind, fingerprint, backend.max_length, query_share)
+    return identity_of(manifest.name, revision, kind, fingerprint, backend.max_length, query_share, backend.served_by)
 
 
 def served_revision(manifest: ModelManifest, fingerprint: str) -> str:
@@ -163,12 +199,8 @@ def weights_fingerprint(manifest: ModelManifest) -> str:
         return f"{manifest.source}@{manifest.revision or 'unresolved'}"
     digest = hashlib.blake2b(digest_size=16)
     for path in sorted(p for p in folder.iterdir() if p.name in _FINGERPRINTED or p.suffix == ".safetensors"):
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}".encode())
-        with path.open("rb") as f:
-            digest.update(f.read(_SAMPLE_BYTES))
-            f.seek(max(0, size - _SAMPLE_BYTES))
-            digest.update(f.read(_SAMPLE_BYTES))
+        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+        sample_into(digest, path)
     return digest.hexdigest()
 
 

@@ -68,12 +68,14 @@ def load_runtime(options: WorkerOptions, settings: Settings) -> Runtime:
         max_length=settings.max_length,
         golden=load_golden(options.golden) if options.golden else None,
         check_ranking=settings.check_ranking,
+        served_by=settings.backend,
+        settings=settings,
         report=lambda passed: log.info("model check %s passed: %s", passed.check, passed.detail),
     )
     backend = with_fault_injection(backend, settings)
     backend.warm_up()
     load_s = time.perf_counter() - started
-    metrics.MODEL_LOAD.labels(manifest.name, device).set(load_s)
+    metrics.MODEL_LOAD.labels(manifest.name, device, backend.served_by).set(load_s)
     identity = model_identity(manifest, backend, settings.query_share)
     cache = ScoreCache(settings)
     cache.publish_identity(manifest.name, identity)
@@ -85,16 +87,17 @@ def load_runtime(options: WorkerOptions, settings: Settings) -> Runtime:
         settings.max_consecutive_ooms,
         cross_job=settings.cross_job_batching,
         busy_token_budget=settings.bulk_busy_token_budget,
-        observer=metrics.BatchMetrics(manifest.name, device),
+        observer=metrics.BatchMetrics(manifest.name, device, backend.served_by),
     )
     batcher.start()
     log.info(
-        "model %s ready: %s@%s (%s) on %s in %.2fs, max_length %d, %d torch threads, cross-job batching %s",
+        "model %s ready: %s@%s (%s) on %s with %s in %.2fs, max_length %d, %d threads, cross-job batching %s",
         manifest.name,
         manifest.source,
         revision_of(identity),
         backend.kind,
         device,
+        backend.served_by,
         load_s,
         backend.max_length,
         torch.get_num_threads(),

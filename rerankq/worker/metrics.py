@@ -43,7 +43,7 @@ BATCH_TOKENS = Histogram(
 TOKENS = Counter(
     "rerankq_tokens_total", "Tokens in forward passes; padded / real is the padding ratio", ["model", "kind"]
 )
-INFERENCE = Histogram("rerankq_inference_seconds", "One forward pass", ["model", "device"], buckets=SECONDS)
+INFERENCE = Histogram("rerankq_inference_seconds", "One forward pass", ["model", "device", "backend"], buckets=SECONDS)
 CACHE = Counter(
     "rerankq_job_documents_total", "Documents of served jobs, by where the score came from", ["model", "source"]
 )
@@ -56,7 +56,10 @@ TOKEN_BUDGET = Gauge(
     multiprocess_mode="livemax",
 )
 MODEL_LOAD = Gauge(
-    "rerankq_model_load_seconds", "Load and warm-up time of the model", ["model", "device"], multiprocess_mode="livemax"
+    "rerankq_model_load_seconds",
+    "Load, checks and warm-up time of the model (an ONNX backend's export included)",
+    ["model", "device", "backend"],
+    multiprocess_mode="livemax",
 )
 TOP_SCORE = Histogram(
     "rerankq_top_score",
@@ -69,12 +72,12 @@ TOP_SCORE = Histogram(
 class BatchMetrics:
     """What the batcher reports about each forward pass (see rerankq.worker.batcher.BatchObserver)."""
 
-    def __init__(self, model: str, device: str) -> None:
+    def __init__(self, model: str, device: str, backend: str = "torch") -> None:
         self._pairs = BATCH_PAIRS.labels(model, device)
         self._tokens = BATCH_TOKENS.labels(model, device)
         self._real = TOKENS.labels(model, "real")
         self._padded = TOKENS.labels(model, "padded")
-        self._seconds = INFERENCE.labels(model, device)
+        self._seconds = INFERENCE.labels(model, device, backend)
         self._splits = OOM_SPLITS.labels(model, device)
         self._budget = TOKEN_BUDGET.labels(model, device)
 

@@ -2,7 +2,8 @@
 
 Both score every golden pair; the report gives rank correlation over all pairs (Spearman and
 Kendall), how many items each ranks the right way round, how many items the two order the same
-way, and the pairs whose normalised score moved most.
+way or agree on the best passage of, and the pairs whose normalised score moved most. Two
+versions may be two models, or one model on two backends (torch and its int8 export).
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ class DiffReport:
     right_a: int  # items version A ranks the right way round
     right_b: int
     same_order: int  # items whose passages both versions put in the same order
+    same_top: int  # items whose best passage both versions agree on
     largest_changes: list[PairChange] = field(default_factory=list)
+
+    @property
+    def top1_agreement(self) -> float:
+        return self.same_top / self.items if self.items else 1.0
 
     def spearman_at_least(self, bound: float) -> bool:
         return not math.isnan(self.spearman) and self.spearman >= bound
@@ -59,6 +65,7 @@ def diff_models(a: Backend, b: Backend, items: Sequence[GoldenItem], top: int = 
         right_a=sum(item.ranked_right for item in scored_a),
         right_b=sum(item.ranked_right for item in scored_b),
         same_order=sum(_order(sa) == _order(sb) for sa, sb in zip(scored_a, scored_b, strict=True)),
+        same_top=sum(_order(sa)[0] == _order(sb)[0] for sa, sb in zip(scored_a, scored_b, strict=True)),
         largest_changes=sorted(changes, key=lambda change: -abs(change.delta))[:top],
     )
 
