@@ -2,7 +2,7 @@
 export HF_HUB_OFFLINE ?= 0
 VENV := .venv/bin
 
-.PHONY: setup setup-demo demo test test-fast test-faults wheel-smoke bench gpu-kit lint audit lock clean
+.PHONY: setup setup-demo demo test test-fast test-faults wheel-smoke bench bench-backends gpu-kit lint audit lock clean
 
 # everything for development: tests, linters, every extra (editable install)
 setup:
@@ -37,6 +37,12 @@ wheel-smoke:
 # the full benchmark suite on this machine; writes docs/BENCHMARKS.md (ARGS e.g. --shape tiny-bert --jobs 300)
 bench: setup
 	HF_HUB_OFFLINE=1 $(VENV)/rerankq bench all $(ARGS)
+
+# torch vs ONNX Runtime float32 and int8 on CPU (docs/backends.md): two shapes and the real MiniLM weights
+bench-backends: setup
+	HF_HUB_OFFLINE=1 $(VENV)/rerankq bench backends --device cpu --model all-minilm-l6-v2
+	HF_HUB_OFFLINE=1 $(VENV)/rerankq bench backends --device cpu --shape minilm-l6
+	HF_HUB_OFFLINE=1 $(VENV)/rerankq bench backends --device cpu --shape bge-reranker-base --jobs 24
 
 # dist/gpu-kit/: one command that measures the GPU path on a lent GPU machine (docs/BENCHMARKS.md)
 gpu-kit: setup

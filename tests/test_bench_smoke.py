@@ -24,6 +24,7 @@ FIELDS = {
     "priority": {"idle_ms_p95", "under_bulk_ms_p95", "ratio", "bulk_pairs_per_s", "pipeline_pairs_per_s", "bulk_ratio"},
     "startup": {"load_s_p50", "checked_s_p50", "check_cost_s", "ratio"},
     "seed": {"clients", "seed_pairs_per_s", "rerankq_pairs_per_s", "ratio", "seed_ms_p50", "rerankq_ms_p99"},
+    "backends": {"backend", "torch_pairs_per_s", "pairs_per_s", "ratio", "max_abs_diff", "spearman", "top1"},
 }
 
 
@@ -39,6 +40,7 @@ def test_every_scenario_produces_its_fields(tmp_path: Path) -> None:
     assert {record["scenario"] for record in records} == set(FIELDS)
     assert sorted(r["docs_per_job"] for r in records if r["scenario"] == "naive") == [1, 8]
     assert sorted(r["clients"] for r in records if r["scenario"] == "seed") == [1, 8, 32]
+    assert sorted(r["backend"] for r in records if r["scenario"] == "backends") == ["onnx", "onnx-int8"]
     for record in records:
         assert FIELDS[record["scenario"]] <= record.keys(), record
         numbers = [v for k, v in record.items() if k in FIELDS[record["scenario"]] and isinstance(v, float)]

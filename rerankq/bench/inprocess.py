@@ -11,7 +11,7 @@ from sentence_transformers import CrossEncoder
 
 from rerankq.bench.workload import Job, total_pairs
 from rerankq.producer.registry import ModelKind
-from rerankq.producer.settings import Settings
+from rerankq.producer.settings import BackendName, Settings
 from rerankq.worker.backends import Backend, CrossEncoderBackend, EncodedPair
 from rerankq.worker.batcher import Batcher, BatchStats
 from rerankq.worker.loading import load_backend, pick_device, resolve_model
@@ -37,10 +37,17 @@ class BatchedRun:
 class InProcessModel:
     """One model instance on one device, driven directly."""
 
-    def __init__(self, spec: str, device: str, settings: Settings, kind: ModelKind | None = None) -> None:
+    def __init__(
+        self,
+        spec: str,
+        device: str,
+        settings: Settings,
+        kind: ModelKind | None = None,
+        served_by: BackendName = "torch",
+    ) -> None:
         manifest = resolve_model(spec, None, settings, kind)
         self.settings = settings
-        self.backend: Backend = load_backend(manifest, pick_device(device), settings.max_length)
+        self.backend: Backend = load_backend(manifest, pick_device(device), settings.max_length, served_by, settings)
         self.backend.warm_up()
 
     def batched(self, jobs: Sequence[Job], window: int) -> BatchedRun:

@@ -405,7 +405,7 @@ def _llm_jobs(kit: Kit, words: int) -> list[Job]:
 def latency_section(kit: Kit) -> Section:
     """1 x 20 jobs one at a time on an idle worker: end to end against compute alone."""
     model = InProcessModel(str(kit.main_model), kit.device, get_settings())
-    ctx = BenchContext(kit.setup(kit.main_model, "kit-main", "latency"), kit.sizes.latency_jobs, 20, lambda: model)
+    ctx = BenchContext(kit.setup(kit.main_model, "kit-main", "latency"), kit.sizes.latency_jobs, 20, lambda _: model)
     return next(latency(ctx))
 
 

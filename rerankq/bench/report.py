@@ -43,6 +43,15 @@ TARGETS: dict[str, tuple[str, str, Check]] = {
         lambda r: r["ratio"] <= 2 and r["bulk_ratio"] >= 0.9,
     ),
     "startup": ("check_cost_s", "model checks add <= 5 s to a worker start", lambda r: r["check_cost_s"] <= 5),
+    "backends": (
+        "ratio",
+        "onnx: scores within 1e-4 of torch; onnx-int8: >= 1.5x torch float32 pairs/s, Spearman >= 0.99 (real weights)",
+        lambda r: (
+            r["max_abs_diff"] <= 1e-4
+            if r["backend"] == "onnx"
+            else r["ratio"] >= 1.5 and (r["model"].startswith("shape") or r["spearman"] >= 0.99)
+        ),
+    ),
     "seed": (
         "ratio",
         "rerankq's gateway ahead of the seed recipe at 8 and 32 clients",

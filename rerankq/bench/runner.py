@@ -54,7 +54,7 @@ def run(options: BenchOptions) -> list[Record]:
             setup,
             options.jobs,
             options.docs_per_job,
-            lambda: InProcessModel(spec, device, settings, kind),  # loaded only if a scenario needs it
+            lambda served_by: InProcessModel(spec, device, settings, kind, served_by),  # loaded when needed
             running_all=options.scenario == "all",
         )
         for name in names:

@@ -9,12 +9,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rerankq.bench.inprocess import InProcessModel
+from rerankq.bench.inprocess import BatchedRun, InProcessModel
 from rerankq.bench.pipeline import WorkerSetup, serving
-from rerankq.bench.workload import log_normal, make_jobs, uniform
+from rerankq.bench.workload import log_normal, make_jobs, total_pairs, uniform
+from rerankq.producer.settings import BackendName
 
 Record = dict[str, Any]
-PASSAGES = uniform(32, 128)  # words per document in throughput, naive and scale
+PASSAGES = uniform(32, 128)
+ROUNDS = 3  # timed rounds per backend in `backends`
+EXPORTED: tuple[BackendName, ...] = ("onnx", "onnx-int8")  # words per document in throughput, naive and scale
 MIXED = log_normal(20, 500)
 
 
@@ -23,7 +26,7 @@ class BenchContext:
     setup: WorkerSetup
     jobs: int | None  # --jobs: overrides each scenario's default
     docs_per_job: int | None
-    load_model: Callable[[], InProcessModel]
+    load_model: Callable[[BackendName], InProcessModel]  # the model in-process, on one backend
     running_all: bool = False  # `all` keeps cache's and latency's own sample sizes
     _model: InProcessModel | None = field(default=None, init=False)
 
@@ -31,7 +34,7 @@ class BenchContext:
     def model(self) -> InProcessModel:
         """The in-process comparison model, loaded on first use."""
         if self._model is None:
-            self._model = self.load_model()
+            self._model = self.load_model("torch")
         return self._model
 
     def job_count(self, default: int) -> int:
@@ -196,6 +199,42 @@ def seed(ctx: BenchContext) -> Iterator[Record]:
     yield from seed_comparison(ctx.setup, ctx.job_count(96), (1, 8, 32))
 
 
+def backends(ctx: BenchContext) -> Iterator[Record]:
+    """torch float32 vs its ONNX Runtime exports (float32, int8), on CPU, through the same batcher:
+    pairs/s side by side (timed in alternating rounds, best round each), and how far each agrees
+    with torch: largest raw-score difference on the timed pairs, Spearman and best-passage
+    agreement on the golden set (meaningful text; the timed pairs are random words)."""
+    from rerankq.worker.golden import load_golden
+    from rerankq.worker.model_diff import diff_models
+
+    if ctx.setup.device != "cpu":
+        return  # the ONNX backends run on CPU only
+    jobs = make_jobs(ctx.job_count(48), ctx.docs(8), PASSAGES)
+    models = {"torch": ctx.model} | {name: ctx.load_model(name) for name in EXPORTED}
+    runs: dict[str, list[BatchedRun]] = {name: [] for name in models}
+    for _ in range(ROUNDS):  # alternating, so a slower minute of the machine hits every backend
+        for name, model in models.items():
+            runs[name].append(model.batched(jobs, window=ctx.setup.concurrency))
+    fastest = {name: max(run.timed.pairs_per_s for run in rounds) for name, rounds in runs.items()}
+    golden = load_golden()
+    for name in EXPORTED:
+        agreement = diff_models(models["torch"].backend, models[name].backend, golden)
+        yield {
+            "backend": name,
+            "torch_pairs_per_s": fastest["torch"],
+            "pairs_per_s": fastest[name],
+            "ratio": fastest[name] / fastest["torch"],
+            "max_abs_diff": _largest_difference(runs["torch"][0].scores, runs[name][0].scores),
+            "spearman": agreement.spearman,
+            "top1": agreement.top1_agreement,
+            "pairs": total_pairs(jobs),
+        }
+
+
+def _largest_difference(a: list[list[float]], b: list[list[float]]) -> float:
+    return max(abs(x - y) for got, want in zip(a, b, strict=True) for x, y in zip(got, want, strict=True))
+
+
 def _seconds(action: Callable[[], object]) -> float:
     started = time.perf_counter()
     action()
@@ -212,6 +251,7 @@ SCENARIOS: dict[str, Callable[[BenchContext], Iterator[Record]]] = {
     "priority": priority,
     "startup": startup,
     "seed": seed,
+    "backends": backends,
 }
 
 
