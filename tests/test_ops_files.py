@@ -105,7 +105,7 @@ def test_dockerfiles_install_the_built_wheel_with_known_extras() -> None:
     """Images install the wheel the way users do (an editable install hides a wheel that lacks a
     subpackage or a manifest), with extras that exist."""
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-    wanted = {"Dockerfile.gateway": {"gateway", "flower"}, "Dockerfile.worker": {"worker"}}
+    wanted = {"Dockerfile.gateway": {"gateway", "flower"}, "Dockerfile.worker": {"worker", "onnx"}}
     for dockerfile in (ROOT / "ops" / "docker").glob("Dockerfile.*"):
         text = dockerfile.read_text()
         assert "pip install -e" not in text and "COPY rerankq ./rerankq" in text
