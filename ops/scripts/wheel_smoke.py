@@ -1,6 +1,7 @@
 """Checks of the installed wheel, run by wheel-smoke.sh with the fresh virtualenv's Python from a
 folder outside the checkout: what the wheel holds, the console script, the shipped manifests and
-golden set, one real job through a worker and the SDK, one request through the gateway.
+golden set, one real job through a worker (on the int8 ONNX backend: the onnx extra, the export
+and its gate) and the SDK, one request through the gateway.
 
 Usage: python wheel_smoke.py WHEEL CHECKOUT
 """
@@ -90,8 +91,8 @@ def check_sdk_job() -> None:
     from rerankq import RerankClient
 
     with RerankClient() as client:
-        results = client.rank(QUERY, DOCUMENTS, model=MODEL, timeout=60)
-    assert results[0].index == 1, results
+        result = client.submit(QUERY, DOCUMENTS, model=MODEL).result(timeout=60)
+    assert result.results[0].index == 1 and result.backend == "onnx-int8", result
 
 
 def check_gateway(logs: Path) -> None:
@@ -120,12 +121,17 @@ def redis_url() -> Iterator[str]:
 
 @contextmanager
 def worker(logs: Path) -> Iterator[None]:
-    """A worker of the shipped manifest, golden ranking check on (the shipped golden set)."""
+    """A worker of the shipped manifest, golden ranking check on (the shipped golden set), served
+    by the int8 ONNX export: exported at start into a folder of its own, and past the int8 gate."""
     from rerankq.processes import start_worker, stop_worker, wait_until_consuming
 
-    process = start_worker(MODEL, logs / "worker.log", "--concurrency", "2", "--check-ranking")
+    options = ("--concurrency", "2", "--check-ranking", "--backend", "onnx-int8")
+    process = start_worker(MODEL, logs / "worker.log", *options, env={"RERANKQ_ONNX_DIR": str(logs / "onnx")})
     try:
-        step("rerankq worker --model all-minilm-l6-v2 is ready", lambda: wait_until_consuming(process))
+        step(
+            "rerankq worker --model all-minilm-l6-v2 --backend onnx-int8 is ready",
+            lambda: wait_until_consuming(process),
+        )
         yield
     finally:
         stop_worker(process)
