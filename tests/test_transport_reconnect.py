@@ -83,3 +83,20 @@ def test_a_new_channel_gives_back_what_the_old_one_held(server: RedisProcess, cl
     left = [json.loads(raw)["headers"] for raw in store.lrange(queue, 0, -1)]
     assert all(headers["redelivered"] for headers in left)
     connection.close()
+
+
+def test_a_job_finishing_after_its_channel_closed_leaves_the_worker_alive(server: RedisProcess, claimant: str) -> None:
+    """What CI saw after a Sentinel failover: a job finished on a thread after Celery had closed
+    the lost connection's channel; its ack reached a channel with no connection, kombu raised
+    AttributeError, which Celery calls unrecoverable, and the worker exited. The ack is deferred
+    instead: the message stays held under the worker's name, for its next channel to give back
+    (a second run of a finished job at worst, never a lost one or a dead worker)."""
+    connection, queue = connect(server.url), queue_name(f"late-{uuid.uuid4().hex[:6]}")
+    store = redis.Redis.from_url(server.url)
+    store.lpush(queue, message(queue, "finishing"))
+    held = connection.SimpleQueue(queue).get(timeout=10)
+    channel = connection.default_channel
+    channel.connection.client = None  # the state collect() leaves behind (_do_close_transport)
+    channel.close()
+    held.ack()  # raised AttributeError before the fix
+    assert store.hlen(claims_key(claimant)) == 1 and store.llen(queue) == 0  # held, not lost

@@ -52,6 +52,13 @@ class ClaimedQoS(kombu_redis.QoS):  # type: ignore[misc]
         if claimant is None:
             super().ack(delivery_tag)
             return
+        if self._transport_gone():
+            # a job that finished after Celery closed its lost connection's channel: kombu would
+            # die of an AttributeError here, which Celery calls unrecoverable. The message stays
+            # claimed under this worker's name; its next channel gives it back (run twice at worst).
+            log.warning(json.dumps({"event": "ack_deferred", "delivery_tag": delivery_tag}))
+            virtual.QoS.ack(self, delivery_tag)
+            return
         with self.channel.conn_or_acquire() as client:
             if not acknowledge(client, claimant, delivery_tag):
                 log.warning(json.dumps({"event": "late_ack", "delivery_tag": delivery_tag}))
@@ -62,11 +69,15 @@ class ClaimedQoS(kombu_redis.QoS):  # type: ignore[misc]
         the transport away; kombu's restore then dies of an AttributeError that Celery calls
         unrecoverable, and the worker exits. Those messages stay claimed under this worker's name
         instead, and its next channel gives them back (``_ClaimingRead._brpop_start``)."""
-        if claimant is not None and self.channel.connection.client is None:
+        if claimant is not None and self._transport_gone():
             log.warning(json.dumps({"event": "restore_deferred", "messages": len(self._delivered)}))
             self._delivered.clear()
             return
         super().restore_unacked(client)
+
+    def _transport_gone(self) -> bool:
+        connection = self.channel.connection
+        return connection is None or connection.client is None
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         self._release(delivery_tag)
