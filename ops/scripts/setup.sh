@@ -19,17 +19,15 @@ if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ]; then
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
-# --no-compile: Python compiles each module when first imported; compiling all of torch up front
-# cost 23 s of a 30 s install here, for files no test imports
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1; then
-        .venv/bin/pip install --quiet --no-compile "torch>=2.4,<2.14"
+        .venv/bin/pip install --quiet "torch>=2.4,<2.14"
     else
-        .venv/bin/pip install --quiet --no-compile torch==2.13.0
+        .venv/bin/pip install --quiet torch==2.13.0
     fi
 fi
 # editable: a checkout is for working on rerankq (the wheel is what users install, see .ci/run)
-.venv/bin/pip install --quiet --no-compile -e ".[$EXTRAS]"
+.venv/bin/pip install --quiet -e ".[$EXTRAS]"
 touch "$STAMP"
 [ "$PROFILE" = dev ] && touch .venv/.rerankq-demo  # dev holds everything the demo needs
 exit 0
