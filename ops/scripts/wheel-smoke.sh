@@ -10,10 +10,13 @@ started=$(date +%s)
 # pip's own failure fails the script; the mirror's "Location ... is ignored" lines are dropped
 filtered() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 
-rm -rf "$ROOT/dist" "$ROOT/build"
-(cd "$ROOT" && filtered "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir dist .)
-wheel=$(ls "$ROOT"/dist/rerankq-*.whl)
-rm -rf "$ROOT/build"
+# built from a copy of what the images copy (ops/docker/Dockerfile.*), so a build running in the
+# checkout at the same time (the GPU kit's test, an editable install) shares no build/ folder
+mkdir "$WORK/src"
+cp -r "$ROOT/pyproject.toml" "$ROOT/README.md" "$ROOT/rerankq" "$WORK/src/"
+find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
+(cd "$WORK/src" && filtered "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$WORK/dist" .)
+wheel=$(ls "$WORK"/dist/rerankq-*.whl)
 echo "wheel-smoke: built $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KiB)"
 
 "$PYTHON" -m venv "$WORK/venv"
