@@ -15,9 +15,9 @@ from rerankq.bench.workload import log_normal, make_jobs, total_pairs, uniform
 from rerankq.producer.settings import BackendName
 
 Record = dict[str, Any]
-PASSAGES = uniform(32, 128)
+PASSAGES = uniform(32, 128)  # words per document in throughput, naive, scale and backends
 ROUNDS = 3  # timed rounds per backend in `backends`
-EXPORTED: tuple[BackendName, ...] = ("onnx", "onnx-int8")  # words per document in throughput, naive and scale
+EXPORTED: tuple[BackendName, ...] = ("onnx", "onnx-int8")
 MIXED = log_normal(20, 500)
 
 

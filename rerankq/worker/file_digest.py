@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 SAMPLE_BYTES = 1 << 20
-READ_BYTES = 8 << 20
 
 
 def sample_into(digest: Any, path: Path) -> int:
@@ -23,9 +22,7 @@ def sample_into(digest: Any, path: Path) -> int:
 
 
 def file_digest(path: Path) -> dict[str, Any]:
-    """Size and hash of a whole file (0.1 s for a 90 MB MiniLM export on a 2-core EPYC)."""
-    digest = hashlib.blake2b(digest_size=16)
+    """Size and hash of a whole file (0.1-0.2 s for the 90 MB MiniLM export, 3.5 s for 1.1 GB, on a 2-core EPYC)."""
     with path.open("rb") as f:
-        while block := f.read(READ_BYTES):
-            digest.update(block)
+        digest = hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16))
     return {"size": path.stat().st_size, "blake2b": digest.hexdigest()}
