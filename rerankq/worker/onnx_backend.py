@@ -71,7 +71,8 @@ def refuse_unservable(manifest: ModelManifest, device: str, served_by: BackendNa
     try:
         import onnxruntime.quantization  # noqa: F401
     except ModuleNotFoundError as e:
-        raise ModelLoadError(f'--backend {served_by} needs {e.name}: pip install "rerankq[onnx]"') from e
+        missing = (e.name or "onnxruntime").partition(".")[0]  # the distribution, not its submodule
+        raise ModelLoadError(f'--backend {served_by} needs {missing}: pip install "rerankq[onnx]"') from e
 
 
 def onnx_backend(
