@@ -30,6 +30,7 @@ from rerankq.errors import (
     RequestTooLarge,
     RerankError,
     UnknownModel,
+    UnsupportedLibraries,
 )
 
 if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports them lazily
@@ -112,6 +113,7 @@ __all__ = [
     "RerankResult",
     "Settings",
     "UnknownModel",
+    "UnsupportedLibraries",
     "__version__",
     "get_settings",
 ]

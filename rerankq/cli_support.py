@@ -6,7 +6,8 @@ Exit codes, the same in every command:
 ==  =====================================================================================
 0   done
 1   done, but something failed: a model check, records of a bulk run, a diff below its gate
-2   cannot start as asked: a bad option or setting, an unknown model, a broken model folder
+2   cannot start as asked: a bad option or setting, an unknown model, a broken model folder,
+    a Celery, kombu or redis-py outside the versions rerankq supports
 3   a service is unreachable: Redis, or the Hugging Face hub for weights not in the cache
 130 interrupted (Ctrl-C, SIGTERM); a bulk run resumes where it stopped
 ==  =====================================================================================
@@ -30,6 +31,7 @@ from rerankq.errors import (
     InvalidRequest,
     ModelLoadError,
     UnknownModel,
+    UnsupportedLibraries,
 )
 from rerankq.producer.jobs import broker_unavailable
 from rerankq.producer.registry import MODEL_KINDS
@@ -98,7 +100,7 @@ def failure_of(error: BaseException) -> tuple[str, int] | None:
         return _settings_error(error), EXIT_USAGE
     if isinstance(error, UnknownModel):
         return f"{error}; `rerankq models list` shows them with their workers", EXIT_USAGE
-    if isinstance(error, InvalidRequest | ModelLoadError | IncompatibleFormat):
+    if isinstance(error, InvalidRequest | ModelLoadError | IncompatibleFormat | UnsupportedLibraries):
         return " ".join(str(error).split("\n  ")), EXIT_USAGE  # a check's "fix:" line joins its message
     return None
 

@@ -12,6 +12,7 @@ RerankError
 │   ├── HubUnreachable                     weights not in the local cache, and the Hugging Face hub unreachable
 │   └── ModelCheckFailed                   a model failed a validation check; says which, what is wrong, the fix
 ├── IncompatibleFormat                     a job, result or alias record of a format major this release cannot read
+├── UnsupportedLibraries                   a worker's Celery, kombu or redis-py is not one this release was tested on
 ├── JobFailed                              the worker reported a failure for this job id
 │   └── JobCancelled                       the job was cancelled before a worker started it
 └── JobTimeout       (also TimeoutError)   no result within the caller's timeout; the job may still finish
@@ -188,6 +189,23 @@ class IncompatibleFormat(RerankError):
     def __str__(self) -> str:
         reads = f"it reads {self.supported}"
         return f"{self.kind} format {self.found} cannot be read by this release ({reads}): {self.hint}"
+
+
+class UnsupportedLibraries(RerankError):
+    """A worker refuses to start: the installed celery, kombu or redis-py is outside the ranges this
+    release declares, or lacks a name its delivery layer relies on (rerankq.worker.private_hooks)."""
+
+    def __init__(self, versions: str, problems: str, supported: str) -> None:
+        self.versions = versions
+        self.problems = problems
+        self.supported = supported
+        super().__init__(versions, problems, supported)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.versions} are not what this rerankq was built and tested with ({self.problems}); "
+            f"install versions inside {self.supported}"
+        )
 
 
 class JobFailed(RerankError):
