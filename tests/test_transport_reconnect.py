@@ -1,7 +1,7 @@
-"""The worker's kombu transport (rerankq.worker.safe_transport) when Redis goes away under it,
-with a real redis-server and kombu's own poller: closing a channel whose poll Redis never
-answered does not kill the worker, and what an earlier channel could not give back is given
-back by the next one."""
+"""The worker's kombu transport (rerankq.worker.safe_transport) with a real redis-server and
+kombu's own poller: closing a channel whose poll Redis never answered does not kill the worker,
+what an earlier channel could not give back is given back by the next one, and lanes are taken
+most urgent first."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 import redis
-from kombu import Connection
+from kombu import Connection, Queue
+from kombu.message import Message
 
 from rerankq.local_redis import RedisProcess
-from rerankq.producer.constants import claims_key, queue_name
+from rerankq.producer.constants import claims_key, lane_of, queue_name
 from rerankq.worker import safe_transport
 from rerankq.worker.recovery import claim
 
-pytestmark = [pytest.mark.fault]
+pytestmark = [pytest.mark.fault, pytest.mark.delivery]
 
 
 @pytest.fixture
@@ -100,3 +101,25 @@ def test_a_job_finishing_after_its_channel_closed_leaves_the_worker_alive(server
     channel.close()
     held.ack()  # raised AttributeError before the fix
     assert store.hlen(claims_key(claimant)) == 1 and store.llen(queue) == 0  # held, not lost
+
+
+def test_lanes_are_taken_in_rerankq_order_whatever_order_they_were_consumed_in(
+    server: RedisProcess, claimant: str
+) -> None:
+    """Interactive first, then cpu, then bulk, by rerankq's own order: kombu before 5.7 kept a
+    channel's queues in a set, so its order was chance (a new one in each process)."""
+    store, model = redis.Redis.from_url(server.url), f"order-{uuid.uuid4().hex[:6]}"
+    queues = [queue_name(model, lane) for lane in ("bulk", "cpu", "interactive")]  # least urgent first
+    for queue in queues:
+        for i in range(2):
+            store.lpush(queue, message(queue, f"{queue}#{i}"))
+    taken: list[str] = []
+
+    def take(body: object, received: Message) -> None:
+        taken.append(lane_of(received.headers["id"].split("#")[0]))
+        received.ack()
+
+    with connect(server.url) as connection, connection.Consumer([Queue(q) for q in queues], callbacks=[take]):
+        while len(taken) < 6:
+            connection.drain_events(timeout=10)
+    assert taken == ["interactive"] * 2 + ["cpu"] * 2 + ["bulk"] * 2

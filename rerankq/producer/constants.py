@@ -44,7 +44,8 @@ ALIAS_HISTORY_KEY_PREFIX: Final = f"{KEY_PREFIX}:aliases:history:"  # + "<alias>
 DEFAULT_ALIAS: Final = "default"
 
 # kombu's Redis transport keeps a queue's higher message priorities in sibling lists named
-# queue + separator + step; a queue's depth is the sum over all of them.
+# queue + separator + step; a queue's depth is the sum over all of them. A worker checks at
+# start-up that its kombu names them so (rerankq.worker.private_hooks).
 KOMBU_PRIORITY_SEP: Final = "\x06\x16"
 KOMBU_PRIORITY_STEPS: Final = (0, 3, 6, 9)
 
@@ -60,6 +61,23 @@ def queue_name(model: str, lane: Lane = DEFAULT_LANE) -> str:
 def queue_keys(queue: str) -> list[str]:
     """The Redis lists that hold one kombu queue's waiting messages, one per priority step."""
     return [queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}" for step in KOMBU_PRIORITY_STEPS]
+
+
+def queue_of_list(key: str) -> str:
+    """The queue one of ``queue_keys``'s lists belongs to."""
+    return key.split(KOMBU_PRIORITY_SEP, 1)[0]
+
+
+def lane_of(queue: str) -> str:
+    """The lane of a queue named by ``queue_name`` ("unknown" for any other queue)."""
+    lane = queue.rsplit(".", 1)[-1]
+    return lane if lane in LANE_PRIORITY else "unknown"
+
+
+def lane_order(queue: str) -> int:
+    """Sort key: a queue's place in LANE_PRIORITY (most urgent first); other queues last."""
+    lane = lane_of(queue)
+    return LANE_PRIORITY[lane] if lane in LANE_PRIORITY else len(LANE_PRIORITY)
 
 
 def by_priority(lanes: tuple[Lane, ...]) -> tuple[Lane, ...]:

@@ -40,7 +40,7 @@ from typing import Any, cast
 import redis
 from kombu.transport import redis as kombu_redis
 
-from rerankq.producer.constants import CLAIMANTS_KEY, HEARTBEATS_KEY, KOMBU_PRIORITY_SEP, claims_key
+from rerankq.producer.constants import CLAIMANTS_KEY, HEARTBEATS_KEY, KOMBU_PRIORITY_STEPS, claims_key, queue_keys
 from rerankq.producer.presence import STALE_AFTER_INTERVALS
 from rerankq.producer.settings import Settings
 
@@ -50,7 +50,6 @@ UNACKED_KEY: str = kombu_redis.Channel.unacked_key
 UNACKED_INDEX_KEY: str = kombu_redis.Channel.unacked_index_key
 UNACKED_MUTEX_KEY: str = kombu_redis.Channel.unacked_mutex_key
 UNACKED_MUTEX_EXPIRE_S: int = kombu_redis.Channel.unacked_mutex_expire
-PRIORITY_STEPS: tuple[int, ...] = tuple(kombu_redis.PRIORITY_STEPS)
 
 # KEYS: the lane lists in priority order, then unacked, unacked_index, this worker's claims,
 # the claimants set. ARGV: now, worker id. Returns {list, message} or false.
@@ -194,8 +193,8 @@ def priority_list(queue: str, message: dict[str, Any]) -> str:
         priority = max(0, min(int(message["properties"]["priority"]), 9))
     except (KeyError, TypeError, ValueError):
         priority = 0
-    step = max(step for step in PRIORITY_STEPS if step <= priority)
-    return f"{queue}{KOMBU_PRIORITY_SEP}{step}" if step else queue
+    level = max(index for index, step in enumerate(KOMBU_PRIORITY_STEPS) if step <= priority)
+    return queue_keys(queue)[level]
 
 
 def _run(client: Any, script: str, keys: Sequence[str], args: Sequence[str]) -> Any:

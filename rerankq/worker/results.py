@@ -4,7 +4,9 @@ A job can run twice: its worker froze, a sweeper gave it to another worker (rera
 and the frozen one woke and finished too. Both compute the same scores, but the late copy must
 not overwrite the stored answer (its timings and device differ) nor, worse, put a finished job
 back to STARTED. Celery stores every state with a plain SET; here a state is stored only while
-no final one (SUCCESS, FAILURE, REVOKED) is there, checked and written in one Lua script.
+no final one (SUCCESS, FAILURE, REVOKED) is there, checked and written in one Lua script. It
+overrides ``set``, the storage method of Celery's key/value backends, with the parameters of
+Celery 5.7 (``expires`` came in 5.7; older ones never pass it).
 A cancel from a producer (which writes REVOKED through Celery's own backend) still wins over a
 worker that starts the job later: the worker's STARTED and result are dropped.
 """
@@ -38,7 +40,11 @@ return 1
 
 
 class _FirstResultStands:
-    def _set(self, key: str, value: Any, expires: float | None = None) -> None:
+    def set(self, key: str, value: Any, expires: Any = None, **retry_policy: Any) -> Any:
+        # ensure: Celery's retries on a lost connection, as its own set does
+        return self.ensure(self._set_unless_final, (key, value, expires), **retry_policy)  # type: ignore[attr-defined]
+
+    def _set_unless_final(self, key: str, value: Any, expires: Any) -> None:
         expires = self.expires if expires is None else expires  # type: ignore[attr-defined]
         seconds = int(expires.total_seconds() if hasattr(expires, "total_seconds") else expires or 0)
         self.client.eval(SET_UNLESS_FINAL, 1, key, value, seconds)  # type: ignore[attr-defined]

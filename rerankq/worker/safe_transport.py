@@ -30,6 +30,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
+from rerankq.producer.constants import lane_order, queue_keys, queue_of_list
 from rerankq.worker.recovery import acknowledge, claim, release, restore_worker
 from rerankq.worker.rejections import record_rejection
 
@@ -43,6 +44,7 @@ UNREADABLE = (ValueError, KeyError, TypeError, AttributeError)
 # own BRPOP, for anything else that builds a worker app).
 claimant: str | None = None
 OTHER_LANES_WAIT_S = 0.25
+POLL_WAIT_S = 1.0  # kombu's own BRPOP timeout (the default of its brpop_timeout option)
 
 
 class ClaimedQoS(kombu_redis.QoS):  # type: ignore[misc]
@@ -99,7 +101,8 @@ class ClaimedQoS(kombu_redis.QoS):  # type: ignore[misc]
 
 
 class _ClaimingRead:
-    """Replaces kombu's BRPOP poll (``_brpop_start`` / ``_brpop_read``) with claim-then-wait."""
+    """Replaces kombu's BRPOP poll (``_brpop_start`` / ``_brpop_read``) with claim-then-wait.
+    Every private name used here is checked at start-up (rerankq.worker.private_hooks)."""
 
     QoS = ClaimedQoS
     _claimed: tuple[str, bytes] | None = None
@@ -119,15 +122,15 @@ class _ClaimingRead:
             restore_worker(self.client, claimant, event="orphaned_claims_restored")  # type: ignore[attr-defined]
             self._took_back_orphans = True
         self._claimed = claim(self.client, lists, claimant)  # type: ignore[attr-defined]
+        command = ("PING",) if self._claimed is not None else ("BLMOVE", lists[0], lists[0], "RIGHT", "RIGHT")
+        wait = () if self._claimed is not None else (self._wait_s(timeout),)
         connection = self.client.connection  # type: ignore[attr-defined]
+        # kombu's poller reads a reply only while _in_poll names the connection: set it only once
+        # a command is sure to go out, or closing the channel waits forever for a reply
         self._in_poll = connection
-        self._brpop_sent_at = monotonic()
-        if self._claimed is not None:  # the reply wakes the poller, which then delivers it
-            self._sent = "PING"
-            connection.send_command("PING")
-        else:
-            self._sent = "BLMOVE"
-            connection.send_command("BLMOVE", lists[0], lists[0], "RIGHT", "RIGHT", self._wait_s(timeout))
+        self._brpop_sent_at = monotonic()  # kombu's health check: when the reply is due
+        self._sent = command[0]  # a claimed message: PING's reply wakes the poller, which delivers it
+        connection.send_command(*command, *wait)
 
     def _brpop_read(self, **options: Any) -> bool:
         if claimant is None:
@@ -144,13 +147,11 @@ class _ClaimingRead:
             return self._deliver_claimed(*found)
         finally:
             self._in_poll = None
-            self._flush_brpop_reauth()  # type: ignore[attr-defined]
+            self._flush_brpop_reauth()  # type: ignore[attr-defined]  # idle now: a rotated credential may go out
 
     def _deliver_claimed(self, source: str, item: bytes) -> bool:
-        queue = source.rsplit(self.sep, 1)[0]  # type: ignore[attr-defined]
-        self._queue_cycle.rotate(queue)  # type: ignore[attr-defined]
         try:
-            self.connection._deliver(json.loads(bytes_to_str(item)), queue)  # type: ignore[attr-defined]
+            self.connection._deliver(json.loads(bytes_to_str(item)), queue_of_list(source))  # type: ignore[attr-defined]
         except UNREADABLE as e:
             record_rejection("unreadable", f"not a kombu JSON message ({type(e).__name__}: {e})")
         return True  # consumed (it was taken), so the poller goes on
@@ -165,13 +166,15 @@ class _ClaimingRead:
     def _wait_s(self, timeout: float | None) -> float:
         """How long one wait blocks: the poll timeout, or a quarter second when other lanes are
         looked at only between waits (so a cpu or bulk job waits at most that long)."""
-        full = timeout or self.brpop_timeout  # type: ignore[attr-defined]
+        full = timeout or POLL_WAIT_S
         return float(full) if len(self.active_queues) == 1 else min(float(full), OTHER_LANES_WAIT_S)  # type: ignore[attr-defined]
 
     def _lane_lists(self) -> list[str]:
-        """The lists to take from, most urgent first (kombu's order: queues, then priorities)."""
-        queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
-        return [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]  # type: ignore[attr-defined]
+        """The lists to take from, most urgent first: every lane's list of a priority step, lanes
+        by rerankq's own order (LANE_PRIORITY), then the next step. kombu's own queue cycle is not
+        used: before 5.7 it ordered a channel's queues as a set, at random."""
+        queues = sorted(self.active_queues, key=lane_order)  # type: ignore[attr-defined]
+        return [key for step_keys in zip(*map(queue_keys, queues), strict=True) for key in step_keys]
 
 
 class Channel(_ClaimingRead, kombu_redis.Channel):  # type: ignore[misc]

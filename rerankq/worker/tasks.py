@@ -23,6 +23,7 @@ from rerankq.producer.constants import (
     TASK_RERANK,
     cancel_key,
     deliveries_key,
+    lane_of,
     queue_name,
 )
 from rerankq.producer.contract import (
@@ -53,7 +54,7 @@ class QuietRequest(Request):  # type: ignore[misc]
 
     @property
     def argsrepr(self) -> str:
-        sent = str(self._request_dict.get("argsrepr") or "")
+        sent = str(self.request_dict.get("argsrepr") or "")
         return sent if ARGSREPR.match(sent) else "<rerank job>"
 
     @property
@@ -112,9 +113,7 @@ def crash_if_asked(job: RerankJob, runtime: Runtime) -> None:
 
 def served_lane(task: Task) -> str:
     """The lane (queue) this job came off: ``rerankq.<model>.<lane>``."""
-    queue = str((task.request.delivery_info or {}).get("routing_key") or "")
-    lane = queue.rsplit(".", 1)[-1]
-    return lane if lane in LANE_PRIORITY else "unknown"
+    return lane_of(str((task.request.delivery_info or {}).get("routing_key") or ""))
 
 
 def skip_if_cancelled(task: Task, job: RerankJob, runtime: Runtime) -> None:
