@@ -17,6 +17,7 @@ from rerankq.producer.redis_clients import connect
 from rerankq.producer.settings import Settings
 from rerankq.producer.snapshot import read_snapshot
 from rerankq.worker.metrics import multiprocess_registry
+from rerankq.worker.private_hooks import require_supported_libraries
 from rerankq.worker.recovery import Sweeper
 
 log = logging.getLogger("rerankq.exporter")
@@ -71,6 +72,7 @@ class FleetCollector(Collector):
 
 
 def serve_exporter(settings: Settings, port: int, host: str = "127.0.0.1") -> None:
+    require_supported_libraries()  # its sweeps put messages back in kombu's layout
     registry = multiprocess_registry() or CollectorRegistry()
     collector = FleetCollector(settings)
     registry.register(collector)

@@ -10,6 +10,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from rerankq.listen import is_loopback
+from rerankq.producer.jobs import ping_redis
 from rerankq.producer.settings import get_settings
 
 
@@ -72,6 +73,8 @@ def check_bind(host: str, have_keys: bool, insecure: bool) -> None:
 def serve(host: str, port: int, insecure: bool, workers: int = 1) -> None:
     settings = get_settings()
     check_bind(host, bool(settings.api_keys), insecure)
+    # Redis down at start: one line from the CLI (BrokerUnavailable), not the app's start-up traceback
+    ping_redis(settings, "starting the gateway")
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # several processes answer /metrics in turn: share one folder so each serves the sum
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rerankq-gateway-metrics-")

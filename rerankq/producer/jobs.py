@@ -18,7 +18,7 @@ from rerankq.producer.contract import RerankResult, read_result
 from rerankq.producer.job_status import JobStatus, Meta, status_of_meta
 from rerankq.producer.ledger import JobRecord, no_worker_hint, not_found
 from rerankq.producer.presence import last_consumed, read_live, read_live_async
-from rerankq.producer.redis_clients import masked_url
+from rerankq.producer.redis_clients import connect, masked_url
 from rerankq.producer.settings import Settings
 
 POLL_S = 1.0  # the longest a waiter relies on pub/sub alone before reading the key again
@@ -40,6 +40,16 @@ def broker_unavailable(error: BaseException, action: str, url: str) -> BrokerUna
         cause = cause.__cause__ or cause.__context__
     answered = isinstance(cause, redis.ResponseError | redis.AuthenticationError)
     return BrokerUnavailable(action, str(cause or error), masked_url(url), answered)
+
+
+def ping_redis(settings: Settings, action: str) -> None:
+    """PING the broker Redis once; ``BrokerUnavailable`` naming ``action`` when it cannot be used."""
+    client = connect(settings.redis_url, settings.redis_sentinel_master, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        with broker_errors(action, settings.redis_url):
+            client.ping()
+    finally:
+        client.close()
 
 
 def waiting_hint(info: Any) -> str:

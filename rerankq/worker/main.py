@@ -9,6 +9,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from celery import Task, signals
@@ -25,8 +26,10 @@ from rerankq.worker.backends import Backend, OomInjectingBackend
 from rerankq.worker.batcher import Batcher
 from rerankq.worker.golden import load_golden
 from rerankq.worker.loading import load_checked, model_identity, pick_device, resolve_model
-from rerankq.worker.presence import PresenceBeacon
+from rerankq.worker.presence import PresenceBeacon, presence_step
+from rerankq.worker.private_hooks import require_supported_libraries
 from rerankq.worker.recovery import Sweeper
+from rerankq.worker.redis_wait import wait_for_redis
 from rerankq.worker.rejections import use_redis
 from rerankq.worker.runtime import Runtime, install
 from rerankq.worker.tasks import served_lane
@@ -130,7 +133,10 @@ def with_fault_injection(backend: Backend, settings: Settings) -> Backend:
 
 
 def run_worker(options: WorkerOptions, settings: Settings) -> None:
-    """Serve one model until stopped. Jobs are reserved by a thread pool so their pairs can share batches."""
+    """Serve one model until stopped. Jobs are reserved by a thread pool so their pairs can share batches.
+    Refuses libraries it was not built for, then waits for Redis, before the model loads."""
+    require_supported_libraries()
+    wait_for_redis(settings)
     runtime = load_runtime(options, settings)
     install(runtime)
     # Celery's own success line carries the return value (document text when asked for);
@@ -143,8 +149,9 @@ def run_worker(options: WorkerOptions, settings: Settings) -> None:
     beacon, sweeper = PresenceBeacon(runtime, worker_id), Sweeper(runtime.redis, settings)
     beacon.start()  # beating before the first job is taken
     sweeper.start()
-    signals.worker_ready.connect(lambda **_: beacon.serve(), weak=False)
-    signals.worker_shutting_down.connect(lambda **_: beacon.withdraw(), weak=False)
+    app.steps["consumer"].add(presence_step(beacon))  # announced only while Celery consumes
+    stopped = CeleryExit()
+    signals.worker_shutdown.connect(stopped.record, weak=False)
     signals.task_failure.connect(lambda sender, **_: count_failure(sender, runtime), weak=False)
     if port := settings.worker_metrics_port:
         metrics.serve(port)
@@ -170,6 +177,18 @@ def run_worker(options: WorkerOptions, settings: Settings) -> None:
         runtime.batcher.stop()
         log_batcher_totals(runtime)
         metrics.process_exited()
+    if stopped.code:  # Celery stopped on an error it could not recover from (logged above)
+        raise SystemExit(stopped.code)
+
+
+class CeleryExit:
+    """The Celery worker's exit code, which ``worker_main`` drops (an unrecoverable error would
+    end the process with 0, and its supervisor would not know)."""
+
+    code = 0
+
+    def record(self, sender: Any, **_: Any) -> None:
+        self.code = sender.exitcode or 0
 
 
 def count_failure(task: Task, runtime: Runtime) -> None:

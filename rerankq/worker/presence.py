@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import redis
+from celery import bootsteps
 
 from rerankq.producer.constants import HEARTBEATS_KEY, LANES_SEEN_KEY, WORKERS_KEY, queue_name
 from rerankq.producer.presence import WorkerPresence
@@ -97,3 +99,27 @@ class PresenceBeacon:
             seen_at=now,
             held=runtime.held_by_lane(),
         )
+
+
+def presence_step(beacon: PresenceBeacon) -> type[bootsteps.StartStopStep]:
+    """A bootstep of Celery's consumer (its documented extension point): the worker is announced
+    once the consumer consumes its queues, and withdrawn the moment the consumer stops for any
+    reason (shutdown, a lost connection, an error Celery cannot recover from), so producers'
+    fail-fast (``NoWorkers``) never counts on a worker that takes nothing."""
+
+    class Presence(bootsteps.StartStopStep):  # type: ignore[misc]
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def start(self, consumer: Any) -> None:
+            beacon.serve()
+
+        def stop(self, consumer: Any) -> None:
+            beacon.withdraw()
+
+        def shutdown(self, consumer: Any) -> None:
+            beacon.withdraw()
+
+        def terminate(self, consumer: Any) -> None:
+            beacon.withdraw()
+
+    return Presence
