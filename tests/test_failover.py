@@ -22,7 +22,7 @@ from rerankq.local_redis import RedisProcess, free_port, wait_for_redis
 from rerankq.processes import start_gateway, start_worker, stop_process, stop_worker, wait_until_consuming
 from rerankq.producer.settings import get_settings
 
-pytestmark = [pytest.mark.fault, pytest.mark.slow]
+pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.delivery]
 MASTER = "rerankq-failover"
 
 

@@ -68,6 +68,7 @@ FOREIGN = {
 }
 
 
+@pytest.mark.delivery
 def test_foreign_messages_are_rejected_and_recorded_and_the_worker_keeps_serving(
     workers: dict[str, WorkerProcess], client: RerankClient, redis_server: object
 ) -> None:
@@ -100,6 +101,7 @@ POISON_ENV = {
 }
 
 
+@pytest.mark.delivery
 def test_a_job_that_keeps_killing_its_worker_fails_after_the_cap(
     client: RerankClient, model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -135,6 +137,7 @@ def test_a_job_that_keeps_killing_its_worker_fails_after_the_cap(
 # --- Redis killed and restarted -------------------------------------------------------------------
 
 
+@pytest.mark.delivery
 def test_redis_restart_mid_run(model_dirs: dict[str, Path], tmp_path: Path) -> None:
     """Redis (append-only file on, as in production) is killed mid-run and started again on the
     same port. While it is down the SDK raises BrokerUnavailable and the gateway answers 503; every
@@ -201,6 +204,7 @@ def _gateway_serves_again(http: httpx.Client, documents: list[str]) -> bool:
 # --- a worker killed mid-batch ------------------------------------------------------------------
 
 
+@pytest.mark.delivery
 def test_the_visibility_timeout_still_brings_back_what_no_sweeper_gave_back(
     client: RerankClient, model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -307,6 +311,7 @@ def _rss_mb(pid: int) -> float:
 
 
 @pytest.mark.security
+@pytest.mark.delivery
 def test_a_password_protected_redis_and_no_secret_or_document_text_in_logs(
     model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -354,6 +359,7 @@ def _certificates(folder: Path) -> Path:
 
 @pytest.mark.security
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
+@pytest.mark.delivery
 def test_tls_redis(model_dirs: dict[str, Path], tmp_path: Path) -> None:
     """rediss:// with a verified certificate carries the worker's and the SDK's traffic; a client
     that cannot verify the server is refused."""
@@ -380,6 +386,7 @@ def test_tls_redis(model_dirs: dict[str, Path], tmp_path: Path) -> None:
 
 
 @pytest.mark.security
+@pytest.mark.delivery
 def test_redis_through_sentinel(model_dirs: dict[str, Path], tmp_path: Path) -> None:
     """sentinel:// URLs (kombu's form) for broker, results and rerankq's own clients: the worker
     and the SDK find the primary through a sentinel."""

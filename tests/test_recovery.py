@@ -25,7 +25,7 @@ from rerankq.producer.constants import CLAIMANTS_KEY, HEARTBEATS_KEY, WORKERS_KE
 from rerankq.producer.settings import Settings
 from rerankq.worker.recovery import UNACKED_INDEX_KEY, UNACKED_KEY, claim, restore_worker, sweep
 
-pytestmark = [pytest.mark.fault, pytest.mark.slow]
+pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.delivery]
 
 
 def jobs(n: int, tag: str, documents: int = 8) -> list[tuple[str, list[str]]]:

@@ -16,7 +16,7 @@ from rerankq.processes import WorkerProcess, start_worker, stop_worker, wait_unt
 from rerankq.producer import RerankClient
 from rerankq.producer.constants import queue_name
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.delivery]
 DOCS = [f"passage {i} " + "lorem ipsum dolor sit amet " * 6 for i in range(20)]
 
 
