@@ -96,6 +96,19 @@ def test_gateway_error_table_is_the_gateways_own() -> None:
     )
 
 
+def test_the_table_of_private_hooks_is_the_workers_own() -> None:
+    from rerankq.worker.private_hooks import markdown_table
+
+    page = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+    start = "<!-- hooks: rerankq.worker.private_hooks.markdown_table() -->\n"
+    table = page[page.index(start) + len(start) : page.index("<!-- /hooks -->")]
+    assert table == markdown_table(), (
+        "the table of hooks in docs/reliability.md differs from rerankq.worker.private_hooks.HOOKS; paste "
+        "the output of `python -c 'from rerankq.worker.private_hooks import markdown_table as t; "
+        'print(t(), end="")\'` between its markers'
+    )
+
+
 def test_the_pages_are_found() -> None:
     assert len(PAGES) > 5 and PYTHON and DATA, "README.md and docs/*.md should hold examples"
 
