@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 
 import pytest
@@ -83,29 +84,18 @@ def test_every_setting_is_described() -> None:
     assert not undescribed, f"give these settings a Field(description=...): {undescribed}"
 
 
-def test_gateway_error_table_is_the_gateways_own() -> None:
-    from rerankq.gateway.errors import markdown_table
-
-    page = (ROOT / "docs" / "gateway.md").read_text(encoding="utf-8")
-    start = "<!-- errors: rerankq.gateway.errors.markdown_table() -->\n"
-    table = page[page.index(start) + len(start) : page.index("\n<!-- /errors -->")]
-    assert table == markdown_table(), (
-        "the error table in docs/gateway.md differs from rerankq.gateway.errors.RULES; paste the "
-        "output of `python -c 'from rerankq.gateway.errors import markdown_table; print(markdown_table())'` "
-        "between its markers"
-    )
-
-
-def test_the_table_of_private_hooks_is_the_workers_own() -> None:
-    from rerankq.worker.private_hooks import markdown_table
-
-    page = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
-    start = "<!-- hooks: rerankq.worker.private_hooks.markdown_table() -->\n"
-    table = page[page.index(start) + len(start) : page.index("<!-- /hooks -->")]
-    assert table == markdown_table(), (
-        "the table of hooks in docs/reliability.md differs from rerankq.worker.private_hooks.HOOKS; paste "
-        "the output of `python -c 'from rerankq.worker.private_hooks import markdown_table as t; "
-        'print(t(), end="")\'` between its markers'
+@pytest.mark.parametrize(
+    ("page", "name", "module"),
+    [("gateway.md", "errors", "rerankq.gateway.errors"), ("reliability.md", "hooks", "rerankq.worker.private_hooks")],
+)
+def test_generated_tables_are_the_codes_own(page: str, name: str, module: str) -> None:
+    """The gateway's error table (its RULES) and the worker's private hooks (its HOOKS)."""
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    start = f"<!-- {name}: {module}.markdown_table() -->\n"
+    table = text[text.index(start) + len(start) : text.index(f"\n<!-- /{name} -->")]
+    assert table == import_module(module).markdown_table(), (
+        f"the {name} table in docs/{page} differs from {module}; paste the output of "
+        f"`python -c 'from {module} import markdown_table; print(markdown_table())'` between its markers"
     )
 
 

@@ -225,4 +225,4 @@ def markdown_table() -> str:
         used_on = f"{hook.distribution}{declared.get(hook.distribution, '')}"
         shape = f"({', '.join(hook.params)})" if hook.params is not None else ""
         rows.append(f"| `{hook.label}{shape}` | {hook.use} | {hook.why} | {used_on} |")
-    return "\n".join(rows) + "\n"
+    return "\n".join(rows)
