@@ -34,13 +34,13 @@ def test_a_worker_waits_for_redis_and_is_ready_only_once_redis_answers(
     model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
     server = RedisProcess(tmp_path)  # a port nothing listens on yet
-    env = {"RERANKQ_REDIS_URL": server.url}
+    env = {"RERANKQ_REDIS_URL": server.url, "RERANKQ_WORKER_METRICS_PORT": str(free_port())}
     worker = start_worker(str(model_dirs["tiny-bert"]), tmp_path / "worker.log", "--concurrency", "2", env=env)
     try:
         waiting = f"waiting for Redis at {server.url}: Error 111 connecting to 127.0.0.1:{server.port}"
         wait_for(lambda: worker.log().count(waiting) >= 2 or worker.process.poll() is not None)
         assert worker.process.poll() is None, worker.log()  # still waiting, not given up
-        assert "ready" not in worker.log()  # neither the model's line nor Celery's
+        assert " ready." not in worker.log() and "metrics on" not in worker.log()  # Celery never started
         server.start()
         wait_until_consuming(worker)
         with RerankClient(server.url) as client:

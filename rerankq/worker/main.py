@@ -80,8 +80,6 @@ def load_runtime(options: WorkerOptions, settings: Settings) -> Runtime:
     load_s = time.perf_counter() - started
     metrics.MODEL_LOAD.labels(manifest.name, device, backend.served_by).set(load_s)
     identity = model_identity(manifest, backend, settings.query_share)
-    cache = ScoreCache(settings)
-    cache.publish_identity(manifest.name, identity)
     batcher = Batcher(
         backend,
         token_budget_for(manifest, device, settings),
@@ -94,7 +92,7 @@ def load_runtime(options: WorkerOptions, settings: Settings) -> Runtime:
     )
     batcher.start()
     log.info(
-        "model %s ready: %s@%s (%s) on %s with %s in %.2fs, max_length %d, %d threads, cross-job batching %s",
+        "model %s loaded: %s@%s (%s) on %s with %s in %.2fs, max_length %d, %d threads, cross-job batching %s",
         manifest.name,
         manifest.source,
         revision_of(identity),
@@ -111,7 +109,7 @@ def load_runtime(options: WorkerOptions, settings: Settings) -> Runtime:
     )
     redis_client = connect(settings.redis_url, settings.redis_sentinel_master)
     use_redis(redis_client)
-    return Runtime(manifest, backend, batcher, settings, redis_client, cache, identity, lanes)
+    return Runtime(manifest, backend, batcher, settings, redis_client, ScoreCache(settings), identity, lanes)
 
 
 def token_budget_for(manifest: ModelManifest, device: str, settings: Settings) -> int:
@@ -134,10 +132,12 @@ def with_fault_injection(backend: Backend, settings: Settings) -> Backend:
 
 def run_worker(options: WorkerOptions, settings: Settings) -> None:
     """Serve one model until stopped. Jobs are reserved by a thread pool so their pairs can share batches.
-    Refuses libraries it was not built for, then waits for Redis, before the model loads."""
+    Refuses libraries it was not built for before the model loads (a model that cannot load fails
+    at once, Redis or not), then waits for Redis before it says anything is ready."""
     require_supported_libraries()
-    wait_for_redis(settings)
     runtime = load_runtime(options, settings)
+    wait_for_redis(settings)
+    runtime.cache.publish_identity(runtime.model_name, runtime.identity)  # producers now know the weights
     install(runtime)
     # Celery's own success line carries the return value (document text when asked for);
     # rerankq logs its own line per job instead.

@@ -122,15 +122,17 @@ class _ClaimingRead:
             restore_worker(self.client, claimant, event="orphaned_claims_restored")  # type: ignore[attr-defined]
             self._took_back_orphans = True
         self._claimed = claim(self.client, lists, claimant)  # type: ignore[attr-defined]
-        command = ("PING",) if self._claimed is not None else ("BLMOVE", lists[0], lists[0], "RIGHT", "RIGHT")
-        wait = () if self._claimed is not None else (self._wait_s(timeout),)
+        if self._claimed is not None:  # PING's reply wakes the poller, which then delivers it
+            command: tuple[Any, ...] = ("PING",)
+        else:
+            command = ("BLMOVE", lists[0], lists[0], "RIGHT", "RIGHT", self._wait_s(timeout))
         connection = self.client.connection  # type: ignore[attr-defined]
         # kombu's poller reads a reply only while _in_poll names the connection: set it only once
-        # a command is sure to go out, or closing the channel waits forever for a reply
+        # the command is ready to go out, or closing the channel waits forever for a reply
         self._in_poll = connection
         self._brpop_sent_at = monotonic()  # kombu's health check: when the reply is due
-        self._sent = command[0]  # a claimed message: PING's reply wakes the poller, which delivers it
-        connection.send_command(*command, *wait)
+        self._sent = command[0]
+        connection.send_command(*command)
 
     def _brpop_read(self, **options: Any) -> bool:
         if claimant is None:
