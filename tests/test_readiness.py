@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
+from gateway_support import wait_until
 
 from rerankq.errors import NoWorkers
 from rerankq.local_redis import RedisProcess, free_port
@@ -23,13 +22,6 @@ from rerankq.producer.constants import HEARTBEATS_KEY, WORKERS_KEY
 pytestmark = [pytest.mark.delivery, pytest.mark.slow]
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 def test_a_worker_waits_for_redis_and_is_ready_only_once_redis_answers(
     model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -38,7 +30,7 @@ def test_a_worker_waits_for_redis_and_is_ready_only_once_redis_answers(
     worker = start_worker(str(model_dirs["tiny-bert"]), tmp_path / "worker.log", "--concurrency", "2", env=env)
     try:
         waiting = f"waiting for Redis at {server.url}: Error 111 connecting to 127.0.0.1:{server.port}"
-        wait_for(lambda: worker.log().count(waiting) >= 2 or worker.process.poll() is not None)
+        wait_until(lambda: worker.log().count(waiting) >= 2 or worker.process.poll() is not None, timeout=120)
         assert worker.process.poll() is None, worker.log()  # still waiting, not given up
         assert " ready." not in worker.log() and "metrics on" not in worker.log()  # Celery never started
         server.start()
