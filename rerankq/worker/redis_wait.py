@@ -1,5 +1,5 @@
-"""A worker started before its Redis waits for it, saying so, instead of loading a model it
-cannot serve or looking ready while it loops on connection errors."""
+"""A worker whose Redis does not answer (yet) waits for it, saying so and taking nothing, instead
+of looking ready while it loops on connection errors."""
 
 from __future__ import annotations
 
