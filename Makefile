@@ -24,7 +24,7 @@ demo: setup-demo
 	$(VENV)/rerankq demo
 
 # two pytest processes, one test file each at a time: most tests wait on real workers and Redis;
-# files in collection order, so the longest two start first (tests/conftest.py, LONGEST_FIRST)
+# files in collection order, so the longest start first (tests/conftest.py, LONGEST_FIRST)
 test: setup
 	HF_HUB_OFFLINE=1 $(VENV)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
@@ -38,7 +38,7 @@ test-faults: setup
 # the delivery tests at the lower end of the declared ranges (`make test` runs them on the lock);
 # only the files that hold some (the others may import what only the dev extra installs)
 test-lowest: setup-lowest
-	HF_HUB_OFFLINE=1 .venv-lowest/bin/pytest -q -n 2 --dist loadfile -m delivery --durations=12 \
+	HF_HUB_OFFLINE=1 .venv-lowest/bin/pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m delivery --durations=12 \
 		$$(grep -l "mark.delivery" tests/test_*.py)
 
 # the wheel as users get it: built, installed into a fresh virtualenv, run from outside the checkout
