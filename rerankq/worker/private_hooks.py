@@ -137,7 +137,7 @@ HOOKS: tuple[Hook, ...] = (
 
 def require_supported_libraries() -> None:
     """Raise ``UnsupportedLibraries`` (one line) unless every checked library is in its declared
-    range and every hook that applies to its version has the expected shape."""
+    range and every hook has the shape it was written against."""
     installed, declared = installed_versions(), declared_ranges()
     problems = range_problems(installed, declared) + hook_problems(HOOKS)
     if problems:
