@@ -63,6 +63,7 @@ lint: setup
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
+	$(VENV)/lint-imports
 
 # known vulnerabilities in the locked dependency set (skipped, saying so, where the advisory API is unreachable)
 audit: setup

@@ -34,13 +34,13 @@ from rerankq.errors import (
 )
 
 if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports them lazily
-    from rerankq.producer.aio import AsyncRerankClient
-    from rerankq.producer.bulk import BulkDocument, BulkRanked, BulkRecord, RecordResult
+    from rerankq.core.contract import JobStats, RankedDocument, RerankResult
+    from rerankq.core.settings import Settings, get_settings
+    from rerankq.producer.async_client import AsyncRerankClient
     from rerankq.producer.client import RerankClient
-    from rerankq.producer.contract import JobStats, RankedDocument, RerankResult
+    from rerankq.producer.job_handles import AsyncJobHandle, JobHandle
     from rerankq.producer.job_status import JobStatus
-    from rerankq.producer.jobs import AsyncJobHandle, JobHandle
-    from rerankq.producer.settings import Settings, get_settings
+    from rerankq.producer.rank_many import BulkDocument, BulkRanked, BulkRecord, RecordResult
 
 
 def _version() -> str:
@@ -54,20 +54,20 @@ __version__ = _version()
 
 # public name -> the module that defines it (imported on first access)
 _LAZY = {
-    "AsyncRerankClient": "rerankq.producer.aio",
+    "AsyncRerankClient": "rerankq.producer.async_client",
     "RerankClient": "rerankq.producer.client",
-    "AsyncJobHandle": "rerankq.producer.jobs",
-    "JobHandle": "rerankq.producer.jobs",
+    "AsyncJobHandle": "rerankq.producer.job_handles",
+    "JobHandle": "rerankq.producer.job_handles",
     "JobStatus": "rerankq.producer.job_status",
-    "JobStats": "rerankq.producer.contract",
-    "RankedDocument": "rerankq.producer.contract",
-    "RerankResult": "rerankq.producer.contract",
-    "BulkDocument": "rerankq.producer.bulk",
-    "BulkRanked": "rerankq.producer.bulk",
-    "BulkRecord": "rerankq.producer.bulk",
-    "RecordResult": "rerankq.producer.bulk",
-    "Settings": "rerankq.producer.settings",
-    "get_settings": "rerankq.producer.settings",
+    "JobStats": "rerankq.core.contract",
+    "RankedDocument": "rerankq.core.contract",
+    "RerankResult": "rerankq.core.contract",
+    "BulkDocument": "rerankq.producer.rank_many",
+    "BulkRanked": "rerankq.producer.rank_many",
+    "BulkRecord": "rerankq.producer.rank_many",
+    "RecordResult": "rerankq.producer.rank_many",
+    "Settings": "rerankq.core.settings",
+    "get_settings": "rerankq.core.settings",
 }
 
 

@@ -57,9 +57,13 @@ def invalid_request(errors: Sequence[Mapping[str, Any]], default_field: str, ech
     if first.get("type") == "json_invalid":  # FastAPI: the body is not JSON; loc ends in a position
         position = first.get("loc", ())[-1:]
         return InvalidRequest("body", "must be valid JSON", f"{first.get('msg')} at character {position[0]}")
-    message = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
     detail = f"got {first['input']!r}" if echo_input and "input" in first and _short(first["input"]) else ""
-    return InvalidRequest(field_path(first.get("loc", ())) or default_field, message, detail)
+    return InvalidRequest(field_path(first.get("loc", ())) or default_field, error_message(first), detail)
+
+
+def error_message(error: Mapping[str, Any]) -> str:
+    """pydantic's message for one error, without the "Value error, " it puts before a validator's."""
+    return str(error.get("msg", "is invalid")).removeprefix("Value error, ")
 
 
 def field_path(loc: Sequence[int | str]) -> str:
@@ -177,7 +181,7 @@ class ModelCheckFailed(ModelLoadError):
 
 
 class IncompatibleFormat(RerankError):
-    """A record from another release whose format this one cannot read (rerankq.producer.wire_format)."""
+    """A record from another release whose format this one cannot read (rerankq.core.wire_format)."""
 
     def __init__(self, kind: str, found: str, supported: str, hint: str) -> None:
         self.kind = kind

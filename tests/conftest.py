@@ -19,8 +19,11 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["RERANKQ_CHECK_RANKING"] = "false"
 
 
-from rerankq.local_redis import local_redis_server
-from rerankq.processes import (
+from rerankq import RerankClient
+from rerankq.core.settings import Settings, get_settings, use_settings
+from rerankq.testing.local_redis import local_redis_server
+from rerankq.testing.model_shapes import build_tiny_bert, build_tiny_xlm_roberta
+from rerankq.testing.processes import (
     GatewayProcess,
     WorkerProcess,
     running_workers,
@@ -30,9 +33,6 @@ from rerankq.processes import (
     stop_worker,
     wait_until_consuming,
 )
-from rerankq.producer import RerankClient
-from rerankq.producer.settings import Settings, get_settings, use_settings
-from rerankq.shapes import build_tiny_bert, build_tiny_xlm_roberta
 
 
 @dataclass

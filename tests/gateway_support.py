@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
+from rerankq.core.settings import get_settings
 from rerankq.gateway import create_app
-from rerankq.producer.settings import get_settings
 
 PLAIN_KEY = "rk-test-plain-key"
 HASHED_KEY = "rk-test-hashed-key"
@@ -55,13 +55,6 @@ async def app_client(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=60) as client:
             yield client
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def wait_for_job(http: httpx.Client, job_id: str, timeout: float = 30) -> dict[str, Any]:

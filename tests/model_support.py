@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertForSequenceClassification, BertModel
 
-from rerankq.shapes import build_tiny_bert
+from rerankq.testing.model_shapes import build_tiny_bert
 from rerankq.worker.golden import load_golden
 
 TRAIN_STEPS = 300

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from rerankq.producer import AsyncRerankClient, JobTimeout, RerankClient
+from rerankq import AsyncRerankClient, JobTimeout, RerankClient
 
 pytestmark = pytest.mark.slow
 

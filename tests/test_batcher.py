@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 from sentence_transformers import CrossEncoder
 
+from rerankq.testing.waiting import wait_until
 from rerankq.worker.backends import CrossEncoderBackend, EncodedPair
 from rerankq.worker.batcher import Batcher, ScoredJob, _Item, _Submission, plan_batches
 
@@ -111,7 +111,7 @@ def test_pending_pairs_wait_for_a_job_being_prepared(backend: CrossEncoderBacken
     try:
         with batcher.preparing():
             early = batcher.submit(_two_jobs(backend)[0])
-            time.sleep(0.5)  # ample time for the batcher to run it, were it not waiting
+            wait_until(lambda: batcher.stats.held == 1)  # the batcher took up these pairs, and held them
             assert not early.done()
         assert len(early.result(timeout=30).scores) == 4  # released once nothing is being prepared
     finally:

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import redis
-from gateway_support import wait_until
 from worker_support import paused
 
-from rerankq.processes import WorkerProcess
-from rerankq.producer import BulkRecord, RecordResult, RerankClient
-from rerankq.producer.constants import queue_keys, queue_name
-from rerankq.producer.settings import Settings
+from rerankq import BulkRecord, RecordResult, RerankClient
+from rerankq.core.constants import queue_keys, queue_name
+from rerankq.core.settings import Settings
+from rerankq.testing.processes import WorkerProcess
+from rerankq.testing.waiting import wait_until
 
 MODEL = "tiny-bert"
 # Bulk jobs ride other forward passes than the interactive reference: padding to another length

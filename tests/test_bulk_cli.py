@@ -8,7 +8,6 @@ import pty
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from gateway_support import wait_until
 from test_bulk_api import BATCH_TOLERANCE, depth
 from worker_support import paused
 
-from rerankq.processes import WorkerProcess
-from rerankq.producer import RerankClient
+from rerankq import RerankClient
+from rerankq.testing.processes import WorkerProcess
+from rerankq.testing.waiting import wait_until
 
 MODEL = "tiny-bert"
 
@@ -52,6 +51,10 @@ def bulk_command(source: Path, output: Path, *args: str, model: str = MODEL) -> 
 
 def run_bulk(source: Path, output: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(bulk_command(source, output, *args), capture_output=True, text=True, timeout=300)
+
+
+def _lines(log: Path) -> int:
+    return log.read_bytes().count(b"\n")
 
 
 def progress(output: Path) -> dict[str, Any]:
@@ -136,12 +139,15 @@ def test_kill_9_mid_run_then_the_same_command_finishes_exactly_once(
     records = make_records(150, docs=16)
     source, output = write_jsonl(tmp_path / "in.jsonl", records), tmp_path / "out.jsonl"
     command = bulk_command(source, output, "--max-in-flight", "3", model=model)
-    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    log = tmp_path / "bulk.log"  # a progress line each time the run waits with its window full
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([*command, "--log-every", "0.1"], stderr=stderr)
     try:
         wait_until(lambda: progress(output)["records_done"] >= 5, timeout=60)
         with paused(client, model, ("bulk",)):
             wait_until(lambda: depth(client.settings.redis_url, model, "bulk") == 3, timeout=30)
-            time.sleep(0.5)  # time to overshoot, if it would
+            lines = _lines(log)  # two more waits: the run has looked for room since, and sent nothing more
+            wait_until(lambda: _lines(log) >= lines + 2, timeout=30)
             assert depth(client.settings.redis_url, model, "bulk") == 3
             process.kill()  # SIGKILL: no chance to flush or clean up
             process.wait()

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 import redis
-from gateway_support import wait_until
 from typer.testing import CliRunner
 from worker_support import send_raw
 
-from rerankq.cli import app as cli
-from rerankq.local_redis import free_port
-from rerankq.processes import WorkerProcess, start_worker, stop_worker, wait_until_consuming
-from rerankq.producer import RerankClient
-from rerankq.producer.cache import ScoreCache
-from rerankq.producer.constants import SCORE_KEY_PREFIX, model_identity_key, queue_name
-from rerankq.producer.contract import cache_key
-from rerankq.shapes import build_tiny_bert
+from rerankq import RerankClient
+from rerankq.cli.app import app as cli
+from rerankq.core.constants import SCORE_KEY_PREFIX, model_identity_key, queue_name
+from rerankq.core.contract import cache_key
+from rerankq.producer.score_cache import ScoreCache
+from rerankq.testing.local_redis import free_port
+from rerankq.testing.model_shapes import build_tiny_bert
+from rerankq.testing.processes import WorkerProcess, start_worker, stop_worker, wait_until_consuming
+from rerankq.testing.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -18,11 +18,11 @@ import pytest
 import redis
 import typer
 
-from rerankq.cli import app
-from rerankq.cli_support import EXIT_UNAVAILABLE, EXIT_USAGE
-from rerankq.local_redis import free_port
-from rerankq.processes import WorkerProcess
-from rerankq.producer.constants import queue_name
+from rerankq.cli.app import app
+from rerankq.cli.support import EXIT_UNAVAILABLE, EXIT_USAGE
+from rerankq.core.constants import queue_name
+from rerankq.testing.local_redis import free_port
+from rerankq.testing.processes import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 DOWN = f"redis://:pw@127.0.0.1:{free_port()}/0"  # nothing listens there

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from rerankq import settings_doc
-from rerankq.producer.registry import ModelManifest
-from rerankq.producer.settings import Settings
+from rerankq.cli import settings_doc
+from rerankq.core.registry import ModelManifest
+from rerankq.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -74,8 +74,8 @@ def test_configuration_doc_is_generated_from_the_settings() -> None:
     page = ROOT / "docs" / "configuration.md"
     assert page.read_text(encoding="utf-8") == settings_doc.render(), (
         "docs/configuration.md differs from the settings class; regenerate it with "
-        "`python -m rerankq.settings_doc > docs/configuration.md` (edit the descriptions in "
-        "rerankq/producer/settings.py, never the page)"
+        "`python -m rerankq.cli.settings_doc > docs/configuration.md` (edit the descriptions in "
+        "rerankq/core/settings.py, never the page)"
     )
 
 
@@ -97,6 +97,23 @@ def test_generated_tables_are_the_codes_own(page: str, name: str, module: str) -
         f"the {name} table in docs/{page} differs from {module}; paste the output of "
         f"`python -c 'from {module} import markdown_table; print(markdown_table())'` between its markers"
     )
+
+
+def test_the_layout_page_names_every_module() -> None:
+    """docs/layout.md's tree holds each package's modules, no more and no fewer."""
+    tree = blocks(ROOT / "docs" / "layout.md")[1].code.splitlines()
+    listed: dict[str, set[str]] = {}
+    for line in tree:
+        if line.startswith("  ") and not line.startswith("    ") and line.split()[0].endswith("/"):
+            package = listed.setdefault(line.split()[0].rstrip("/"), set())
+        elif line.startswith("    ") and line.split()[0].endswith(".py"):
+            package.add(line.split()[0])
+    on_disk = {
+        folder.name: {module.name for module in folder.glob("*.py") if module.name != "__init__.py"}
+        for folder in (ROOT / "rerankq").iterdir()
+        if (folder / "__init__.py").is_file()
+    }
+    assert {name: modules for name, modules in listed.items() if modules} == on_disk  # manifests/: data only
 
 
 def test_the_pages_are_found() -> None:

@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from gateway_support import wait_until
 
 from rerankq import BrokerUnavailable, JobFailed, JobNotFound, JobTimeout, RerankClient
-from rerankq.local_redis import RedisProcess, free_port, wait_for_redis
-from rerankq.processes import start_gateway, start_worker, stop_process, stop_worker, wait_until_consuming
-from rerankq.producer.settings import get_settings
+from rerankq.core.settings import get_settings
+from rerankq.testing.local_redis import RedisProcess, free_port, wait_for_redis
+from rerankq.testing.processes import start_gateway, start_worker, stop_process, stop_worker, wait_until_consuming
+from rerankq.testing.waiting import wait_until
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.delivery]
 MASTER = "rerankq-failover"

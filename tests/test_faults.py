@@ -14,15 +14,19 @@ import subprocess
 import time
 import uuid
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-from gateway_support import AUTH, GATEWAY_ENV, wait_until
+from gateway_support import AUTH, GATEWAY_ENV
 
-from rerankq.local_redis import RedisProcess, free_port
-from rerankq.processes import (
+from rerankq import BrokerUnavailable, JobFailed, JobHandle, JobTimeout, RerankClient
+from rerankq.core.constants import CLAIMS_KEY_PREFIX, REJECTED_KEY, model_identity_key, queue_name
+from rerankq.core.settings import get_settings
+from rerankq.testing.local_redis import RedisProcess, free_port
+from rerankq.testing.processes import (
     GatewayProcess,
     WorkerProcess,
     start_gateway,
@@ -31,9 +35,7 @@ from rerankq.processes import (
     stop_worker,
     wait_until_consuming,
 )
-from rerankq.producer import BrokerUnavailable, JobFailed, JobHandle, JobTimeout, RerankClient
-from rerankq.producer.constants import CLAIMS_KEY_PREFIX, REJECTED_KEY, model_identity_key, queue_name
-from rerankq.producer.settings import get_settings
+from rerankq.testing.waiting import wait_until
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
@@ -78,10 +80,7 @@ def test_foreign_messages_are_rejected_and_recorded_and_the_worker_keeps_serving
     for make in FOREIGN.values():
         broker.lpush(queue, make(queue))
     assert client.rank("after the garbage", ["still", "serving"], model="tiny-bert", cache=False, timeout=30)
-    deadline = time.monotonic() + 10
-    while broker.llen(REJECTED_KEY) < len(FOREIGN):
-        assert time.monotonic() < deadline, broker.lrange(REJECTED_KEY, 0, -1)
-        time.sleep(0.1)
+    wait_until(lambda: broker.llen(REJECTED_KEY) >= len(FOREIGN), why=lambda: str(broker.lrange(REJECTED_KEY, 0, -1)))
     entries = [json.loads(raw) for raw in broker.lrange(REJECTED_KEY, 0, -1)]
     reasons = " | ".join(f"{entry['kind']}: {entry['reason']}" for entry in entries)
     assert "unreadable: not a kombu JSON message (JSONDecodeError" in reasons
@@ -119,8 +118,7 @@ def test_a_job_that_keeps_killing_its_worker_fails_after_the_cap(
         if attempt == 0:  # a name is known once a worker serves it
             poison = client.submit(f"{POISON} query", ["doc"], model=model, cache=False)
             healthy = client.submit("healthy query", ["doc a", "doc b"], model=model, cache=False)
-        while worker.process.poll() is None and poison.status() != "failed":
-            time.sleep(0.1)
+        wait_until(partial(_exited_or_failed, worker, poison), timeout=120)
         if worker.process.poll() is None:
             break
         crashes += 1
@@ -132,6 +130,10 @@ def test_a_job_that_keeps_killing_its_worker_fails_after_the_cap(
         stop_worker(worker)
     assert crashes == 3
     assert '"event": "fault_crash"' in (tmp_path / "w0.log").read_text()
+
+
+def _exited_or_failed(worker: WorkerProcess, job: JobHandle) -> bool:
+    return worker.process.poll() is not None or job.status() == "failed"
 
 
 # --- Redis killed and restarted -------------------------------------------------------------------
@@ -170,7 +172,7 @@ def test_redis_restart_mid_run(model_dirs: dict[str, Path], tmp_path: Path) -> N
             assert outcomes.count("ok") >= 1
             after = client.submit("after the restart", documents, model=model, cache=False).result(timeout=60)
             assert len(after.results) == len(documents)
-            assert _gateway_serves_again(http, documents)
+            wait_until(lambda: _serves(http, documents), timeout=30)  # the gateway serves again
             del handles  # their results unsubscribe on collection: while this Redis still runs
             gc.collect()
     finally:
@@ -190,15 +192,10 @@ def _outcome(handle: JobHandle, deadline: float) -> str:
     return "ok" if len(result.results) == 16 else "wrong"
 
 
-def _gateway_serves_again(http: httpx.Client, documents: list[str]) -> bool:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        response = http.post("/v1/rerank", json={"query": "after", "documents": documents}, timeout=30)
-        if response.status_code == 200:
-            return True
-        assert response.status_code == 503, response.text  # only the documented refusal meanwhile
-        time.sleep(0.5)
-    return False
+def _serves(http: httpx.Client, documents: list[str]) -> bool:
+    response = http.post("/v1/rerank", json={"query": "after", "documents": documents}, timeout=30)
+    assert response.status_code in (200, 503), response.text  # only the documented refusal meanwhile
+    return response.status_code == 200
 
 
 # --- a worker killed mid-batch ------------------------------------------------------------------

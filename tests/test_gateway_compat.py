@@ -10,8 +10,8 @@ import httpx
 import pytest
 from gateway_support import ALIAS, AUTH, PLAIN_KEY
 
-from rerankq.processes import GatewayProcess
-from rerankq.producer import RerankClient
+from rerankq import RerankClient
+from rerankq.testing.processes import GatewayProcess
 
 os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"
 

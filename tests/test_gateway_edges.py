@@ -16,11 +16,11 @@ import redis
 from gateway_support import AUTH, HASHED_KEY, MAX_BODY_BYTES, MAX_DOCUMENTS, PLAIN_KEY, PausedModel, app_client
 from prometheus_client import REGISTRY
 
+from rerankq import RerankClient
+from rerankq.core.constants import JOB_KEY_PREFIX, queue_name
 from rerankq.gateway.server import UnsafeBind, check_bind
-from rerankq.local_redis import free_port
-from rerankq.processes import GatewayProcess
-from rerankq.producer import RerankClient
-from rerankq.producer.constants import JOB_KEY_PREFIX, queue_name
+from rerankq.testing.local_redis import free_port
+from rerankq.testing.processes import GatewayProcess
 
 pytestmark = pytest.mark.slow
 

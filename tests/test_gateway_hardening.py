@@ -15,8 +15,8 @@ import redis
 from gateway_support import AUTH, GATEWAY_ENV, PausedModel, app_client
 from prometheus_client import REGISTRY
 
-from rerankq.processes import GatewayProcess, start_gateway, stop_process
-from rerankq.producer.constants import queue_keys, queue_name
+from rerankq.core.constants import queue_keys, queue_name
+from rerankq.testing.processes import GatewayProcess, start_gateway, stop_process
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,8 @@ from gateway_support import AUTH, PausedModel, wait_for_job
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rerankq.processes import GatewayProcess
-from rerankq.producer.constants import queue_name
+from rerankq.core.constants import queue_name
+from rerankq.testing.processes import GatewayProcess
 
 pytestmark = pytest.mark.slow
 

@@ -10,13 +10,14 @@ from typing import ClassVar
 
 import httpx
 import pytest
-from gateway_support import AUTH, CALLBACK_SECRET, GATEWAY_ENV, wait_for_job, wait_until
+from gateway_support import AUTH, CALLBACK_SECRET, GATEWAY_ENV, wait_for_job
 from pydantic import SecretStr
 
+from rerankq import JobCancelled, RerankClient
 from rerankq.gateway.callbacks import verify
-from rerankq.processes import GatewayProcess, start_gateway, stop_process
-from rerankq.producer import JobCancelled, RerankClient
-from rerankq.producer.ledger import record_submitted
+from rerankq.producer.job_ledger import record_submitted
+from rerankq.testing.processes import GatewayProcess, start_gateway, stop_process
+from rerankq.testing.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

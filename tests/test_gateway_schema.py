@@ -13,7 +13,7 @@ import schemathesis
 from gateway_support import AUTH
 from hypothesis import HealthCheck, given, settings
 
-from rerankq.processes import GatewayProcess
+from rerankq.testing.processes import GatewayProcess
 
 pytestmark = pytest.mark.slow
 

@@ -19,13 +19,19 @@ import torch
 from gateway_support import AUTH
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rerankq import JobFailed, RerankClient
+from rerankq.core.constants import TASK_RERANK, queue_name
+from rerankq.core.registry import kind_template
+from rerankq.core.settings import get_settings
 from rerankq.errors import InvalidRequest
-from rerankq.llm_shapes import GEMMA_SPECIAL, build_tiny_gemma_reranker, build_tiny_qwen3_reranker, train_bpe_tokenizer
-from rerankq.processes import GatewayProcess, WorkerProcess, start_worker, stop_worker, wait_until_consuming
-from rerankq.producer import JobFailed, RerankClient, ledger
-from rerankq.producer.constants import TASK_RERANK, queue_name
-from rerankq.producer.registry import kind_template
-from rerankq.producer.settings import get_settings
+from rerankq.producer import job_ledger
+from rerankq.testing.llm_shapes import (
+    GEMMA_SPECIAL,
+    build_tiny_gemma_reranker,
+    build_tiny_qwen3_reranker,
+    train_bpe_tokenizer,
+)
+from rerankq.testing.processes import GatewayProcess, WorkerProcess, start_worker, stop_worker, wait_until_consuming
 from rerankq.worker.backends import Backend
 from rerankq.worker.loading import load_backend, resolve_model
 
@@ -213,7 +219,7 @@ def test_an_encoder_refuses_an_instruction_by_name(
     assert answer.status_code == 422 and "instruction" in answer.text
     assert redis.Redis.from_url(redis_server.url).llen("rerankq.tiny-bert.interactive") == depth
     job = client.build("query", ["a document"], model="tiny-bert", instruction=CUSTOM, cache=False)
-    ledger.record_submitted(client.app.backend.client, job.job_id, job.model, job.lane, client.settings)
+    job_ledger.record_submitted(client.app.backend.client, job.job_id, job.model, job.lane, client.settings)
     client.app.send_task(TASK_RERANK, args=[job.model_dump()], task_id=job.job_id, queue=queue_name("tiny-bert"))
     with pytest.raises(JobFailed, match="instruction"):
         client.job(job.job_id).result(timeout=60)

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from sentence_transformers import CrossEncoder
 from transformers import AutoTokenizer
 
-from rerankq.processes import GatewayProcess, running_workers
-from rerankq.producer import InvalidRequest, RequestTooLarge, RerankClient
-from rerankq.shapes import build_tiny_xlm_roberta
+from rerankq import InvalidRequest, RequestTooLarge, RerankClient
+from rerankq.testing.model_shapes import build_tiny_xlm_roberta
+from rerankq.testing.processes import GatewayProcess, running_workers
 from rerankq.worker.text_windows import token_windows
 
 pytestmark = pytest.mark.usefixtures("workers")

@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rerankq.cli import app
+from rerankq.cli.app import app
+from rerankq.core.registry import load_manifests
+from rerankq.core.settings import Settings, get_settings, use_settings
 from rerankq.errors import ModelLoadError
-from rerankq.producer.registry import load_manifests
-from rerankq.producer.settings import Settings, get_settings, use_settings
 from rerankq.worker.loading import load_backend, resolve_model
 from rerankq.worker.main import token_budget_for
 

@@ -23,9 +23,9 @@ from model_support import (
 )
 from typer.testing import CliRunner
 
-from rerankq.cli import app
+from rerankq.cli.app import app
+from rerankq.core.settings import get_settings
 from rerankq.errors import ModelCheckFailed
-from rerankq.producer.settings import get_settings
 from rerankq.worker.golden import DEFAULT_GOLDEN, GoldenSetError, load_golden
 from rerankq.worker.loading import load_checked, resolve_model
 from rerankq.worker.validation import Passed
@@ -240,8 +240,8 @@ def test_diff_reports_agreement_and_the_largest_changes(good_model: Path, tmp_pa
 
 def test_a_nan_score_at_serve_time_fails_the_job_instead_of_serving_it() -> None:
     """The start-up check cannot see every input; an input that overflows still never returns NaN."""
+    from rerankq.core.contract import build_job
     from rerankq.errors import JobFailed
-    from rerankq.producer.contract import build_job
     from rerankq.worker.tasks import refuse_non_finite
 
     job = build_job("q", ["a", "b"], model="m", settings=get_settings())

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from rerankq import RerankClient
+from rerankq.core.settings import BackendName, Settings, get_settings
 from rerankq.errors import ModelCheckFailed, ModelLoadError
-from rerankq.processes import running_workers
-from rerankq.producer import RerankClient
-from rerankq.producer.settings import BackendName, Settings, get_settings
+from rerankq.testing.processes import running_workers
 from rerankq.worker.backends import Backend
 from rerankq.worker.golden import GoldenItem, load_golden, score_golden
 from rerankq.worker.loading import load_backend, load_checked, resolve_model

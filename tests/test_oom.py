@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from sentence_transformers import CrossEncoder
 
-from rerankq.processes import WorkerProcess, start_worker, stop_worker, wait_until_consuming
-from rerankq.producer import JobTimeout, RerankClient
+from rerankq import JobTimeout, RerankClient
+from rerankq.testing.processes import WorkerProcess, start_worker, stop_worker, wait_until_consuming
 from rerankq.worker.backends import CrossEncoderBackend, OomInjectingBackend
 from rerankq.worker.batcher import Batcher
 from rerankq.worker.oom import AdaptiveBudget, PairTooLarge

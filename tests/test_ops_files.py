@@ -21,8 +21,8 @@ from prometheus_client import REGISTRY
 
 import rerankq.gateway.metrics
 import rerankq.worker.metrics  # noqa: F401  (registers the workers' metrics)
-from rerankq.exporter import FleetCollector
-from rerankq.producer.settings import Settings
+from rerankq.cli.exporter import FleetCollector
+from rerankq.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = {"RERANKQ_API_KEYS": "key", "FLOWER_PASSWORD": "flower", "GRAFANA_PASSWORD": "grafana"}

@@ -17,17 +17,17 @@ from typing import Any
 
 import pytest
 import redis
-from gateway_support import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from rerankq.local_redis import free_port
-from rerankq.processes import running_workers, start_gateway, stop_process
-from rerankq.producer import RerankClient
-from rerankq.producer.aliases import delete_alias, set_alias
-from rerankq.producer.constants import WORKERS_KEY, alias_history_key
-from rerankq.producer.presence import WorkerPresence
-from rerankq.producer.settings import Settings
-from rerankq.producer.snapshot import read_snapshot
+from rerankq import RerankClient
+from rerankq.cli.redis_snapshot import read_snapshot
+from rerankq.core.aliases import delete_alias, set_alias
+from rerankq.core.constants import WORKERS_KEY, alias_history_key
+from rerankq.core.live_workers import WorkerPresence
+from rerankq.core.settings import Settings
+from rerankq.testing.local_redis import free_port
+from rerankq.testing.processes import running_workers, start_gateway, stop_process
+from rerankq.testing.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import rerankq
 import rerankq.errors
-from rerankq.cli import app
+from rerankq.cli.app import app
 from rerankq.producer.client import RerankClient
 from rerankq.producer.job_status import JobStatus
 

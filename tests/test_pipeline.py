@@ -19,11 +19,11 @@ import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from worker_support import send_raw
 
-from rerankq.producer import JobFailed, JobNotFound, JobTimeout, RerankClient
-from rerankq.producer.constants import deliveries_key, queue_name
-from rerankq.producer.contract import RerankJob
-from rerankq.producer.settings import Settings
-from rerankq.shapes import CORPUS
+from rerankq import JobFailed, JobNotFound, JobTimeout, RerankClient
+from rerankq.core.constants import deliveries_key, queue_name
+from rerankq.core.contract import RerankJob
+from rerankq.core.settings import Settings
+from rerankq.testing.model_shapes import CORPUS
 
 UNSERVED = "bge-reranker-v2-m3"  # a shipped manifest no test worker serves
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from rerankq.producer import Settings
+from rerankq import Settings
 
 
 def test_importing_and_using_the_sdk_never_imports_torch(redis_server) -> None:

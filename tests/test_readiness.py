@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import redis
-from gateway_support import wait_until
 
+from rerankq import RerankClient
+from rerankq.core.constants import HEARTBEATS_KEY, WORKERS_KEY
 from rerankq.errors import NoWorkers
-from rerankq.local_redis import RedisProcess, free_port
-from rerankq.processes import start_worker, stop_worker, wait_until_consuming
-from rerankq.producer import RerankClient
-from rerankq.producer.constants import HEARTBEATS_KEY, WORKERS_KEY
+from rerankq.testing.local_redis import RedisProcess, free_port
+from rerankq.testing.processes import start_worker, stop_worker, wait_until_consuming
+from rerankq.testing.waiting import wait_until
 
 pytestmark = [pytest.mark.delivery, pytest.mark.slow]
 

@@ -17,12 +17,12 @@ from typing import Any, cast
 
 import pytest
 import redis
-from gateway_support import wait_until
 
-from rerankq.processes import WorkerProcess, start_worker, stop_worker, wait_until_consuming
-from rerankq.producer import JobStatus, RerankClient
-from rerankq.producer.constants import CLAIMANTS_KEY, HEARTBEATS_KEY, WORKERS_KEY, claims_key, queue_name
-from rerankq.producer.settings import Settings
+from rerankq import JobStatus, RerankClient
+from rerankq.core.constants import CLAIMANTS_KEY, HEARTBEATS_KEY, WORKERS_KEY, claims_key, queue_name
+from rerankq.core.settings import Settings
+from rerankq.testing.processes import WorkerProcess, start_worker, stop_worker, wait_until_consuming
+from rerankq.testing.waiting import wait_until
 from rerankq.worker.recovery import UNACKED_INDEX_KEY, UNACKED_KEY, claim, restore_worker, sweep
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.delivery]

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from gateway_support import wait_until
 from test_bulk_api import depth
 
-from rerankq.processes import WorkerProcess, start_worker, stop_worker, wait_until_consuming
-from rerankq.producer import RerankClient
-from rerankq.producer.constants import queue_name
+from rerankq import RerankClient
+from rerankq.core.constants import queue_name
+from rerankq.testing.processes import WorkerProcess, start_worker, stop_worker, wait_until_consuming
+from rerankq.testing.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.delivery]
 DOCS = [f"passage {i} " + "lorem ipsum dolor sit amet " * 6 for i in range(20)]
@@ -73,7 +73,7 @@ def test_a_worker_stopped_gracefully_mid_run_loses_no_job(
 
 
 def _hostname(worker: WorkerProcess) -> str:
-    """The Celery hostname a worker logged at start (its id in presence and control commands)."""
-    wait_until(lambda: "@" in worker.log() and " ready." in worker.log())
-    line = next(line for line in worker.log().splitlines() if line.endswith(" ready."))
-    return line.split()[-2]
+    """The Celery hostname of a consuming worker: its id in presence and control commands."""
+    hostname = worker.presence_id()
+    assert hostname is not None, worker.log()[-2000:]
+    return hostname

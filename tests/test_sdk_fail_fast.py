@@ -22,9 +22,9 @@ from rerankq import (
     RerankClient,
     UnknownModel,
 )
-from rerankq.local_redis import free_port
-from rerankq.processes import WorkerProcess
-from rerankq.producer.constants import LANES_SEEN_KEY, queue_name
+from rerankq.core.constants import LANES_SEEN_KEY, queue_name
+from rerankq.testing.local_redis import free_port
+from rerankq.testing.processes import WorkerProcess
 
 UNSERVED = "bge-reranker-v2-m3"  # a shipped manifest that no test worker serves
 QUERY, DOCUMENTS = "what is a reranker", ["a model that orders documents", "a fruit"]

@@ -9,9 +9,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rerankq.producer import InvalidRequest, RerankClient
-from rerankq.producer.constants import queue_name
-from rerankq.producer.contract import RerankJob, rank_scores
+from rerankq import InvalidRequest, RerankClient
+from rerankq.core.constants import queue_name
+from rerankq.core.contract import RerankJob, rank_scores
 
 MODEL = "bge-reranker-v2-m3"  # a shipped manifest no test worker serves: its queue length shows what was sent
 

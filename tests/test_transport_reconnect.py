@@ -15,8 +15,8 @@ import redis
 from kombu import Connection, Queue
 from kombu.message import Message
 
-from rerankq.local_redis import RedisProcess
-from rerankq.producer.constants import claims_key, lane_of, queue_name
+from rerankq.core.constants import claims_key, lane_of, queue_name
+from rerankq.testing.local_redis import RedisProcess
 from rerankq.worker import safe_transport
 from rerankq.worker.recovery import claim
 

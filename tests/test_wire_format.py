@@ -15,11 +15,11 @@ from gateway_support import app_client
 from worker_support import send_raw
 
 from rerankq import IncompatibleFormat, JobFailed, RerankClient
-from rerankq.processes import WorkerProcess
-from rerankq.producer import ledger
-from rerankq.producer.constants import ALIASES_KEY, REJECTED_KEY, queue_name
-from rerankq.producer.contract import RerankResult, new_job_id, read_result
-from rerankq.producer.wire_format import JOB_FORMAT, RecordFormat
+from rerankq.core.constants import ALIASES_KEY, REJECTED_KEY, queue_name
+from rerankq.core.contract import RerankResult, new_job_id, read_result
+from rerankq.core.wire_format import JOB_FORMAT, RecordFormat
+from rerankq.producer import job_ledger
+from rerankq.testing.processes import WorkerProcess
 
 # A job message exactly as release 0.1.0's SDK left it on Redis (kombu envelope, base64 body),
 # before records carried a format: query "what is the capital of France", 3 documents, top_n 2.
@@ -91,7 +91,9 @@ def test_a_job_recorded_by_release_0_1_0_is_still_served(
 ) -> None:
     message = json.loads(RECORDED_JOB.read_bytes())
     job_id = message["headers"]["id"]
-    ledger.record_submitted(client.app.backend.client, job_id, MODEL, "interactive", client.settings)  # as 0.1.0 did
+    job_ledger.record_submitted(
+        client.app.backend.client, job_id, MODEL, "interactive", client.settings
+    )  # as 0.1.0 did
     redis.Redis.from_url(redis_server.url).lpush(queue_name(MODEL), RECORDED_JOB.read_bytes())
     result = client.job(job_id).result(timeout=60)
     assert_same_ranking(as_pairs(result), reference(client, top_n=2))

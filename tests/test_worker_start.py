@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rerankq.producer import ModelLoadError
-from rerankq.producer.settings import get_settings
+from rerankq import ModelLoadError
+from rerankq.core.settings import get_settings
 from rerankq.worker.loading import load_backend, resolve_model
 
 
@@ -78,7 +78,7 @@ def test_max_length_truncates_like_the_reference_and_is_capped_by_the_model(mode
 
 
 def test_model_identity_changes_with_weights_and_max_length(model_dirs: dict[str, Path], tmp_path: Path) -> None:
-    from rerankq.shapes import build_tiny_bert
+    from rerankq.testing.model_shapes import build_tiny_bert
     from rerankq.worker.loading import model_identity
 
     settings = get_settings()

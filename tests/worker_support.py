@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from rerankq.producer import RerankClient, ledger
-from rerankq.producer.constants import TASK_RERANK, WORKERS_KEY, Lane, queue_name
-from rerankq.producer.presence import WorkerPresence
+from rerankq import RerankClient
+from rerankq.core.constants import TASK_RERANK, WORKERS_KEY, Lane, queue_name
+from rerankq.core.live_workers import WorkerPresence
+from rerankq.producer import job_ledger
 
 
 def worker_id_of(client: RerankClient, model: str) -> str:
@@ -41,6 +42,6 @@ def send_raw(client: RerankClient, payload: dict[str, Any], queue: str, model: s
     """Publish a rerank task as a producer that bypasses the SDK's own checks would, recording the
     job in the ledger as every producer does (so handles know it exists). Returns the job id."""
     job_id = str(payload.get("job_id") or uuid.uuid4())
-    ledger.record_submitted(client.app.backend.client, job_id, model, "interactive", client.settings)
+    job_ledger.record_submitted(client.app.backend.client, job_id, model, "interactive", client.settings)
     client.app.send_task(TASK_RERANK, args=[payload], task_id=job_id, queue=queue)
     return job_id

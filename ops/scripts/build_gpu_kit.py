@@ -92,7 +92,7 @@ def download_wheels(requirements: list[str], wheels: Path, python_version: str) 
 
 
 def copy_tokenizer(folder: Path) -> None:
-    from rerankq.shapes import wordpiece_folder
+    from rerankq.testing.model_shapes import wordpiece_folder
 
     folder.mkdir()
     for name in TOKENIZER_FILES:

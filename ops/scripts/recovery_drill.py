@@ -18,9 +18,9 @@ from pathlib import Path
 import redis
 
 from rerankq import RerankClient
-from rerankq.local_redis import local_redis_server
-from rerankq.processes import start_worker, stop_worker, wait_until_consuming
-from rerankq.producer.constants import CLAIMS_KEY_PREFIX
+from rerankq.core.constants import CLAIMS_KEY_PREFIX
+from rerankq.testing.local_redis import local_redis_server
+from rerankq.testing.processes import start_worker, stop_worker, wait_until_consuming
 
 MODEL, JOBS, DOCUMENTS, KILL_AFTER_S = "all-minilm-l6-v2", 120, 8, 1.5
 

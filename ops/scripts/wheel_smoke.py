@@ -96,7 +96,7 @@ def check_sdk_job() -> None:
 
 
 def check_gateway(logs: Path) -> None:
-    from rerankq.processes import start_gateway, stop_process
+    from rerankq.testing.processes import start_gateway, stop_process
 
     gateway = start_gateway(logs / "gateway.log", env={"RERANKQ_DEFAULT_MODEL": MODEL})
     try:
@@ -113,7 +113,7 @@ def check_gateway(logs: Path) -> None:
 
 @contextmanager
 def redis_url() -> Iterator[str]:
-    from rerankq.local_redis import local_redis_server
+    from rerankq.testing.local_redis import local_redis_server
 
     with local_redis_server() as server:
         yield server.url
@@ -123,7 +123,7 @@ def redis_url() -> Iterator[str]:
 def worker(logs: Path) -> Iterator[None]:
     """A worker of the shipped manifest, golden ranking check on (the shipped golden set), served
     by the int8 ONNX export: exported at start into a folder of its own, and past the int8 gate."""
-    from rerankq.processes import start_worker, stop_worker, wait_until_consuming
+    from rerankq.testing.processes import start_worker, stop_worker, wait_until_consuming
 
     options = ("--concurrency", "2", "--check-ranking", "--backend", "onnx-int8")
     process = start_worker(MODEL, logs / "worker.log", *options, env={"RERANKQ_ONNX_DIR": str(logs / "onnx")})

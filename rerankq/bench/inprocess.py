@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from sentence_transformers import CrossEncoder
 
 from rerankq.bench.workload import Job, total_pairs
-from rerankq.producer.registry import ModelKind
-from rerankq.producer.settings import BackendName, Settings
+from rerankq.core.registry import ModelKind
+from rerankq.core.settings import BackendName, Settings
 from rerankq.worker.backends import Backend, CrossEncoderBackend, EncodedPair
 from rerankq.worker.batcher import Batcher, BatchStats
 from rerankq.worker.loading import load_backend, pick_device, resolve_model

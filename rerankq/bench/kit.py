@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from rerankq.local_redis import local_redis_server
+from rerankq.testing.local_redis import local_redis_server
 
 Report = dict[str, Any]
 

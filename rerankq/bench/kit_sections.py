@@ -26,12 +26,12 @@ from rerankq.bench.inprocess import InProcessModel
 from rerankq.bench.pipeline import WorkerSetup, serving
 from rerankq.bench.scenarios import BenchContext, latency
 from rerankq.bench.workload import Job, log_normal, make_jobs, uniform
-from rerankq.llm_shapes import build_qwen3_reranker_shape, build_tiny_qwen3_reranker
-from rerankq.processes import running_workers
-from rerankq.producer import RerankClient
-from rerankq.producer.registry import ModelKind
-from rerankq.producer.settings import Settings, get_settings
-from rerankq.shapes import build_tiny_bert, build_xlmr_shape
+from rerankq.core.registry import ModelKind
+from rerankq.core.settings import Settings, get_settings
+from rerankq.producer.client import RerankClient
+from rerankq.testing.llm_shapes import build_qwen3_reranker_shape, build_tiny_qwen3_reranker
+from rerankq.testing.model_shapes import build_tiny_bert, build_xlmr_shape
+from rerankq.testing.processes import running_workers
 from rerankq.worker.backends import Backend, CrossEncoderBackend, EncodedPair
 
 Section = dict[str, Any]

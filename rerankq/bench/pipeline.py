@@ -13,9 +13,9 @@ from pathlib import Path
 
 from rerankq.bench.inprocess import Timed
 from rerankq.bench.workload import Job, make_jobs, total_pairs, uniform
-from rerankq.processes import WorkerProcess, running_workers
-from rerankq.producer import RerankClient
-from rerankq.producer.registry import ModelKind
+from rerankq.core.registry import ModelKind
+from rerankq.producer.client import RerankClient
+from rerankq.testing.processes import WorkerProcess, running_workers
 
 JOB_TIMEOUT_S = 600.0
 _runs = itertools.count(1)

@@ -14,10 +14,10 @@ from rerankq.bench.inprocess import InProcessModel
 from rerankq.bench.pipeline import WorkerSetup
 from rerankq.bench.report import Record, machine, print_record, write_markdown
 from rerankq.bench.scenarios import SCENARIOS, BenchContext
-from rerankq.processes import redis_for_run
-from rerankq.producer.registry import ModelKind
-from rerankq.producer.settings import get_settings
-from rerankq.shapes import SHAPE_KINDS, shape_folder
+from rerankq.core.registry import ModelKind
+from rerankq.core.settings import get_settings
+from rerankq.testing.model_shapes import SHAPE_KINDS, shape_folder
+from rerankq.testing.processes import redis_for_run
 from rerankq.worker.loading import pick_device, resolve_model
 
 DEFAULT_SHAPE = "minilm-l6"

@@ -12,7 +12,7 @@ from typing import Any
 from rerankq.bench.inprocess import BatchedRun, InProcessModel
 from rerankq.bench.pipeline import WorkerSetup, serving
 from rerankq.bench.workload import log_normal, make_jobs, total_pairs, uniform
-from rerankq.producer.settings import BackendName
+from rerankq.core.settings import BackendName
 
 Record = dict[str, Any]
 PASSAGES = uniform(32, 128)  # words per document in throughput, naive, scale and backends
@@ -175,7 +175,7 @@ def priority(ctx: BenchContext) -> Iterator[Record]:
 def startup(ctx: BenchContext) -> Iterator[Record]:
     """What the model checks add to a worker's start: load + warm-up alone vs with every check
     (the golden-ranking check off: benchmark shapes carry random weights)."""
-    from rerankq.producer.settings import get_settings
+    from rerankq.core.settings import get_settings
     from rerankq.worker.loading import load_backend, load_checked, resolve_model
 
     manifest, device = resolve_model(ctx.setup.spec, None, get_settings()), ctx.setup.device

@@ -29,9 +29,9 @@ from sentence_transformers import CrossEncoder
 
 from rerankq.bench.pipeline import WorkerSetup, serving
 from rerankq.bench.workload import Job, make_jobs, total_pairs, uniform
-from rerankq.local_redis import free_port
-from rerankq.processes import GatewayProcess, start_gateway, stop_process, wait_until_serving
-from rerankq.producer.settings import get_settings
+from rerankq.core.settings import get_settings
+from rerankq.testing.local_redis import free_port
+from rerankq.testing.processes import GatewayProcess, start_gateway, stop_process, wait_until_serving
 from rerankq.worker.loading import resolve_model
 
 Record = dict[str, Any]

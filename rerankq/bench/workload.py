@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
-from rerankq.shapes import wordpiece_folder
+from rerankq.testing.model_shapes import wordpiece_folder
 
 Lengths = Callable[[random.Random], int]
 

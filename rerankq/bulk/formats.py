@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rerankq.producer import RecordResult
+from rerankq.producer.rank_many import RecordResult
 
 Format = Literal["jsonl", "parquet"]
 COLUMNS = ("id", "query", "documents")

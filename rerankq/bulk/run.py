@@ -31,9 +31,10 @@ from rerankq.bulk.formats import (
     read_records,
 )
 from rerankq.bulk.progress import Tally, display_for
-from rerankq.producer import RecordResult, RerankClient
-from rerankq.producer.constants import DEFAULT_ALIAS
-from rerankq.producer.presence import serving
+from rerankq.core.constants import DEFAULT_ALIAS
+from rerankq.core.live_workers import serving
+from rerankq.producer.client import RerankClient
+from rerankq.producer.rank_many import RecordResult
 
 CHECKPOINT_EVERY_S = 1.0
 EXIT_FAILED_RECORDS = 1
@@ -47,7 +48,6 @@ class BulkOptions:
     errors: Path | None = None  # None: OUTPUT.errors.jsonl
     model: str | None = None
     top_n: int | None = None
-    max_in_flight: int | None = None  # None: RERANKQ_BULK_MAX_IN_FLIGHT
     restart: bool = False
     log_every_s: float = 10.0
 
@@ -179,7 +179,7 @@ def stream(options: BulkOptions, client: RerankClient, checkpoint: Checkpoint, c
     records = _values(read_records(options.input, fmt, checkpoint.resume_at, checkpoint.line), origins)
     display = display_for(console, tally, lambda: idle_lanes(client, checkpoint.model), options.log_every_s)
     results = client.rank_many(records, model=checkpoint.model, top_n=checkpoint.top_n, ordered=True,
-                               max_in_flight=options.max_in_flight, on_wait=lambda: display.update(tally))  # fmt: skip
+                               on_wait=lambda: display.update(tally))  # fmt: skip
     sink = Sink(options, checkpoint)
     saved_at = time.monotonic()
     try:

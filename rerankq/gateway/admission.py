@@ -16,10 +16,10 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 
+from rerankq.core.constants import DEFAULT_LANE, admitted_key, queue_keys, queue_name
+from rerankq.core.live_workers import MEMO_S, AsyncLiveWorkers, WorkerPresence, serving
+from rerankq.core.settings import Settings
 from rerankq.errors import NoWorkers, QueueFull
-from rerankq.producer.constants import DEFAULT_LANE, admitted_key, queue_keys, queue_name
-from rerankq.producer.presence import MEMO_S, AsyncLiveWorkers, WorkerPresence, serving
-from rerankq.producer.settings import Settings
 
 # KEYS: the queue's lists, then its reservations. ARGV: the limit, the reservations' TTL (ms).
 # Returns the depth before this job, or -(depth + 1) when the queue is full (nothing reserved).

@@ -9,18 +9,18 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Security
 
 from rerankq import __version__
+from rerankq.core.redis_clients import connect_async
+from rerankq.core.settings import Settings, get_settings
 from rerankq.gateway import jobs_api, ops_api, rerank_api
 from rerankq.gateway.auth import ApiKeys, AuthGate, bearer
+from rerankq.gateway.body_limit import BodySizeLimit
 from rerankq.gateway.callbacks import CallbackDispatcher
 from rerankq.gateway.errors import error_responses, install_error_handlers
-from rerankq.gateway.limits import BodySizeLimit
 from rerankq.gateway.metrics import RequestMetrics
 from rerankq.gateway.openapi import install_openapi
 from rerankq.gateway.responses import SafeJSONResponse
 from rerankq.gateway.service import RerankService
-from rerankq.producer.aio import AsyncRerankClient
-from rerankq.producer.redis_clients import connect_async
-from rerankq.producer.settings import Settings, get_settings
+from rerankq.producer.async_client import AsyncRerankClient
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -23,11 +23,11 @@ from collections.abc import Awaitable, Callable
 import httpx
 import redis.asyncio as aioredis
 
+from rerankq.core.constants import CALLBACKS_DUE_KEY, CALLBACKS_KEY
+from rerankq.core.settings import Settings
 from rerankq.errors import InvalidRequest, JobNotFound
 from rerankq.gateway.callback_targets import check_callback_url
 from rerankq.gateway.metrics import CALLBACKS
-from rerankq.producer.constants import CALLBACKS_DUE_KEY, CALLBACKS_KEY
-from rerankq.producer.settings import Settings
 
 log = logging.getLogger("rerankq.gateway")
 

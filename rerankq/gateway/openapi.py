@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from rerankq.producer.settings import Settings
+from rerankq.core.settings import Settings
 
 COHERE_SHAPES = ("CohereV1Request", "CohereV2Request", "JobRequest")
 

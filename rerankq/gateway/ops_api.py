@@ -9,11 +9,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from redis.exceptions import RedisError
 
+from rerankq.core.constants import LANES, queue_name
+from rerankq.core.contract import backend_of
+from rerankq.core.live_workers import serving
+from rerankq.core.prometheus_registry import multiprocess_registry
 from rerankq.gateway.rerank_api import Service
-from rerankq.producer.constants import LANES, queue_name
-from rerankq.producer.contract import backend_of
-from rerankq.producer.presence import serving
-from rerankq.worker.metrics import multiprocess_registry
 
 health = APIRouter()
 protected = APIRouter()

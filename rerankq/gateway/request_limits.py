@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rerankq.core.settings import Settings
 from rerankq.errors import InvalidRequest, RequestTooLarge
-from rerankq.producer.settings import Settings
 
 
 def check_documents_request(documents: Sequence[Any], rank_fields: Sequence[Any] | None, settings: Settings) -> None:

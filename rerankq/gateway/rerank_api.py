@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from rerankq.core.contract import RerankResult
 from rerankq.errors import InvalidRequest
 from rerankq.gateway.request_limits import check_documents_request
 from rerankq.gateway.schemas import (
@@ -22,7 +23,6 @@ from rerankq.gateway.schemas import (
     TeiRequest,
 )
 from rerankq.gateway.service import RerankService
-from rerankq.producer.contract import RerankResult
 
 router = APIRouter()
 

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, Strict
 
-from rerankq.producer.contract import visible_text_pattern
-from rerankq.producer.text_options import (
+from rerankq.core.contract import visible_text_pattern
+from rerankq.core.text_options import (
     TEXT_OPTIONS,
     Aggregate,
     ChunkOverlap,
@@ -29,7 +29,7 @@ DocumentObject = Annotated[
 ]
 Document = str | DocumentObject
 TopN = PositiveTokens  # the same rule: a positive JSON integer
-# The SDK's rule (rerankq.producer.contract.check_query) as a pattern: some visible character.
+# The SDK's rule (rerankq.core.contract.check_query) as a pattern: some visible character.
 Query = Annotated[str, Field(min_length=1, pattern=visible_text_pattern())]
 # rerankq's extension for LLM rerankers (Qwen3-Reranker, bge-reranker-v2-gemma): the task in words.
 Instruction = Annotated[
@@ -48,7 +48,7 @@ class _CohereRequest(_Request):
     top_n: TopN | None = None
     return_documents: Annotated[bool, Strict()] = False
     rank_fields: Annotated[list[str], Field(min_length=1)] | None = None
-    # Long documents (rerankq.producer.text_options). Cohere's own: max_chunks_per_doc (v1; chunks the
+    # Long documents (rerankq.core.text_options). Cohere's own: max_chunks_per_doc (v1; chunks the
     # documents) and max_tokens_per_doc (v2; truncates them); the rest are rerankq's.
     max_chunks_per_doc: PositiveTokens | None = None
     max_tokens_per_doc: PositiveTokens | None = None

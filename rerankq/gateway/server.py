@@ -9,9 +9,9 @@ import tempfile
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from rerankq.listen import is_loopback
-from rerankq.producer.jobs import ping_redis
-from rerankq.producer.settings import get_settings
+from rerankq.core.listen import is_loopback
+from rerankq.core.redis_clients import ping_redis
+from rerankq.core.settings import get_settings
 
 
 class UnsafeBind(Exception):

@@ -13,19 +13,19 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from rerankq.core.aliases import AsyncAliasTable, Route
+from rerankq.core.catalog import Catalog, resolve_version
+from rerankq.core.constants import job_key
+from rerankq.core.contract import RerankJob, RerankResult, read_result
+from rerankq.core.registry import load_manifests
+from rerankq.core.settings import Settings
 from rerankq.errors import JobFailed, JobTimeout, RerankError
 from rerankq.gateway.admission import Admission
 from rerankq.gateway.waiter import ResultWaiter
-from rerankq.producer.aio import AsyncRerankClient
-from rerankq.producer.aliases import AsyncAliasTable, Route
-from rerankq.producer.catalog import Catalog, resolve_version
-from rerankq.producer.constants import job_key
-from rerankq.producer.contract import RerankJob, RerankResult, read_result
+from rerankq.producer.async_client import AsyncRerankClient
+from rerankq.producer.job_handles import outcome_of_meta
+from rerankq.producer.job_ledger import not_found
 from rerankq.producer.job_status import JobStatus, status_of
-from rerankq.producer.jobs import outcome_of_meta
-from rerankq.producer.ledger import not_found
-from rerankq.producer.registry import load_manifests
-from rerankq.producer.settings import Settings
 
 
 class GatewayBusy(RerankError):
@@ -75,7 +75,7 @@ class RerankService:
         )
 
     async def resolve_model(self, requested: str | None) -> Route:
-        """A request's model name to the version that serves it (the SDK's rule: rerankq.producer.catalog)."""
+        """A request's model name to the version that serves it (the SDK's rule: rerankq.core.catalog)."""
         route = await self.aliases.resolve(requested)
         return resolve_version(route, await self.catalog(), self.settings.default_model)
 

@@ -1,6 +1,6 @@
 """Wait for many jobs' results at once without a thread or a connection per waiting request.
 
-The protocol is ``producer.watch``'s; this is its asyncio driver. One pub/sub connection serves
+The protocol is ``producer.watched_keys``'s; this is its asyncio driver. One pub/sub connection serves
 the whole process: a request registers a future for its job, the reader task settles futures
 from messages and from one MGET of every waited key each poll interval. Celery's blocking
 ``AsyncResult.get`` cannot do this: it parks the calling thread.
@@ -18,9 +18,9 @@ from celery import Celery
 from redis.exceptions import RedisError
 
 from rerankq.gateway.metrics import WAITING
+from rerankq.producer.job_handles import POLL_S, decode_meta, is_ready
 from rerankq.producer.job_status import Meta
-from rerankq.producer.jobs import POLL_S, decode_meta, is_ready
-from rerankq.producer.watch import WatchedKeys
+from rerankq.producer.watched_keys import WatchedKeys
 
 log = logging.getLogger("rerankq.gateway")
 

@@ -8,14 +8,11 @@ from typing import Any
 from celery import states
 from typing_extensions import Unpack
 
-from rerankq.errors import InvalidRequest, NoWorkers
-from rerankq.producer import ledger
-from rerankq.producer.aliases import AliasTable, Route
-from rerankq.producer.bulk import BulkRanker, BulkRecord, RecordResult
-from rerankq.producer.cache import ScoreCache
-from rerankq.producer.catalog import Catalog, resolve_version
-from rerankq.producer.constants import DEFAULT_ALIAS, DEFAULT_LANE, TASK_RERANK, Lane, queue_name
-from rerankq.producer.contract import (
+from rerankq.core.aliases import AliasTable, Route
+from rerankq.core.catalog import Catalog, resolve_version
+from rerankq.core.celery_app import make_celery
+from rerankq.core.constants import DEFAULT_ALIAS, DEFAULT_LANE, TASK_RERANK, Lane, queue_name
+from rerankq.core.contract import (
     JobOptions,
     RankedDocument,
     RerankJob,
@@ -27,13 +24,17 @@ from rerankq.producer.contract import (
     kind_of,
     score_options,
 )
+from rerankq.core.live_workers import LiveWorkers, serving
+from rerankq.core.redis_clients import broker_errors
+from rerankq.core.registry import LLM_KINDS, load_manifests
+from rerankq.core.settings import Settings, get_settings
+from rerankq.core.text_options import text_options
+from rerankq.errors import InvalidRequest, NoWorkers
+from rerankq.producer import job_ledger
+from rerankq.producer.job_handles import JobHandle
 from rerankq.producer.job_status import JobStatus
-from rerankq.producer.jobs import JobHandle, broker_errors
-from rerankq.producer.presence import LiveWorkers, serving
-from rerankq.producer.registry import LLM_KINDS, load_manifests
-from rerankq.producer.settings import Settings, get_settings
-from rerankq.producer.text_options import text_options
-from rerankq.producer.transport import make_celery
+from rerankq.producer.rank_many import BulkRanker, BulkRecord, RecordResult
+from rerankq.producer.score_cache import ScoreCache
 
 
 class RerankClient:
@@ -101,7 +102,7 @@ class RerankClient:
     def cancel(self, job_id: str) -> JobStatus:
         """Cancel a job no worker has started yet: CANCELLED, or its status when too late.
         Raises ``JobNotFound`` for an unknown id."""
-        return ledger.cancel(self.app, self.app.backend.client, job_id, self.settings)
+        return job_ledger.cancel(self.app, self.app.backend.client, job_id, self.settings)
 
     def send(self, job: RerankJob, *, require_worker: bool = False) -> None:
         """Publish the job, or store its answer at once when the cache holds every document.
@@ -110,7 +111,7 @@ class RerankClient:
         cannot be reached (kombu retries briefly first)."""
         with broker_errors("sending a job", self.settings.redis_url):
             job = self.route(job)
-            ledger.record_submitted(self.app.backend.client, job.job_id, job.model, job.lane, self.settings)
+            job_ledger.record_submitted(self.app.backend.client, job.job_id, job.model, job.lane, self.settings)
             if (answer := self.dispatch(job, require_worker)) is not None:
                 self._store(answer)
 
@@ -151,7 +152,7 @@ class RerankClient:
         return job.model_copy(update={"model": route.model, "alias": route.alias})
 
     def resolve(self, requested: str | None) -> Route:
-        """The version (and alias) a model name stands for now (rerankq.producer.catalog)."""
+        """The version (and alias) a model name stands for now (rerankq.core.catalog)."""
         route = self.aliases.resolve(requested)
         catalog = Catalog(self.manifests, self.workers.read(), self.aliases.table(), self.workers.served_before())
         return resolve_version(route, catalog, self.settings.default_model)

@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import states
 
-from rerankq.producer.constants import STATE_REROUTED
+from rerankq.core.constants import STATE_REROUTED
 
 Meta = dict[str, Any]  # a job's state as Celery's backend stores it: status, result, ...
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from rerankq.producer.settings import Settings
-from rerankq.producer.transport import make_celery
+from rerankq.core.celery_app import make_celery
+from rerankq.core.settings import Settings
 from rerankq.worker.results import backend_url
 from rerankq.worker.safe_transport import transport_for
 from rerankq.worker.tasks import register

@@ -14,8 +14,8 @@ from typing import Any, Protocol, Self
 
 import torch
 
+from rerankq.core.settings import BackendName
 from rerankq.errors import InvalidRequest
-from rerankq.producer.settings import BackendName
 from rerankq.worker.text_windows import PairLimits, TextCutter
 
 Features = dict[str, list[int]]

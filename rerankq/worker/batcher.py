@@ -64,12 +64,14 @@ class _Unobserved:
 
 @dataclass
 class BatchStats:
-    """Running totals over successful forward passes; padded tokens are pairs x longest pair."""
+    """Running totals over successful forward passes (padded tokens are pairs x longest pair), and
+    how often a small backlog was held back for jobs still being prepared."""
 
     batches: int = 0
     pairs: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
+    held: int = 0
 
     @property
     def padding_ratio(self) -> float:
@@ -260,6 +262,8 @@ class Batcher:
             if not self.cross_job:
                 return self._take_first_job()
             deadline = time.monotonic() + self.max_wait_ms / 1000
+            if self._preparing and self._is_small():
+                self.stats.held += 1  # what tests (and the totals line) see of this wait
             while self._preparing and self._is_small() and (remaining := deadline - time.monotonic()) > 0:
                 self._cond.wait(remaining)
             return self._take_most_urgent()

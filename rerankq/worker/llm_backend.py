@@ -1,7 +1,7 @@
 """LLM rerankers: a causal language model asked whether a document meets a query, scored by its
 answer token (Qwen3-Reranker, bge-reranker-v2-gemma).
 
-The prompt comes from the model's manifest (``rerankq.producer.registry.PromptTemplate``): its
+The prompt comes from the model's manifest (``rerankq.core.registry.PromptTemplate``): its
 segments are tokenized one by one and joined, as the model cards do, and only the document's
 segment is ever cut. Pairs are right-padded in a batch and each is read at its own last real
 token, so a pair scores the same whatever batch it rides in. Only the two answer rows of the
@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from rerankq.core.registry import PromptTemplate
 from rerankq.errors import InvalidRequest
-from rerankq.producer.registry import PromptTemplate
 from rerankq.worker.backends import Backend, EncodedPair, pad_features, sigmoid
 from rerankq.worker.text_windows import PairLimits, TextCutter
 

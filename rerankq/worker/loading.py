@@ -15,11 +15,11 @@ import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from transformers.utils import logging as transformers_logging
 
+from rerankq.core.contract import check_model_name
+from rerankq.core.contract import model_identity as identity_of
+from rerankq.core.registry import LLM_KINDS, ModelKind, ModelManifest, find_manifest, source_path
+from rerankq.core.settings import BackendName, Settings, get_settings
 from rerankq.errors import InvalidRequest, ModelLoadError
-from rerankq.producer.contract import check_model_name
-from rerankq.producer.contract import model_identity as identity_of
-from rerankq.producer.registry import LLM_KINDS, ModelKind, ModelManifest, find_manifest, source_path
-from rerankq.producer.settings import BackendName, Settings, get_settings
 from rerankq.worker.backends import Backend, BiEncoderBackend, CrossEncoderBackend
 from rerankq.worker.file_digest import sample_into
 from rerankq.worker.golden import GoldenItem, load_golden

@@ -14,19 +14,19 @@ from typing import Any
 import torch
 from celery import Task, signals
 
-from rerankq.producer.cache import ScoreCache
-from rerankq.producer.constants import Lane, by_priority, queue_name
-from rerankq.producer.contract import revision_of
-from rerankq.producer.redis_clients import connect
-from rerankq.producer.registry import ModelKind, ModelManifest
-from rerankq.producer.settings import Settings
+from rerankq.core.constants import Lane, by_priority, queue_name, worker_id
+from rerankq.core.contract import revision_of
+from rerankq.core.redis_clients import connect
+from rerankq.core.registry import ModelKind, ModelManifest
+from rerankq.core.settings import Settings
+from rerankq.producer.score_cache import ScoreCache
 from rerankq.worker import metrics, safe_transport
 from rerankq.worker.app import create_worker_app
 from rerankq.worker.backends import Backend, OomInjectingBackend
 from rerankq.worker.batcher import Batcher
 from rerankq.worker.golden import load_golden
+from rerankq.worker.heartbeat import PresenceBeacon, presence_step
 from rerankq.worker.loading import load_checked, model_identity, pick_device, resolve_model
-from rerankq.worker.presence import PresenceBeacon, presence_step
 from rerankq.worker.private_hooks import require_supported_libraries
 from rerankq.worker.recovery import Sweeper
 from rerankq.worker.redis_wait import wait_for_redis
@@ -144,9 +144,9 @@ def run_worker(options: WorkerOptions, settings: Settings) -> None:
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
     app = create_worker_app(settings)
     queues = ",".join(queue_name(runtime.model_name, lane) for lane in runtime.lanes)
-    worker_id = f"rerankq-{runtime.model_name}-{os.getpid()}@{socket.gethostname()}"
-    safe_transport.claimant = worker_id  # every message it takes is held under this name
-    beacon, sweeper = PresenceBeacon(runtime, worker_id), Sweeper(runtime.redis, settings)
+    worker = worker_id(runtime.model_name, os.getpid(), socket.gethostname())
+    safe_transport.claimant = worker  # every message it takes is held under this name
+    beacon, sweeper = PresenceBeacon(runtime, worker), Sweeper(runtime.redis, settings)
     beacon.start()  # beating before the first job is taken
     sweeper.start()
     app.steps["consumer"].add(presence_step(beacon))  # announced only while Celery consumes
@@ -164,7 +164,7 @@ def run_worker(options: WorkerOptions, settings: Settings) -> None:
                 "--pool=threads",
                 f"--concurrency={options.concurrency}",
                 f"--queues={queues}",
-                f"--hostname={worker_id}",
+                f"--hostname={worker}",
                 "--task-events",
                 "--loglevel=INFO",
                 "--without-mingle",

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, multiprocess, start_http_server
 
-from rerankq.producer.contract import JobStats
+from rerankq.core.contract import JobStats
+from rerankq.core.prometheus_registry import multiprocess_registry
 
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -105,15 +106,6 @@ def observe_job(model: str, lane: str, documents: int, stats: JobStats, top_scor
     CACHE.labels(model, "model").inc(documents - stats.cache_hits)
     if top_score is not None:
         TOP_SCORE.labels(model).observe(top_score)
-
-
-def multiprocess_registry() -> CollectorRegistry | None:
-    """A registry summing every process's values, when this host runs in multiprocess mode."""
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return None
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return registry
 
 
 def serve(port: int) -> None:

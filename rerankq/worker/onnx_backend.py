@@ -16,9 +16,9 @@ from typing import Any, Self
 
 import torch
 
+from rerankq.core.registry import ModelManifest
+from rerankq.core.settings import BackendName
 from rerankq.errors import ModelLoadError
-from rerankq.producer.registry import ModelManifest
-from rerankq.producer.settings import BackendName
 from rerankq.worker.backends import Backend, BiEncoderBackend, CrossEncoderBackend, pad_features
 from rerankq.worker.golden import GoldenItem, score_golden
 from rerankq.worker.onnx_export import FP32_FILE, INT8_FILE, BrokenExport, ExportFolder, export_fp32, quantize_int8

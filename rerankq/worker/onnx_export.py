@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from rerankq.producer.settings import BackendName
+from rerankq.core.settings import BackendName
 from rerankq.worker.backends import ScoringModel
 from rerankq.worker.file_digest import file_digest
 

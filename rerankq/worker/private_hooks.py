@@ -28,8 +28,8 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from rerankq.core.constants import KOMBU_PRIORITY_SEP, KOMBU_PRIORITY_STEPS
 from rerankq.errors import UnsupportedLibraries
-from rerankq.producer.constants import KOMBU_PRIORITY_SEP, KOMBU_PRIORITY_STEPS
 
 # the distributions whose ranges the check enforces, with the names their users know them by
 CHECKED = {"celery": "celery", "kombu": "kombu", "redis": "redis-py"}

@@ -40,9 +40,9 @@ from typing import Any, cast
 import redis
 from kombu.transport import redis as kombu_redis
 
-from rerankq.producer.constants import CLAIMANTS_KEY, HEARTBEATS_KEY, KOMBU_PRIORITY_STEPS, claims_key, queue_keys
-from rerankq.producer.presence import STALE_AFTER_INTERVALS
-from rerankq.producer.settings import Settings
+from rerankq.core.constants import CLAIMANTS_KEY, HEARTBEATS_KEY, KOMBU_PRIORITY_STEPS, claims_key, queue_keys
+from rerankq.core.live_workers import STALE_AFTER_INTERVALS
+from rerankq.core.settings import Settings
 
 log = logging.getLogger("rerankq.recovery")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 import time
 
+from rerankq.core.redis_clients import ping_redis
+from rerankq.core.settings import Settings
 from rerankq.errors import BrokerUnavailable
-from rerankq.producer.jobs import ping_redis
-from rerankq.producer.settings import Settings
 
 log = logging.getLogger("rerankq.worker")
 FIRST_RETRY_S, LONGEST_RETRY_S = 0.5, 5.0

@@ -26,7 +26,7 @@ import redis
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
-from rerankq.producer.constants import REJECTED_KEY
+from rerankq.core.constants import REJECTED_KEY
 from rerankq.worker import metrics
 
 log = logging.getLogger("rerankq.rejected")

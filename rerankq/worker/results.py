@@ -17,6 +17,8 @@ from typing import Any
 
 from celery.backends.redis import RedisBackend, SentinelBackend
 
+from rerankq.core.redis_clients import is_sentinel
+
 # KEYS: the result key. ARGV: value, seconds to live (0: none). Returns 1 when stored.
 SET_UNLESS_FINAL = """
 local current = redis.call('GET', KEYS[1])
@@ -60,5 +62,5 @@ class FirstResultSentinelBackend(_FirstResultStands, SentinelBackend):  # type: 
 
 def backend_url(redis_url: str) -> str:
     """The worker's ``result_backend``: Celery's ``Class+url`` form selects these classes."""
-    kind = "FirstResultSentinelBackend" if redis_url.startswith("sentinel://") else "FirstResultBackend"
+    kind = "FirstResultSentinelBackend" if is_sentinel(redis_url) else "FirstResultBackend"
     return f"{__name__}:{kind}+{redis_url}"

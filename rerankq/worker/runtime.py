@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 import redis
 
-from rerankq.producer.cache import ScoreCache
-from rerankq.producer.constants import Lane
-from rerankq.producer.contract import revision_of
-from rerankq.producer.registry import ModelManifest
-from rerankq.producer.settings import Settings
+from rerankq.core.constants import Lane
+from rerankq.core.contract import revision_of
+from rerankq.core.registry import ModelManifest
+from rerankq.core.settings import Settings
+from rerankq.producer.score_cache import ScoreCache
 from rerankq.worker import metrics
 from rerankq.worker.backends import Backend
 from rerankq.worker.batcher import Batcher

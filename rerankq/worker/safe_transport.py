@@ -30,7 +30,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
-from rerankq.producer.constants import lane_order, queue_keys, queue_of_list
+from rerankq.core.constants import lane_order, queue_keys, queue_of_list
+from rerankq.core.redis_clients import is_sentinel
 from rerankq.worker.recovery import acknowledge, claim, release, restore_worker
 from rerankq.worker.rejections import record_rejection
 
@@ -197,5 +198,4 @@ class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
 
 def transport_for(broker_url: str) -> str:
     """The class path of the safe transport for a broker URL's scheme."""
-    scheme = broker_url.split("://", 1)[0]
-    return f"{__name__}:{'SentinelTransport' if scheme == 'sentinel' else 'Transport'}"
+    return f"{__name__}:{'SentinelTransport' if is_sentinel(broker_url) else 'Transport'}"

@@ -16,8 +16,7 @@ from celery.exceptions import Ignore
 from celery.worker.request import Request
 from pydantic import ValidationError
 
-from rerankq.errors import IncompatibleFormat, InvalidRequest, JobFailed, invalid_request
-from rerankq.producer.constants import (
+from rerankq.core.constants import (
     LANE_PRIORITY,
     STATE_REROUTED,
     TASK_RERANK,
@@ -26,7 +25,7 @@ from rerankq.producer.constants import (
     lane_of,
     queue_name,
 )
-from rerankq.producer.contract import (
+from rerankq.core.contract import (
     JobStats,
     RankedDocument,
     RerankJob,
@@ -36,6 +35,7 @@ from rerankq.producer.contract import (
     read_job,
     score_options,
 )
+from rerankq.errors import IncompatibleFormat, InvalidRequest, JobFailed, invalid_request
 from rerankq.worker import metrics
 from rerankq.worker.backends import EncodedPair
 from rerankq.worker.oom import PairTooLarge

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rerankq.producer.text_options import Aggregate, TextOptions
+from rerankq.core.text_options import Aggregate, TextOptions
 
 Offsets = list[tuple[int, int]]
 # A UTF-8 character is at most 4 bytes and every token covers at least one byte (or one

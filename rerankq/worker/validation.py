@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rerankq.core.registry import LLM_KINDS, ModelKind, ModelManifest, PromptTemplate
 from rerankq.errors import ModelCheckFailed
-from rerankq.producer.registry import LLM_KINDS, ModelKind, ModelManifest, PromptTemplate
 from rerankq.worker.backends import Backend
 from rerankq.worker.golden import GoldenItem, GoldenScores, score_golden
 

@@ -1,0 +1,101 @@
+"""A snapshot of what Redis knows: live workers, and per model and lane the jobs waiting and held.
+
+What an autoscaler needs is the work not yet done: messages waiting in a lane (every kombu
+priority sub-list of its queue, which Redis list-length scalers miss) plus jobs workers have
+reserved and not finished (each worker reports those in its presence entry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import cast
+
+import redis
+
+from rerankq.core.aliases import AliasTarget, static_aliases, stored_aliases
+from rerankq.core.constants import (
+    CACHE_STATS_KEY,
+    KEY_PREFIX,
+    KOMBU_PRIORITY_SEP,
+    KOMBU_PRIORITY_STEPS,
+    LANES,
+    queue_keys,
+    queue_name,
+)
+from rerankq.core.live_workers import WorkerPresence, read_live, serving
+from rerankq.core.registry import load_manifests
+from rerankq.core.settings import Settings
+
+
+@dataclass(frozen=True)
+class LaneState:
+    model: str
+    lane: str
+    waiting: int  # messages in Redis
+    held: int  # reserved by live workers, not finished
+    workers: int  # live workers consuming the lane
+
+    @property
+    def depth(self) -> int:
+        return self.waiting + self.held
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    workers: list[WorkerPresence]
+    lanes: list[LaneState]
+    cache_hits: int
+    cache_misses: int
+    aliases: dict[str, AliasTarget] = field(default_factory=dict)  # static and live, live winning
+
+    @property
+    def cache_hit_ratio(self) -> float | None:
+        looked_up = self.cache_hits + self.cache_misses
+        return self.cache_hits / looked_up if looked_up else None
+
+
+def read_snapshot(
+    client: redis.Redis, settings: Settings, cache: redis.Redis | None = None, scan_queues: bool = False
+) -> Snapshot:
+    """One snapshot: a presence read and one pipelined LLEN per queue list from the broker, the
+    cache counters from the cache Redis (``cache``; default the broker). Models are those of the
+    manifests and live workers; ``scan_queues`` adds every ``rerankq.<model>.<lane>`` queue found
+    in Redis, so jobs sent to a name nobody serves show up (a SCAN: ``rerankq status``, not the
+    exporter's every scrape)."""
+    workers = read_live(client, settings.presence_interval_s)
+    models = {*load_manifests(settings.models_dir), *(w.model for w in workers)}
+    if scan_queues:
+        models |= queued_models(client)
+    pairs = [(model, lane) for model in sorted(models) for lane in LANES]
+    pipe = client.pipeline(transaction=False)
+    for model, lane in pairs:
+        for key in queue_keys(queue_name(model, lane)):
+            pipe.llen(key)
+    lengths = pipe.execute()
+    counters = cast(dict[bytes, bytes], (cache or client).hgetall(CACHE_STATS_KEY))
+    steps = len(KOMBU_PRIORITY_STEPS)
+    lanes = [
+        LaneState(
+            model,
+            lane,
+            waiting=sum(lengths[i * steps : (i + 1) * steps]),
+            held=sum(w.held.get(lane, 0) for w in workers if w.model == model),
+            workers=len(serving(workers, model, lane)),
+        )
+        for i, (model, lane) in enumerate(pairs)
+    ]
+    stats = {k.decode(): int(v) for k, v in counters.items()}
+    aliases = static_aliases(settings) | stored_aliases(client)
+    return Snapshot(workers, lanes, stats.get("hits", 0), stats.get("misses", 0), aliases)
+
+
+def queued_models(client: redis.Redis) -> set[str]:
+    """The models of every non-empty rerankq queue list in Redis (``rerankq.<model>.<lane>``,
+    with kombu's priority suffixes)."""
+    models = set()
+    for key in client.scan_iter(match=f"{KEY_PREFIX}.*", count=1000, _type="list"):
+        name = key.decode(errors="replace").split(KOMBU_PRIORITY_SEP, 1)[0]
+        model, _, lane = name.removeprefix(f"{KEY_PREFIX}.").rpartition(".")
+        if model and lane in LANES:
+            models.add(model)
+    return models
