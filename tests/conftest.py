@@ -141,7 +141,7 @@ def paused_model(client: RerankClient, workers: dict) -> Iterator[object]:
 # The longest files start first, in this order, one on each pytest process (--dist loadfile
 # hands files out in collection order), so none is left to run alone at the end of the suite.
 # The first two lead `make test`; the next three lead `make test-lowest` (the delivery tests).
-LONGEST_FIRST = ("test_gpu_kit.py", "test_bench_smoke.py", "test_faults.py", "test_recovery.py", "test_scaling.py")
+LONGEST_FIRST = ("test_delivery.py", "test_bench_smoke.py", "test_gpu_kit.py", "test_faults.py", "test_scaling.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

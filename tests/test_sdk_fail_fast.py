@@ -23,6 +23,7 @@ from rerankq import (
     UnknownModel,
 )
 from rerankq.core.constants import LANES_SEEN_KEY, queue_name
+from rerankq.core.settings import get_settings
 from rerankq.testing.local_redis import free_port
 from rerankq.testing.processes import WorkerProcess
 
@@ -136,3 +137,19 @@ def test_a_redis_that_answers_with_a_refusal_is_not_called_unreachable(redis_ser
 def test_a_url_without_a_scheme_is_refused_naming_the_setting() -> None:
     with pytest.raises(ValidationError, match=r"'localhost:6391' \(RERANKQ_REDIS_URL\) is not a Redis URL"):
         RerankClient("localhost:6391")
+
+
+def test_a_broker_url_of_another_scheme_is_refused_naming_the_setting() -> None:
+    with pytest.raises(ValidationError, match=r"'kafka://host:9092' \(RERANKQ_BROKER_URL\) is not a broker URL"):
+        get_settings().updated(broker_url="kafka://host:9092")
+
+
+def test_a_rabbitmq_nowhere_listening_is_a_clear_error_naming_it(redis_server: Any) -> None:
+    """Jobs on RabbitMQ, results in Redis: with no broker at the URL, sending fails at once with
+    BrokerUnavailable naming the action and the URL, its password masked; nothing waits."""
+    url = f"amqp://guest:secret@127.0.0.1:{free_port()}/"
+    settings = get_settings().updated(redis_url=redis_server.url, broker_url=url)
+    with RerankClient(settings=settings) as client, pytest.raises(BrokerUnavailable) as refused:
+        client.submit(QUERY, DOCUMENTS, model=UNSERVED, cache=False)
+    message = str(refused.value)
+    assert "while sending a job" in message and "guest:****@127.0.0.1" in message and "secret" not in message

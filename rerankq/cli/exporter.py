@@ -14,9 +14,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from rerankq.cli.redis_snapshot import read_snapshot
+from rerankq.core.broker import RabbitDepths
 from rerankq.core.prometheus_registry import multiprocess_registry
 from rerankq.core.redis_clients import connect
 from rerankq.core.settings import Settings
+from rerankq.errors import BrokerUnavailable
 from rerankq.worker.private_hooks import require_supported_libraries
 from rerankq.worker.recovery import Sweeper
 
@@ -29,15 +31,16 @@ class FleetCollector(Collector):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.broker = connect(settings.redis_url, settings.redis_sentinel_master, socket_timeout=5)
+        self.store = connect(settings.redis_url, settings.redis_sentinel_master, socket_timeout=5)
         self.cache = connect(settings.effective_cache_url, settings.redis_sentinel_master, socket_timeout=5)
+        self.rabbit = RabbitDepths(settings) if settings.on_rabbitmq else None
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("rerankq_redis_up", "Whether the exporter could read Redis at this scrape")
+        up = GaugeMetricFamily("rerankq_redis_up", "Whether Redis and the broker answered this scrape")
         try:
-            fleet = read_snapshot(self.broker, self.settings, self.cache)
-        except redis.RedisError as e:
-            log.warning("cannot read Redis: %s", e)
+            fleet = read_snapshot(self.store, self.settings, self.cache, rabbit=self.rabbit)
+        except (redis.RedisError, BrokerUnavailable) as e:
+            log.warning("cannot read the fleet's state: %s", e)
             up.add_metric([], 0)
             yield up
             return
@@ -76,7 +79,8 @@ def serve_exporter(settings: Settings, port: int, host: str = "127.0.0.1") -> No
     registry = multiprocess_registry() or CollectorRegistry()
     collector = FleetCollector(settings)
     registry.register(collector)
-    Sweeper(collector.broker, settings).start()
+    if not settings.on_rabbitmq:  # RabbitMQ gives a dead worker's jobs back itself
+        Sweeper(collector.store, settings).start()
     start_http_server(port, addr=host, registry=registry)
     log.info("exporter on http://%s:%d/metrics", host, port)
     while True:

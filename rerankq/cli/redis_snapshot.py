@@ -1,4 +1,5 @@
-"""A snapshot of what Redis knows: live workers, and per model and lane the jobs waiting and held.
+"""A snapshot of the fleet: live workers, and per model and lane the jobs waiting (in the broker)
+and held (by workers).
 
 What an autoscaler needs is the work not yet done: messages waiting in a lane (every kombu
 priority sub-list of its queue, which Redis list-length scalers miss) plus jobs workers have
@@ -13,16 +14,18 @@ from typing import cast
 import redis
 
 from rerankq.core.aliases import AliasTarget, static_aliases, stored_aliases
+from rerankq.core.broker import RabbitDepths
 from rerankq.core.constants import (
     CACHE_STATS_KEY,
     KEY_PREFIX,
     KOMBU_PRIORITY_SEP,
     KOMBU_PRIORITY_STEPS,
     LANES,
+    LANES_SEEN_KEY,
     queue_keys,
     queue_name,
 )
-from rerankq.core.live_workers import WorkerPresence, read_live, serving
+from rerankq.core.live_workers import WorkerPresence, models_served_before, read_live, serving
 from rerankq.core.registry import load_manifests
 from rerankq.core.settings import Settings
 
@@ -31,7 +34,7 @@ from rerankq.core.settings import Settings
 class LaneState:
     model: str
     lane: str
-    waiting: int  # messages in Redis
+    waiting: int  # messages in the broker
     held: int  # reserved by live workers, not finished
     workers: int  # live workers consuming the lane
 
@@ -55,30 +58,33 @@ class Snapshot:
 
 
 def read_snapshot(
-    client: redis.Redis, settings: Settings, cache: redis.Redis | None = None, scan_queues: bool = False
+    client: redis.Redis,
+    settings: Settings,
+    cache: redis.Redis | None = None,
+    scan_queues: bool = False,
+    rabbit: RabbitDepths | None = None,
 ) -> Snapshot:
-    """One snapshot: a presence read and one pipelined LLEN per queue list from the broker, the
-    cache counters from the cache Redis (``cache``; default the broker). Models are those of the
-    manifests and live workers; ``scan_queues`` adds every ``rerankq.<model>.<lane>`` queue found
-    in Redis, so jobs sent to a name nobody serves show up (a SCAN: ``rerankq status``, not the
-    exporter's every scrape)."""
+    """One snapshot: a presence read from Redis, the jobs waiting per lane from the broker (one
+    pipelined LLEN per queue list on Redis; a passive declare per queue on RabbitMQ, ``rabbit``),
+    the cache counters from the cache Redis (``cache``; default ``client``). Models are those of
+    the manifests and live workers; ``scan_queues`` adds the names workers served before and, on
+    Redis, every ``rerankq.<model>.<lane>`` queue found, so jobs sent to a name nobody serves show
+    up (a SCAN: ``rerankq status``, not the exporter's every scrape; plain AMQP cannot list a
+    broker's queues)."""
     workers = read_live(client, settings.presence_interval_s)
     models = {*load_manifests(settings.models_dir), *(w.model for w in workers)}
-    if scan_queues:
-        models |= queued_models(client)
+    if scan_queues:  # names workers served before (their jobs may wait for the next one), and on Redis every queue
+        models |= models_served_before(cast(list[bytes], client.hkeys(LANES_SEEN_KEY)))
+        models |= queued_models(client) if rabbit is None else set()
     pairs = [(model, lane) for model in sorted(models) for lane in LANES]
-    pipe = client.pipeline(transaction=False)
-    for model, lane in pairs:
-        for key in queue_keys(queue_name(model, lane)):
-            pipe.llen(key)
-    lengths = pipe.execute()
+    queues = [queue_name(model, lane) for model, lane in pairs]
+    waiting = rabbit.waiting(queues) if rabbit is not None else redis_waiting(client, queues)
     counters = cast(dict[bytes, bytes], (cache or client).hgetall(CACHE_STATS_KEY))
-    steps = len(KOMBU_PRIORITY_STEPS)
     lanes = [
         LaneState(
             model,
             lane,
-            waiting=sum(lengths[i * steps : (i + 1) * steps]),
+            waiting=waiting[i],
             held=sum(w.held.get(lane, 0) for w in workers if w.model == model),
             workers=len(serving(workers, model, lane)),
         )
@@ -87,6 +93,17 @@ def read_snapshot(
     stats = {k.decode(): int(v) for k, v in counters.items()}
     aliases = static_aliases(settings) | stored_aliases(client)
     return Snapshot(workers, lanes, stats.get("hits", 0), stats.get("misses", 0), aliases)
+
+
+def redis_waiting(client: redis.Redis, queues: list[str]) -> list[int]:
+    """Messages waiting in each queue: the lengths of all its kombu priority lists."""
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        for key in queue_keys(queue):
+            pipe.llen(key)
+    lengths = pipe.execute()
+    steps = len(KOMBU_PRIORITY_STEPS)
+    return [sum(lengths[i * steps : (i + 1) * steps]) for i in range(len(queues))]
 
 
 def queued_models(client: redis.Redis) -> set[str]:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rerankq.cli.redis_snapshot import Snapshot, read_snapshot
+from rerankq.core.broker import RabbitDepths
 from rerankq.core.contract import backend_of
 from rerankq.core.live_workers import WorkerPresence
 from rerankq.core.redis_clients import connect
@@ -17,9 +18,14 @@ from rerankq.core.settings import Settings
 
 
 def print_status(settings: Settings, as_json: bool) -> None:
-    broker = connect(settings.redis_url, settings.redis_sentinel_master, socket_timeout=5)
+    store = connect(settings.redis_url, settings.redis_sentinel_master, socket_timeout=5)
     cache = connect(settings.effective_cache_url, settings.redis_sentinel_master, socket_timeout=5)
-    fleet = read_snapshot(broker, settings, cache, scan_queues=True)
+    rabbit = RabbitDepths(settings) if settings.on_rabbitmq else None
+    try:
+        fleet = read_snapshot(store, settings, cache, scan_queues=True, rabbit=rabbit)
+    finally:
+        if rabbit is not None:
+            rabbit.close()
     if as_json:
         print(json.dumps(_as_dict(fleet)))
         return

@@ -71,6 +71,7 @@ def setting_option(field: str, *flags: str) -> Any:
 
 
 RedisUrl = Annotated[str | None, setting_option("redis_url", "--redis-url")]
+BrokerUrl = Annotated[str | None, setting_option("broker_url", "--broker-url")]
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
 ModelName = Annotated[str | None, typer.Option("--model", help="Registry name, Hugging Face id or local folder.")]
 Kind = Annotated[

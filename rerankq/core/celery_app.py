@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery
 
+from rerankq.core.broker import celery_broker_options
 from rerankq.core.redis_clients import is_sentinel
 from rerankq.core.settings import Settings
 
@@ -23,7 +24,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if is_sentinel(settings.redis_url):  # kombu and Celery's backend find the primary through sentinels
         transport_options["master_name"] = settings.redis_sentinel_master
     return {
-        "broker_url": settings.redis_url,
+        "broker_url": settings.effective_broker_url,
         "result_backend": settings.redis_url,
         "task_serializer": "json",
         "result_serializer": "json",
@@ -44,7 +45,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": False,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
-    }
+    } | celery_broker_options(settings)
 
 
 def make_celery(settings: Settings, main: str = "rerankq") -> Celery:

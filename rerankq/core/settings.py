@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
+AMQP_SCHEMES = ("amqp://", "amqps://")
 # What runs a worker's forward passes (rerankq.worker.onnx_backend): torch, or an ONNX Runtime
 # export of the same weights in float32 or with int8 weights.
 BackendName = Literal["torch", "onnx", "onnx-int8"]
@@ -22,8 +23,28 @@ class Settings(BaseSettings):
 
     redis_url: str = Field(
         "redis://localhost:6379/0",
-        description="The broker and result backend: a `redis://`, `rediss://` (TLS), `unix://` or `sentinel://` "
-        "URL; `redis://:PASSWORD@host:6379/0` for a password.",
+        description="Results, presence, aliases, the job ledger (and the broker, unless `RERANKQ_BROKER_URL` "
+        "names another): a `redis://`, `rediss://` (TLS), `unix://` or `sentinel://` URL; "
+        "`redis://:PASSWORD@host:6379/0` for a password.",
+    )
+    broker_url: str | None = Field(
+        None,
+        description="Where jobs queue. Unset: `RERANKQ_REDIS_URL`. `amqp://user:PASSWORD@host:5672/vhost` "
+        "(`amqps://` for TLS) puts them on RabbitMQ (docs/operations.md, which broker when); results and "
+        "everything else stay in Redis.",
+    )
+    broker_queue_type: Literal["quorum", "classic"] = Field(
+        "quorum",
+        description="RabbitMQ only: the type of the lane queues rerankq declares. `quorum` replicates over a "
+        "cluster and caps redeliveries in the broker (`x-delivery-limit`); `classic` for a broker older than "
+        "3.8. A queue keeps the type it was first declared with.",
+    )
+    broker_heartbeat_s: int = Field(
+        10,
+        ge=0,
+        description="RabbitMQ only: the AMQP heartbeat, in seconds. A worker that stops answering (frozen, "
+        "cut off) loses its connection after about this long, and the broker gives its jobs to others. "
+        "0 turns heartbeats off.",
     )
     redis_sentinel_master: str = Field(
         "mymaster",
@@ -342,6 +363,16 @@ class Settings(BaseSettings):
             )
         return url
 
+    @field_validator("broker_url")
+    @classmethod
+    def _a_broker_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith((*REDIS_SCHEMES, *AMQP_SCHEMES)):
+            raise ValueError(
+                f"{url!r} (RERANKQ_BROKER_URL) is not a broker URL: write a Redis URL (redis://host:6379/0, "
+                "sentinel://host:26379, ...) or a RabbitMQ one (amqp://user:password@host:5672/vhost, amqps://...)"
+            )
+        return url
+
     @field_validator("api_keys", "ready_models", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
@@ -370,6 +401,15 @@ class Settings(BaseSettings):
         if self.slow_job_ms is not None:
             return self.slow_job_ms
         return 200.0 if device.startswith("cuda") else None
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def on_rabbitmq(self) -> bool:
+        """Whether jobs travel on RabbitMQ (rerankq.core.broker) rather than Redis."""
+        return self.effective_broker_url.startswith(AMQP_SCHEMES)
 
     @property
     def effective_cache_url(self) -> str:

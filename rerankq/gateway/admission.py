@@ -2,20 +2,22 @@
 ``no_workers``) and the lane's queue must be under its limit (else 429 ``queue_full``).
 
 Live workers are read from Redis and memoised for a fraction of a second. The queue limit is
-atomic: one Lua script counts the lane's messages plus the jobs gateways are still sending and,
-below the limit, reserves a place; the place is given back once the job is on the queue (or
-failed to get there). Reading the depth and then sending let 300 concurrent requests past a
-limit of 30.
+atomic: on Redis one Lua script counts the lane's messages plus the jobs gateways are still
+sending and, below the limit, reserves a place; the place is given back once the job is on the
+queue (or failed to get there). Reading the depth and then sending let 300 concurrent requests
+past a limit of 30. On RabbitMQ the broker counts the lane (see ``_reserve_on_rabbitmq``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 
+from rerankq.core.broker import RabbitDepths
 from rerankq.core.constants import DEFAULT_LANE, admitted_key, queue_keys, queue_name
 from rerankq.core.live_workers import MEMO_S, AsyncLiveWorkers, WorkerPresence, serving
 from rerankq.core.settings import Settings
@@ -50,6 +52,7 @@ class Admission:
         self._settings = settings
         self._workers = AsyncLiveWorkers(redis, settings.presence_interval_s)
         self._depths: dict[str, tuple[float, int]] = {}
+        self._rabbit = RabbitDepths(settings) if settings.on_rabbitmq else None
 
     async def workers(self) -> list[WorkerPresence]:
         return await self._workers.read()
@@ -65,8 +68,8 @@ class Admission:
         if not serving(await self.workers(), model, lane):
             raise NoWorkers(model, lane)
         queue, limit = queue_name(model, lane), self._settings.max_queue_depth
-        keys = [*queue_keys(queue), admitted_key(queue)]
-        depth = int(await self._redis.eval(RESERVE, len(keys), *keys, str(limit), str(RESERVATION_TTL_MS)))  # type: ignore[misc]
+        reserve = self._reserve_on_rabbitmq if self._rabbit is not None else self._reserve_on_redis
+        depth = await reserve(queue, limit)
         if depth < 0:
             raise QueueFull(queue, -depth - 1, limit, self._settings.retry_after_s)
         try:
@@ -74,13 +77,49 @@ class Admission:
         finally:
             await self._redis.eval(RELEASE, 1, admitted_key(queue))  # type: ignore[misc]
 
+    async def _reserve_on_redis(self, queue: str, limit: int) -> int:
+        keys = [*queue_keys(queue), admitted_key(queue)]
+        return int(await self._redis.eval(RESERVE, len(keys), *keys, str(limit), str(RESERVATION_TTL_MS)))  # type: ignore[misc]
+
+    async def _reserve_on_rabbitmq(self, queue: str, limit: int) -> int:
+        """RabbitMQ's count cannot join a Redis script, so the place is reserved first and the
+        broker asked after: every send in flight is then counted by whoever comes later, in the
+        reservations (not yet released) or in the broker's count (a send returns once the broker
+        confirms it holds the job; its place is released only then). A send may be counted
+        twice for an instant, which refuses early, never late."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.incr(admitted_key(queue))
+        pipe.pexpire(admitted_key(queue), RESERVATION_TTL_MS)
+        reserved, _ = await pipe.execute()
+        try:
+            depth = int(reserved) - 1 + (await self._rabbit_waiting([queue]))[0]
+        except BaseException:
+            await self._redis.eval(RELEASE, 1, admitted_key(queue))  # type: ignore[misc]
+            raise
+        if depth >= limit:
+            await self._redis.eval(RELEASE, 1, admitted_key(queue))  # type: ignore[misc]
+            return -1 - depth
+        return depth
+
+    async def _rabbit_waiting(self, queues: list[str]) -> list[int]:
+        assert self._rabbit is not None
+        return await asyncio.to_thread(self._rabbit.waiting, queues)
+
     async def queue_depth(self, queue: str) -> int:
-        """Messages waiting in ``queue``, over all its priority lists (reserved jobs not included)."""
+        """Messages waiting in ``queue`` (reserved jobs not included): on Redis over all its
+        priority lists, on RabbitMQ as the broker counts them."""
         read_at, depth = self._depths.get(queue, (float("-inf"), 0))
         if time.monotonic() - read_at > MEMO_S:
-            pipe = self._redis.pipeline(transaction=False)
-            for key in queue_keys(queue):
-                pipe.llen(key)
-            depth = sum(await pipe.execute())
+            if self._rabbit is not None:
+                depth = (await self._rabbit_waiting([queue]))[0]
+            else:
+                pipe = self._redis.pipeline(transaction=False)
+                for key in queue_keys(queue):
+                    pipe.llen(key)
+                depth = sum(await pipe.execute())
             self._depths[queue] = (time.monotonic(), depth)
         return depth
+
+    def close(self) -> None:
+        if self._rabbit is not None:
+            self._rabbit.close()

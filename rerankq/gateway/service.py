@@ -67,6 +67,7 @@ class RerankService:
     async def stop(self) -> None:
         await self.waiter.stop()
         await self.client.aclose()
+        self.admission.close()
 
     async def catalog(self) -> Catalog:
         admission = self.admission

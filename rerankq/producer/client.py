@@ -9,6 +9,7 @@ from celery import states
 from typing_extensions import Unpack
 
 from rerankq.core.aliases import AliasTable, Route
+from rerankq.core.broker import lane_queue
 from rerankq.core.catalog import Catalog, resolve_version
 from rerankq.core.celery_app import make_celery
 from rerankq.core.constants import DEFAULT_ALIAS, DEFAULT_LANE, TASK_RERANK, Lane, queue_name
@@ -128,15 +129,16 @@ class RerankClient:
             return answer_from_cache(job)
         if require_worker and not serving(self.workers.read(), job.model, job.lane):
             raise NoWorkers(job.model, job.lane)
-        self.app.send_task(
-            TASK_RERANK,
-            args=[job.model_dump()],
-            task_id=job.job_id,
-            queue=queue_name(job.model, job.lane),
-            # task events (Flower) show this instead of the arguments: no document text leaves
-            argsrepr=f"<{job.model}: {len(job.documents)} documents>",
-            kwargsrepr="{}",
-        )
+        with broker_errors("sending a job", self.settings.effective_broker_url):
+            self.app.send_task(
+                TASK_RERANK,
+                args=[job.model_dump()],
+                task_id=job.job_id,
+                queue=lane_queue(queue_name(job.model, job.lane), self.settings),
+                # task events (Flower) show this instead of the arguments: no document text leaves
+                argsrepr=f"<{job.model}: {len(job.documents)} documents>",
+                kwargsrepr="{}",
+            )
         return None
 
     def route(self, job: RerankJob) -> RerankJob:

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from celery import Task, signals
+from celery import Celery, Task, signals
 
+from rerankq.core.broker import RabbitDepths
 from rerankq.core.constants import Lane, by_priority, queue_name, worker_id
 from rerankq.core.contract import revision_of
 from rerankq.core.redis_clients import connect
@@ -26,6 +27,7 @@ from rerankq.worker.backends import Backend, OomInjectingBackend
 from rerankq.worker.batcher import Batcher
 from rerankq.worker.golden import load_golden
 from rerankq.worker.heartbeat import PresenceBeacon, presence_step
+from rerankq.worker.lane_gate import LaneGate, lane_gate_step
 from rerankq.worker.loading import load_checked, model_identity, pick_device, resolve_model
 from rerankq.worker.private_hooks import require_supported_libraries
 from rerankq.worker.recovery import Sweeper
@@ -142,13 +144,11 @@ def run_worker(options: WorkerOptions, settings: Settings) -> None:
     # Celery's own success line carries the return value (document text when asked for);
     # rerankq logs its own line per job instead.
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
-    app = create_worker_app(settings)
-    queues = ",".join(queue_name(runtime.model_name, lane) for lane in runtime.lanes)
+    app = create_worker_app(settings, runtime.model_name)
+    queues = [queue_name(runtime.model_name, lane) for lane in runtime.lanes]
     worker = worker_id(runtime.model_name, os.getpid(), socket.gethostname())
-    safe_transport.claimant = worker  # every message it takes is held under this name
-    beacon, sweeper = PresenceBeacon(runtime, worker), Sweeper(runtime.redis, settings)
+    beacon, sweeper = PresenceBeacon(runtime, worker), delivery_for(app, runtime, worker, queues)
     beacon.start()  # beating before the first job is taken
-    sweeper.start()
     app.steps["consumer"].add(presence_step(beacon))  # announced only while Celery consumes
     stopped = CeleryExit()
     signals.worker_shutdown.connect(stopped.record, weak=False)
@@ -156,14 +156,14 @@ def run_worker(options: WorkerOptions, settings: Settings) -> None:
     if port := settings.worker_metrics_port:
         metrics.serve(port)
         log.info("metrics on http://0.0.0.0:%d/metrics", port)
-    log.info("consuming %s with %d job threads", queues, options.concurrency)
+    log.info("consuming %s with %d job threads", ",".join(queues), options.concurrency)
     try:
         app.worker_main(
             [
                 "worker",
                 "--pool=threads",
                 f"--concurrency={options.concurrency}",
-                f"--queues={queues}",
+                f"--queues={','.join(queues)}",
                 f"--hostname={worker}",
                 "--task-events",
                 "--loglevel=INFO",
@@ -172,13 +172,30 @@ def run_worker(options: WorkerOptions, settings: Settings) -> None:
             ]
         )
     finally:
-        sweeper.stop()
+        if sweeper is not None:
+            sweeper.stop()
         beacon.stop()
         runtime.batcher.stop()
         log_batcher_totals(runtime)
         metrics.process_exited()
     if stopped.code:  # Celery stopped on an error it could not recover from (logged above)
         raise SystemExit(stopped.code)
+
+
+def delivery_for(app: Celery, runtime: Runtime, worker: str, queues: list[str]) -> Sweeper | None:
+    """How this worker holds its jobs. Redis: each message it takes is claimed under its name, and
+    it sweeps for dead workers' claims (rerankq.worker.recovery). RabbitMQ: the broker holds them
+    and gives a dead worker's back itself; the worker only keeps its lanes in order."""
+    if runtime.settings.on_rabbitmq:
+        app.steps["consumer"].add(lane_gate_step(LaneGate(queues, RabbitDepths(runtime.settings))))
+        # Celery sets up native delayed delivery for quorum queues and warns that it cannot serve
+        # ETA tasks through direct exchanges: rerankq sends none
+        logging.getLogger("kombu.transport.native_delayed_delivery").setLevel(logging.ERROR)
+        return None
+    safe_transport.claimant = worker  # every message it takes is held under this name
+    sweeper = Sweeper(runtime.redis, runtime.settings)
+    sweeper.start()
+    return sweeper
 
 
 class CeleryExit:
