@@ -4,6 +4,7 @@ metric they query must be one rerankq exports; every command line must be one re
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from prometheus_client import REGISTRY
 import rerankq.gateway.metrics
 import rerankq.worker.metrics  # noqa: F401  (registers the workers' metrics)
 from rerankq.cli.exporter import FleetCollector
+from rerankq.core.constants import queue_name
 from rerankq.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,12 +32,18 @@ METRIC = re.compile(r"\brerankq_[a-z_]+")
 SUFFIXES = re.compile(r"_(bucket|sum|count|total|created)$")
 
 
-def compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+RABBITMQ_FILES = ("docker-compose.yml", "docker-compose.rabbitmq.yml")
+
+
+def compose_config(
+    env: dict[str, str], files: tuple[str, ...] = ("docker-compose.yml",), profile: str | None = None
+) -> subprocess.CompletedProcess[str]:
     if shutil.which("docker-compose") is None:
         pytest.skip("docker-compose is not installed (make setup installs it)")
     clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    options = [arg for name in files for arg in ("-f", str(ROOT / name))] + (["--profile", profile] if profile else [])
     return subprocess.run(
-        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
+        ["docker-compose", *options, "config"],
         capture_output=True,
         text=True,
         env=clean | env,
@@ -52,8 +60,20 @@ def compose() -> dict[str, Any]:
     return config
 
 
+@pytest.fixture(scope="module")
+def compose_rabbitmq() -> dict[str, Any]:
+    """docker-compose.yml with docker-compose.rabbitmq.yml and the `rabbitmq` profile: jobs on RabbitMQ."""
+    done = compose_config(SECRETS, RABBITMQ_FILES, "rabbitmq")
+    assert done.returncode == 0, done.stderr
+    config: dict[str, Any] = yaml.safe_load(done.stdout)
+    return config
+
+
 def test_the_compose_stack_validates_and_has_every_service(compose: dict[str, Any]) -> None:
-    services = compose["services"]
+    # docker-compose 1.x's `config` lists services of every profile, 2.x only the active ones
+    services = {name: service for name, service in compose["services"].items() if not service.get("profiles")}
+    profiled = {name: service["profiles"] for name, service in compose["services"].items() if service.get("profiles")}
+    assert profiled in ({"rabbitmq": ["rabbitmq"]}, {})
     expected = {
         "redis",
         "redis-cache",
@@ -84,21 +104,136 @@ def test_the_compose_stack_validates_and_has_every_service(compose: dict[str, An
                 assert Path(source if source.startswith("/") else ROOT / source).exists(), source
 
 
-def test_compose_publishes_nothing_open(compose: dict[str, Any]) -> None:
-    """No Redis reachable from the network; every published port either asks for credentials
-    (gateway keys, Flower basic auth, Grafana password) or listens on the host's loopback only."""
+def assert_nothing_published_open(config: dict[str, Any]) -> None:
     authenticated = {"gateway", "flower", "grafana"}
-    for name, service in compose["services"].items():
+    for name, service in config["services"].items():
         for port in service.get("ports", []):
             published = port if isinstance(port, dict) else {"published": port}
             loopback = published.get("host_ip") == "127.0.0.1" or str(port).startswith("127.0.0.1:")
             assert name in authenticated or loopback, (name, port)
-    assert not compose["services"]["redis"].get("ports") and not compose["services"]["redis-cache"].get("ports")
+    for backend in ("redis", "redis-cache", "rabbitmq"):
+        assert not config["services"].get(backend, {}).get("ports"), backend
+
+
+def test_compose_publishes_nothing_open(compose: dict[str, Any]) -> None:
+    """No Redis (or RabbitMQ) reachable from the network; every published port either asks for
+    credentials (gateway keys, Flower basic auth, Grafana password) or listens on the host's
+    loopback only."""
+    assert_nothing_published_open(compose)
 
 
 def test_compose_refuses_to_start_without_its_secrets() -> None:
     done = compose_config({})
     assert done.returncode != 0 and "RERANKQ_API_KEYS" in done.stderr
+
+
+def test_the_rabbitmq_profile_validates_and_adds_only_rabbitmq() -> None:
+    """`docker compose --profile rabbitmq` on docker-compose.yml alone: the default stack plus a
+    RabbitMQ that keeps its data (named volume, fixed node name) and says when it is up."""
+    done = compose_config(SECRETS, profile="rabbitmq")
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    rabbitmq = config["services"]["rabbitmq"]
+    assert rabbitmq["profiles"] == ["rabbitmq"]
+    assert re.fullmatch(r"rabbitmq:3\.\d+\.\d+-management-alpine", rabbitmq["image"])  # pinned
+    assert rabbitmq["healthcheck"]["test"] == ["CMD", "rabbitmq-diagnostics", "-q", "ping"]
+    assert rabbitmq["hostname"] == "rabbitmq"  # its data lives under rabbit@<hostname>
+    (data,) = (volume for volume in rabbitmq["volumes"] if volume.split(":")[1] == "/var/lib/rabbitmq")
+    assert data.split(":")[0] in config["volumes"]
+    assert_nothing_published_open(config)
+
+
+def test_compose_on_rabbitmq_points_every_rerankq_service_at_it(
+    compose: dict[str, Any], compose_rabbitmq: dict[str, Any]
+) -> None:
+    """With docker-compose.rabbitmq.yml every rerankq process (they all send, take or count jobs)
+    waits for a healthy RabbitMQ and gets the broker password; commands and Redis stay as they were."""
+    services = compose_rabbitmq["services"]
+    rerankq = {name for name, service in services.items() if "build" in service}
+    assert rerankq == {"gateway", "worker-gpu", "worker-cpu", "exporter", "flower"}
+    for name in rerankq:
+        service, before = services[name], compose["services"][name]
+        assert service["depends_on"]["rabbitmq"] == {"condition": "service_healthy"}, name
+        assert service["depends_on"].items() >= before["depends_on"].items(), name
+        assert [secret["source"] for secret in service["secrets"]] == ["rabbitmq-password"], name
+        assert service["command"] == before["command"] and service["environment"] == before["environment"], name
+    assert_nothing_published_open(compose_rabbitmq)
+
+
+def test_compose_takes_rabbitmq_credentials_only_from_secret_files(compose_rabbitmq: dict[str, Any]) -> None:
+    """No password in an environment value (`docker inspect` shows those): RabbitMQ's user and
+    rerankq's broker URL both come from secrets/rabbitmq-password, a file git never commits."""
+    for name, service in compose_rabbitmq["services"].items():
+        environment = service.get("environment") or {}
+        assert not any(key.startswith("RABBITMQ_") for key in environment), name
+        assert "RERANKQ_BROKER_URL" not in environment, name
+        assert not any("amqp" in str(value) for value in environment.values()), name
+    assert "environment" not in compose_rabbitmq["services"]["rabbitmq"]
+    secret = compose_rabbitmq["secrets"]["rabbitmq-password"]
+    assert set(secret) == {"file"} and Path(secret["file"]) == ROOT / "secrets" / "rabbitmq-password"
+    if shutil.which("git") and (ROOT / ".git").exists():
+        ignored = subprocess.run(["git", "check-ignore", "-q", secret["file"]], cwd=ROOT, timeout=30)
+        assert ignored.returncode == 0, "secrets/rabbitmq-password is not git-ignored"
+    assert "rabbitmq-password" in (ROOT / "secrets" / "README.md").read_text()
+
+
+def run_entrypoint(
+    service: dict[str, Any], secrets: Path, bin_dir: Path, conf_d: Path
+) -> subprocess.CompletedProcess[str]:
+    """A service's `sh -c` entrypoint as the container runs it (with its command as arguments),
+    reading secrets from ``secrets`` and writing RabbitMQ's conf.d into ``conf_d``; the programs it
+    execs are stand-ins in ``bin_dir`` that write what they got to $OUT."""
+    shell, flag, script, *name = service["entrypoint"]
+    script = script.replace("$$", "$").replace("/run/secrets/", f"{secrets}/")
+    script = script.replace("/etc/rabbitmq/conf.d/", f"{conf_d}/")
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(bin_dir / "out")}
+    argv = [shell, flag, script, *name, *(service.get("command") or [])]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
+
+
+def test_the_compose_entrypoints_agree_on_rabbitmqs_user_and_rerankqs_broker_url(
+    compose_rabbitmq: dict[str, Any], tmp_path: Path
+) -> None:
+    """Run for real: RabbitMQ's entrypoint writes a conf.d file creating user and vhost rerankq with
+    the secret's password, then starts the image's own entrypoint; each rerankq service's builds an
+    amqp:// URL for that user, vhost and password that rerankq's settings accept, then runs rerankq
+    with its command. Without the secret, neither starts anything."""
+    secrets, bin_dir, conf_d = tmp_path / "secrets", tmp_path / "bin", tmp_path / "conf.d"
+    for folder in (secrets, bin_dir, conf_d):
+        folder.mkdir()
+    for program in ("rerankq", "docker-entrypoint.sh"):
+        stand_in = bin_dir / program
+        stand_in.write_text('#!/bin/sh\nprintf "%s\\n" "$RERANKQ_BROKER_URL" "$0" "$@" > "$OUT"\n')
+        stand_in.chmod(0o755)
+    password = "0123456789abcdef" * 4  # `openssl rand -hex 32`, as secrets/README.md says
+    (secrets / "rabbitmq-password").write_text(password + "\n")
+    services = compose_rabbitmq["services"]
+
+    done = run_entrypoint(services["rabbitmq"], secrets, bin_dir, conf_d)
+    assert done.returncode == 0, done.stderr
+    assert (bin_dir / "out").read_text().splitlines()[1:] == [str(bin_dir / "docker-entrypoint.sh"), "rabbitmq-server"]
+    (conf,) = conf_d.glob("*.conf")
+    assert conf.name > "10-defaults.conf"  # read after the image's own defaults
+    settings = dict(line.split(" = ", 1) for line in conf.read_text().splitlines())
+    assert settings == {"default_user": "rerankq", "default_pass": password, "default_vhost": "rerankq"}
+
+    for name in ("gateway", "worker-gpu", "worker-cpu", "exporter", "flower"):
+        done = run_entrypoint(services[name], secrets, bin_dir, conf_d)
+        assert done.returncode == 0, (name, done.stderr)
+        url, program, *args = (bin_dir / "out").read_text().splitlines()
+        assert Path(program).name == "rerankq" and args == services[name]["command"], name
+        assert url == f"amqp://rerankq:{password}@rabbitmq:5672/rerankq", name
+        assert Settings(broker_url=url).on_rabbitmq
+
+    (bin_dir / "out").unlink()
+    for content in (None, ""):
+        secret = secrets / "rabbitmq-password"
+        secret.unlink(missing_ok=True)
+        if content is not None:
+            secret.write_text(content)
+        for name in ("rabbitmq", "gateway"):
+            done = run_entrypoint(services[name], secrets, bin_dir, conf_d)
+            assert done.returncode != 0 and not (bin_dir / "out").exists(), (name, content)
 
 
 def test_dockerfiles_install_the_built_wheel_with_known_extras() -> None:
@@ -205,6 +340,131 @@ def test_kubernetes_pods_are_scraped_by_the_shipped_config() -> None:
         if doc["kind"] == "Deployment":
             pod = doc["spec"]["template"]["metadata"]["annotations"]
             assert {f"prometheus.io/{name}" for name in annotations} <= set(pod), doc["metadata"]["name"]
+
+
+RABBITMQ_COMPONENT = ROOT / "ops" / "k8s" / "rabbitmq"
+
+
+def rabbitmq_component() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """ops/k8s/rabbitmq's kustomization and the resources it adds; every file in it is one of them
+    or one of its patches."""
+    kustomization = yaml.safe_load((RABBITMQ_COMPONENT / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Component"
+    listed = set(kustomization["resources"]) | {patch["path"] for patch in kustomization["patches"]}
+    assert {path.name for path in RABBITMQ_COMPONENT.glob("*.yaml")} - {"kustomization.yaml"} == listed
+    added = [
+        doc
+        for name in kustomization["resources"]
+        for doc in yaml.safe_load_all((RABBITMQ_COMPONENT / name).read_text())
+    ]
+    return kustomization, added
+
+
+def json_patch(doc: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON-patch `add` and `replace` of object members, as kustomize applies them."""
+    doc = copy.deepcopy(doc)
+    for operation in operations:
+        assert operation["op"] in {"add", "replace"}, operation
+        *parents, key = operation["path"].strip("/").split("/")
+        node = doc
+        for part in parents:
+            node = node[part]
+        assert operation["op"] == "add" or key in node, operation["path"]
+        node[key] = operation["value"]
+    return doc
+
+
+def test_the_rabbitmq_variant_gives_every_rerankq_pod_the_broker_url_from_its_secret() -> None:
+    """Each Deployment of ops/k8s gets RERANKQ_BROKER_URL from the component's Secret, in the
+    container it already has (a patch naming another container would add one), and that Secret
+    holds an amqp:// URL rerankq accepts."""
+    kustomization, added = rabbitmq_component()
+    secrets = {doc["metadata"]["name"]: doc["stringData"] for doc in added if doc["kind"] == "Secret"}
+    base = {doc["metadata"]["name"]: doc for doc in k8s_documents() if doc["kind"] == "Deployment"}
+    (path,) = (patch["path"] for patch in kustomization["patches"] if "target" not in patch)
+    patches = {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all((RABBITMQ_COMPONENT / path).read_text())}
+    assert set(patches) == set(base)
+    for name, patch in patches.items():
+        (container,) = patch["spec"]["template"]["spec"]["containers"]
+        assert container["name"] == base[name]["spec"]["template"]["spec"]["containers"][0]["name"], name
+        (env,) = (var for var in container["env"] if var["name"] == "RERANKQ_BROKER_URL")
+        ref = env["valueFrom"]["secretKeyRef"]
+        url = secrets[ref["name"]][ref["key"]]
+        assert url.startswith("amqp://") and Settings(broker_url=url).on_rabbitmq, name
+
+
+def test_the_rabbitmq_variant_scales_workers_on_rabbitmqs_own_lane_queue_counts() -> None:
+    """The ScaledObjects of ops/k8s/keda.yaml (same names, targets and bounds) with their triggers
+    replaced by KEDA's rabbitmq scaler on the lane queues rerankq declares: counted over the
+    management API (ready + unacknowledged, as rerankq_queue_depth is waiting + held), through a
+    TriggerAuthentication whose Secret key the component holds. Valid by KEDA's own schema."""
+    kustomization, added = rabbitmq_component()
+    secrets = {doc["metadata"]["name"]: doc["stringData"] for doc in added if doc["kind"] == "Secret"}
+    (auth,) = (doc for doc in added if doc["kind"] == "TriggerAuthentication")
+    (host,) = (ref for ref in auth["spec"]["secretTargetRef"] if ref["parameter"] == "host")
+    management = secrets[host["name"]][host["key"]]
+    assert management.startswith("http://") and ".svc:15672/" in management  # KEDA runs in its own namespace
+
+    model = next(doc for doc in k8s_documents() if doc["kind"] == "ConfigMap")["data"]["RERANKQ_DEFAULT_MODEL"]
+    lanes = {"rerankq-worker-gpu": {"interactive", "bulk"}, "rerankq-worker-cpu": {"cpu"}}
+    base = {doc["metadata"]["name"]: doc for doc in k8s_documents() if doc["kind"] == "ScaledObject"}
+    patched = {}
+    for patch in kustomization["patches"]:
+        if patch.get("target", {}).get("kind") == "ScaledObject":
+            name = patch["target"]["name"]
+            patched[name] = json_patch(base[name], yaml.safe_load((RABBITMQ_COMPONENT / patch["path"]).read_text()))
+    assert set(patched) == set(lanes) == set(base)
+    validator = jsonschema.Draft7Validator(
+        json.loads((ROOT / "tests" / "fixtures" / "keda-scaledobject-v1alpha1.schema.json").read_text())
+    )
+    for name, scaled in patched.items():
+        assert not list(validator.iter_errors(scaled)), name
+        spec, before = scaled["spec"], base[name]["spec"]
+        for key in ("scaleTargetRef", "minReplicaCount", "maxReplicaCount", "cooldownPeriod"):
+            assert spec[key] == before[key], (name, key)
+        triggers = spec["triggers"]
+        assert {trigger["type"] for trigger in triggers} == {"rabbitmq"}, name
+        assert {trigger["metadata"]["queueName"] for trigger in triggers} == {
+            queue_name(model, lane) for lane in lanes[name]
+        }
+        for trigger in triggers:
+            assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+            assert trigger["metadata"]["protocol"] == "http" and trigger["metadata"]["mode"] == "QueueLength"
+        if len(triggers) > 1:  # lanes add up, as the Prometheus query summed them
+            formula = spec["advanced"]["scalingModifiers"]["formula"]
+            assert set(re.findall(r"[a-z]+", formula)) == {trigger["name"] for trigger in triggers}
+            assert "+" in formula
+
+
+def test_the_rabbitmq_overlay_renders_with_kustomize() -> None:
+    """ops/k8s-rabbitmq is ops/k8s plus the component; kustomize (kubectl's) renders it with every
+    worker scaled on RabbitMQ and every rerankq pod on the broker URL."""
+    overlay = yaml.safe_load((ROOT / "ops" / "k8s-rabbitmq" / "kustomization.yaml").read_text())
+    assert overlay["resources"] == ["../k8s"] and overlay["components"] == ["../k8s/rabbitmq"]
+    kustomize = shutil.which("kustomize")
+    command = [kustomize, "build"] if kustomize else ["kubectl", "kustomize"] if shutil.which("kubectl") else None
+    if command is None:
+        pytest.skip("neither kustomize nor kubectl is installed; checked structurally above")
+    done = subprocess.run([*command, str(ROOT / "ops" / "k8s-rabbitmq")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rendered = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    kinds = {doc["kind"] for doc in rendered}
+    assert {"Deployment", "ScaledObject", "TriggerAuthentication", "Secret"} <= kinds
+    for doc in rendered:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "rerankq", doc["metadata"]["name"]
+        if doc["kind"] == "Deployment":
+            (container,) = doc["spec"]["template"]["spec"]["containers"]
+            assert "RERANKQ_BROKER_URL" in {var["name"] for var in container["env"]}, doc["metadata"]["name"]
+        if doc["kind"] == "ScaledObject":
+            assert {trigger["type"] for trigger in doc["spec"]["triggers"]} == {"rabbitmq"}, doc["metadata"]["name"]
+
+
+def test_every_deployment_yaml_parses() -> None:
+    files = [*ROOT.glob("docker-compose*.yml"), *(ROOT / "ops").rglob("*.yaml"), *(ROOT / "ops").rglob("*.yml")]
+    assert ROOT / "docker-compose.rabbitmq.yml" in files and RABBITMQ_COMPONENT / "keda-worker-gpu.yaml" in files
+    for path in files:
+        assert any(doc is not None for doc in yaml.safe_load_all(path.read_text())), path
 
 
 @pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-k8s.yml"])
