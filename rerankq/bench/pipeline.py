@@ -1,4 +1,5 @@
-"""Jobs through the real path: SDK → Redis → ``rerankq worker`` processes started for the run."""
+"""Jobs through the real path: SDK → Redis (or RabbitMQ) → ``rerankq worker`` processes started
+for the run."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from rerankq.bench.inprocess import Timed
 from rerankq.bench.workload import Job, make_jobs, total_pairs, uniform
 from rerankq.core.registry import ModelKind
+from rerankq.core.settings import get_settings
 from rerankq.producer.client import RerankClient
 from rerankq.testing.processes import WorkerProcess, running_workers
 
@@ -32,19 +34,35 @@ class WorkerSetup:
     concurrency: int
     run_dir: Path
     kind: ModelKind | None = None  # --kind for the workers (an LLM reranker's folder)
+    broker_url: str | None = None  # where jobs queue (amqp://... for RabbitMQ); None: redis_url
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment a worker or gateway of this set-up needs: its Redis, its broker."""
+        broker = {"RERANKQ_BROKER_URL": self.broker_url} if self.broker_url else {}
+        return {"RERANKQ_REDIS_URL": self.redis_url, **broker}
+
+    def client(self) -> RerankClient:
+        broker = {"broker_url": self.broker_url} if self.broker_url else {}
+        return RerankClient(settings=get_settings().updated(redis_url=self.redis_url, **broker))
 
 
 @dataclass
 class Pipeline:
     client: RerankClient
     model: str
+    workers: list[WorkerProcess] = field(default_factory=list)  # the serving processes
+    cache: bool = True  # whether jobs read and write the result cache (off: the same text twice still computes)
     padding_ratio: float | None = field(default=None, init=False)  # known once the workers stopped
 
     def run(self, jobs: Sequence[Job]) -> tuple[Timed, list[list[float]]]:
         """Submit every job, then wait for every result: first submit to last result. Returns the
         raw scores per job in document order."""
         started = time.perf_counter()
-        handles = [self.client.submit(job.query, job.documents, model=self.model, normalize=False) for job in jobs]
+        handles = [
+            self.client.submit(job.query, job.documents, model=self.model, normalize=False, cache=self.cache)
+            for job in jobs
+        ]
         results = [handle.result(timeout=JOB_TIMEOUT_S) for handle in handles]
         elapsed = time.perf_counter() - started
         scores = [[doc.score for doc in sorted(result.results, key=lambda d: d.index)] for result in results]
@@ -53,7 +71,7 @@ class Pipeline:
     def e2e_ms(self, job: Job) -> float:
         """One job, submit to ranked answer, as a web app would wait for it."""
         started = time.perf_counter()
-        self.client.rank(job.query, job.documents, model=self.model, timeout=JOB_TIMEOUT_S)
+        self.client.rank(job.query, job.documents, model=self.model, cache=self.cache, timeout=JOB_TIMEOUT_S)
         return (time.perf_counter() - started) * 1000
 
     def paced_ms(self, jobs: Sequence[Job], pace_s: float) -> list[float]:
@@ -110,12 +128,12 @@ def serving(setup: WorkerSetup, workers: int = 1, *worker_args: str) -> Iterator
     args = ["--name", setup.model, "--concurrency", str(setup.concurrency), *worker_args]
     args += ["--kind", setup.kind] if setup.kind else []
     # benchmark shapes carry random weights: timing needs no golden-ranking check
-    env = {"RERANKQ_REDIS_URL": setup.redis_url, "RERANKQ_CHECK_RANKING": "false"}
+    env = {**setup.env, "RERANKQ_CHECK_RANKING": "false"}
     with (
         running_workers(setup.spec, log_dir, workers, *args, device=setup.device, env=env) as processes,
-        RerankClient(setup.redis_url) as client,
+        setup.client() as client,
     ):
-        pipeline = Pipeline(client, setup.model)
+        pipeline = Pipeline(client, setup.model, processes)
         pipeline.warm_up(2 * setup.concurrency)
         yield pipeline
     pipeline.padding_ratio = _padding_ratio(processes)

@@ -87,6 +87,8 @@ def _cpu_model() -> str:
 
 
 def verdict(record: Record) -> str:
+    if record["scenario"] not in TARGETS:  # `brokers`: a comparison, no promise
+        return "none (a comparison)"
     _, target, check = TARGETS[record["scenario"]]
     return f"{'met' if check(record) else 'MISSED'} (target {target})"
 
@@ -113,8 +115,11 @@ def _format(value: Any) -> str:
 
 
 def write_markdown(path: Path, facts: dict[str, str], records: list[Record]) -> None:
-    """Replace this machine + model's section of ``path`` (other sections stay)."""
+    """Replace this machine + model's (+ broker's, when not Redis) section of ``path`` (other
+    sections stay)."""
     key = f"{facts['device']} · {facts['model']}"
+    if facts.get("broker", "redis") != "redis":
+        key += f" · jobs on {facts['broker']}"
     section = _section(key, facts, records)
     text = path.read_text(encoding="utf-8") if path.exists() else _HEADER
     pattern = re.compile(rf"<!-- bench: {re.escape(key)} -->.*?<!-- /bench -->\n", re.DOTALL)
@@ -129,7 +134,9 @@ def _section(key: str, facts: dict[str, str], records: list[Record]) -> str:
     lines += [f"- **command**: `{facts['command']}`", "", "| scenario | measured | target |", "|---|---|---|"]
     for record in records:
         measured = "; ".join(
-            f"{name} {_format(value)}" for name, value in record.items() if name not in ("scenario", "model", "device")
+            f"{name} {_format(value)}"
+            for name, value in record.items()
+            if name not in ("scenario", "model", "device", "broker")
         )
         lines.append(f"| {record['scenario']} | {measured} | {verdict(record)} |")
     return "\n".join([*lines, "", "<!-- /bench -->", ""])

@@ -199,6 +199,15 @@ def seed(ctx: BenchContext) -> Iterator[Record]:
     yield from seed_comparison(ctx.setup, ctx.job_count(96), (1, 8, 32))
 
 
+def brokers(ctx: BenchContext) -> Iterator[Record]:
+    """The same jobs queued on Redis and on RabbitMQ, two workers each: pairs/s, 1 x 20 latency,
+    and the time a backlog takes to finish after one worker is killed with SIGKILL. Needs the
+    local RabbitMQ; not part of `all`."""
+    from rerankq.bench.brokers import broker_comparison  # the RabbitMQ side: only this scenario
+
+    yield from broker_comparison(ctx.setup, ctx.job_count(60), ctx.docs(8), ctx.samples(20, 20))
+
+
 def backends(ctx: BenchContext) -> Iterator[Record]:
     """torch float32 vs its ONNX Runtime exports (float32, int8), on CPU, through the same batcher:
     pairs/s side by side (timed in alternating rounds, best round each), and how far each agrees
@@ -252,7 +261,9 @@ SCENARIOS: dict[str, Callable[[BenchContext], Iterator[Record]]] = {
     "startup": startup,
     "seed": seed,
     "backends": backends,
+    "brokers": brokers,
 }
+NOT_IN_ALL = {"brokers"}  # needs a RabbitMQ, which `all` (and its smoke test) does not
 
 
 def percentile(values: list[float], q: int) -> float:

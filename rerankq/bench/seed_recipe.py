@@ -88,8 +88,9 @@ def seed_service(setup: WorkerSetup) -> Iterator[str]:
 
 @contextmanager
 def gateway_for(setup: WorkerSetup) -> Iterator[str]:
-    """rerankq's gateway on loopback (no API keys needed there) in front of the set-up's Redis."""
-    env = {"RERANKQ_REDIS_URL": setup.redis_url, "RERANKQ_DEFAULT_MODEL": setup.model}
+    """rerankq's gateway on loopback (no API keys needed there) in front of the set-up's Redis
+    (and broker)."""
+    env = {**setup.env, "RERANKQ_DEFAULT_MODEL": setup.model}
     gateway = start_gateway(setup.run_dir / "gateway.log", env=env)
     try:
         yield gateway.url

@@ -17,6 +17,7 @@ from rerankq.cli.support import (
     EXIT_USAGE,
     App,
     BackendOption,
+    BrokerUrl,
     CheckRanking,
     Host,
     Kind,
@@ -86,11 +87,13 @@ def worker(
     ] = None,
     backend: BackendOption = None,
     redis_url: RedisUrl = None,
+    broker_url: BrokerUrl = None,
 ) -> None:
     """Serve one model version: check and load it once, then consume its queues."""
     _setup_logging()
     settings = apply_settings(
         redis_url=redis_url,
+        broker_url=broker_url,
         max_length=max_length,
         torch_threads=torch_threads,
         cross_job_batching=cross_job_batching,
@@ -171,8 +174,9 @@ def bench(
     scenario: Annotated[
         str,
         typer.Argument(
-            help="throughput, naive, mixed, cache, latency, scale, priority, startup, seed, backends, or all "
-            "(writes docs/BENCHMARKS.md)."
+            help="throughput, naive, mixed, cache, latency, scale, priority, startup, seed, backends, brokers "
+            "(Redis vs RabbitMQ; needs the local RabbitMQ), or all (every one but brokers; writes "
+            "docs/BENCHMARKS.md)."
         ),
     ],
     model: ModelName = None,
@@ -189,11 +193,18 @@ def bench(
     docs_per_job: Annotated[int | None, typer.Option(min=1, help="Documents per job (default: per scenario).")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Job threads per worker.")] = 32,
     as_json: Annotated[bool, typer.Option("--json", help="Also one JSON object per result on its own line.")] = False,
+    broker: Annotated[
+        str,
+        typer.Option(
+            help="Where the jobs queue: redis, or rabbitmq (a virtual host of the run's own on the local "
+            "RabbitMQ, RERANKQ_TEST_RABBITMQ; results stay in Redis)."
+        ),
+    ] = "redis",
 ) -> None:
     """Measure rerankq against the raw model and the usual recipes, side by side, on real workers
     (it starts its own Redis and workers)."""
     with needs_extra("bench", "worker"):
-        from rerankq.bench.runner import BenchOptions, run
+        from rerankq.bench.runner import BenchOptions, Broker, run
         from rerankq.bench.scenarios import SCENARIOS
         from rerankq.testing.model_shapes import SHAPES
 
@@ -203,9 +214,11 @@ def bench(
         raise typer.BadParameter(f"must be one of {', '.join(SHAPES)}; got {shape!r}", param_hint="--shape")
     if model and shape:
         raise typer.BadParameter("pass --model or --shape, not both", param_hint="--model")
+    if broker not in ("redis", "rabbitmq"):
+        raise typer.BadParameter(f"must be redis or rabbitmq; got {broker!r}", param_hint="--broker")
     _setup_logging(logging.WARNING)
     options = BenchOptions(scenario, model, shape, device, jobs, docs_per_job, concurrency, as_json)
-    run(replace(options, kind=cast(ModelKind | None, kind)))
+    run(replace(options, kind=cast(ModelKind | None, kind), broker=cast(Broker, broker)))
 
 
 cache_app = App(help="Inspect or clear the result cache.", no_args_is_help=True, path="rerankq cache")
