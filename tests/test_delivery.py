@@ -14,6 +14,8 @@ import gc
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -406,3 +408,27 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmRSS for {pid}")
+
+
+BROKER_FIELDS = {"pairs_per_s", "e2e_ms_p50", "e2e_ms_p99", "recovery_s"}
+
+
+# --- the benchmark of both (here, not in test_bench_smoke.py: it needs RabbitMQ up) -------------------
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(600)  # two brokers, two workers each, and the Redis sweep's ~15 s after a kill
+def test_bench_brokers_on_redis_and_rabbitmq(tmp_path: Path) -> None:
+    """`rerankq bench brokers` (needs the local RabbitMQ) at tiny sizes: a record for each broker
+    with every number positive, and one with the ratios rabbitmq / redis."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RERANKQ_REDIS_URL", "RERANKQ_BROKER_URL")}
+    env["RERANKQ_SHAPES_DIR"] = str(tmp_path / "shapes")
+    command = [sys.executable, "-m", "rerankq", "bench", "brokers", "--shape", "tiny-bert", "--jobs", "8", "--json"]
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=560)
+    assert run.returncode == 0, run.stderr[-4000:]
+
+    records = {json.loads(line)["broker"]: json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")}
+    assert set(records) == {"redis", "rabbitmq", "rabbitmq/redis"}
+    for broker in ("redis", "rabbitmq"):
+        assert all(records[broker][name] > 0 for name in BROKER_FIELDS), records[broker]
+    assert all(records["rabbitmq/redis"][f"{name}_ratio"] > 0 for name in BROKER_FIELDS)
