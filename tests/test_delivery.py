@@ -28,7 +28,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from gateway_support import AUTH, GATEWAY_ENV
+from gateway_support import AUTH, GATEWAY_ENV, app_client
+from worker_support import paused
 
 from rerankq import BrokerUnavailable, JobFailed, JobHandle, JobStatus, JobTimeout, RerankClient
 from rerankq.cli.redis_snapshot import read_snapshot
@@ -357,6 +358,39 @@ def waiting_by_lane(broker: Broker, model: str) -> dict[str, int]:
         if rabbit is not None:
             rabbit.close()
     return {lane.lane: lane.waiting for lane in lanes if lane.model == model}
+
+
+ADMISSION_LIMIT, ADMISSION_REQUESTS = 30, 300
+
+
+async def test_300_concurrent_requests_never_queue_past_the_lanes_limit(
+    broker: Broker, model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The lane's only worker stops taking jobs; 300 async jobs are posted at once to a gateway
+    whose limit is 30: some are accepted, none past the limit (RabbitMQ's count joins Redis's
+    reservations, see rerankq.gateway.admission), the rest get 429, and exactly the accepted
+    ones wait in the broker. Then the worker takes them again and each completes."""
+    model = f"admit-{uuid.uuid4().hex[:6]}"
+    running = worker(model_dirs, tmp_path / "worker.log", model, broker)
+    overrides = {"redis_url": broker.redis_url, "broker_url": broker.broker_url, "default_model": model}
+    try:
+        with broker.client() as client, paused(client, model):
+            async with app_client(max_queue_depth=ADMISSION_LIMIT, **overrides) as gateway:
+                body = {"query": "admission", "documents": ["a", "b"]}
+                posted = [
+                    gateway.post("/v1/jobs", json=body | {"query": f"admission {i}"}) for i in range(ADMISSION_REQUESTS)
+                ]
+                responses = await asyncio.gather(*posted)
+            accepted = [r.json()["id"] for r in responses if r.status_code == 202]
+            refused = [r for r in responses if r.status_code == 429]
+            assert len(accepted) + len(refused) == ADMISSION_REQUESTS
+            assert 0 < len(accepted) <= ADMISSION_LIMIT
+            assert all(r.json()["error_type"] == "queue_full" for r in refused)
+            assert waiting_by_lane(broker, model)["interactive"] == len(accepted)
+        with broker.client() as client:  # resumed on leaving `paused`
+            assert all(client.job(job_id).result(timeout=60).model == model for job_id in accepted)
+    finally:
+        stop_worker(running)
 
 
 # --- a burst of clients -----------------------------------------------------------------------------

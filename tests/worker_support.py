@@ -13,6 +13,8 @@ from rerankq.core.constants import TASK_RERANK, WORKERS_KEY, Lane, queue_name
 from rerankq.core.live_workers import WorkerPresence
 from rerankq.producer import job_ledger
 
+CONTROL_TIMEOUT_S = 10.0
+
 
 def worker_id_of(client: RerankClient, model: str) -> str:
     raw = client.app.backend.client.hvals(WORKERS_KEY)
@@ -25,7 +27,11 @@ def paused(client: RerankClient, model: str, lanes: tuple[Lane, ...] = ("interac
     """The model's worker consumes none of ``lanes`` inside the block (and again after it)."""
     destination = [worker_id_of(client, model)]
     for lane in lanes:
-        client.app.control.cancel_consumer(queue_name(model, lane), destination=destination, reply=True)
+        # the worker's reply says the consumer is cancelled (a busy worker may answer late)
+        replies = client.app.control.cancel_consumer(
+            queue_name(model, lane), destination=destination, reply=True, timeout=CONTROL_TIMEOUT_S
+        )
+        assert replies, f"{destination[0]} did not confirm it stopped consuming {lane}"
     try:
         yield
     finally:
@@ -35,7 +41,8 @@ def paused(client: RerankClient, model: str, lanes: tuple[Lane, ...] = ("interac
 def resume(client: RerankClient, model: str, lanes: tuple[Lane, ...]) -> None:
     destination = [worker_id_of(client, model)]
     for lane in lanes:
-        client.app.control.add_consumer(queue_name(model, lane), destination=destination, reply=True)
+        queue = queue_name(model, lane)
+        client.app.control.add_consumer(queue, destination=destination, reply=True, timeout=CONTROL_TIMEOUT_S)
 
 
 def send_raw(client: RerankClient, payload: dict[str, Any], queue: str, model: str) -> str:

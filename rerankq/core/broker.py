@@ -64,7 +64,11 @@ class RabbitDepths:
     Thread-safe: one connection, one caller at a time."""
 
     def __init__(self, settings: Settings) -> None:
-        self._connection = Connection(settings.effective_broker_url, connect_timeout=2, heartbeat=0)
+        # socket timeouts: a broker that stops answering is an error here, never a wait without end
+        timeouts = {"read_timeout": 5, "write_timeout": 5}
+        self._connection = Connection(
+            settings.effective_broker_url, connect_timeout=2, heartbeat=0, transport_options=timeouts
+        )
         self._lock = threading.Lock()
 
     def waiting(self, queues: Sequence[str]) -> list[int]:

@@ -5,10 +5,10 @@ when a prefetch slot frees: across queues there is no order, so a worker full of
 give every second freed slot to bulk while interactive jobs wait. Message priorities order one
 queue only, and quorum queues have none before RabbitMQ 4.0; one queue per model for all lanes
 would lose each lane's depth (the gateway's 429s, autoscaling) and the cpu lane that GPU workers
-must not take. So each lane keeps its queue, and every ``CHECK_EVERY_S`` this step reads the
-waiting counts of the worker's lanes (a passive declare each), and again whenever a job of a less
-urgent lane arrives, and cancels its consumers of every lane below the most urgent one that has
-jobs waiting, restoring them once it has none. A job is
+must not take. So each lane keeps its queue; every ``POLL_EVERY_S`` (and at once when a job of a
+less urgent lane arrives) a thread reads the waiting counts of the worker's lanes (a passive
+declare each), and the worker cancels its consumers of every lane below the most urgent one that
+has jobs waiting, restoring them once it has none. A job is
 "waiting" only when no consumer had a free slot for it, so this never holds a lane back while a
 worker could take the urgent job anyway. Jobs already delivered run as before (a forward pass
 cannot be interrupted; the batcher serves held pairs in lane order too).
@@ -21,17 +21,18 @@ Celery's event loop (its timer), the only thread that may touch the consumer's c
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from celery import bootsteps, signals
 
 from rerankq.core.broker import RabbitDepths
+from rerankq.errors import BrokerUnavailable
 
 log = logging.getLogger("rerankq.worker")
-CHECK_EVERY_S = 0.25  # as often as a Redis worker looks at its less urgent lanes
-RECHECK_AFTER_S = 0.01  # a burst of arrivals costs one look, not one each
+POLL_EVERY_S = 0.25  # as often as a Redis worker looks at its less urgent lanes
+APPLY_EVERY_S = 0.05  # how soon the event loop acts on a new count
 
 
 def lanes_to_pause(queues: Sequence[str], waiting: Sequence[int]) -> set[str]:
@@ -43,30 +44,52 @@ def lanes_to_pause(queues: Sequence[str], waiting: Sequence[int]) -> set[str]:
 
 
 class LaneGate:
-    """Pauses and resumes the consumers of ``queues`` (this worker's lanes, most urgent first)."""
+    """Pauses and resumes the consumers of ``queues`` (this worker's lanes, most urgent first).
+
+    The counts are read by a thread of its own: a broker slow to answer must never stall Celery's
+    event loop, which also sends the AMQP heartbeats (a stalled loop loses its connection, and
+    its jobs). The loop only acts on the latest counts, which costs no I/O unless a lane's state
+    changes."""
 
     def __init__(self, queues: Sequence[str], depths: RabbitDepths) -> None:
         self.queues = list(queues)
         self.depths = depths
+        self.to_pause: frozenset[str] = frozenset()  # from the latest counts
         self.paused: set[str] = set()  # only these are resumed: a lane an operator cancelled stays so
-        self.checked_at = float("-inf")
+        self._poll_now = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="rerankq-lane-gate", daemon=True)
+
+    def start(self) -> None:
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._poll_now.set()
+        self.depths.close()
+
+    def _poll(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self.to_pause = frozenset(lanes_to_pause(self.queues, self.depths.waiting(self.queues)))
+            except BrokerUnavailable as e:  # Celery reconnects its own connection; counts again next time
+                log.debug("lane gate: %s", e)
+            self._poll_now.wait(POLL_EVERY_S)
+            self._poll_now.clear()
 
     def received(self, consumer: Any, queue: str) -> None:
-        """A job of a less urgent lane just arrived: decide now, not at the next tick, or a
-        worker of fast jobs takes several more of that lane in between."""
-        if queue != self.queues[0] and time.monotonic() - self.checked_at >= RECHECK_AFTER_S:
-            self.check(consumer)
+        """A job of a less urgent lane arrived: act on what is known now, and count again at once."""
+        if queue != self.queues[0]:
+            self._poll_now.set()
+            self.apply(consumer)
 
-    def check(self, consumer: Any) -> None:
-        self.checked_at = time.monotonic()
+    def apply(self, consumer: Any) -> None:
+        """On Celery's event loop (the only thread that may touch the consumer's channel)."""
         tasks = consumer.task_consumer
         if tasks is None:
             return
-        try:
-            paused = lanes_to_pause(self.queues, self.depths.waiting(self.queues))
-        except Exception as e:  # the broker away: Celery reconnects; the next check decides
-            log.debug("lane gate: cannot read queue depths: %s", e)
-            return
+        paused = self.to_pause
         for queue in self.queues:
             if queue in paused and tasks.consuming_from(queue):
                 tasks.cancel_by_queue(queue)
@@ -79,7 +102,7 @@ class LaneGate:
 
 
 def lane_gate_step(gate: LaneGate) -> type[bootsteps.StartStopStep]:
-    """A bootstep of Celery's consumer that runs ``gate`` on the consumer's timer and as jobs
+    """A bootstep of Celery's consumer that applies ``gate`` on the consumer's timer and as jobs
     arrive (Celery's ``task_received`` signal, sent on the consumer's thread)."""
 
     def on_received(sender: Any, request: Any, **_: Any) -> None:
@@ -92,7 +115,8 @@ def lane_gate_step(gate: LaneGate) -> type[bootsteps.StartStopStep]:
         entry: Any = None
 
         def start(self, consumer: Any) -> None:
-            self.entry = consumer.timer.call_repeatedly(CHECK_EVERY_S, gate.check, (consumer,))
+            gate.start()
+            self.entry = consumer.timer.call_repeatedly(APPLY_EVERY_S, gate.apply, (consumer,))
 
         def stop(self, consumer: Any) -> None:
             if self.entry is not None:
@@ -101,6 +125,6 @@ def lane_gate_step(gate: LaneGate) -> type[bootsteps.StartStopStep]:
 
         def shutdown(self, consumer: Any) -> None:
             self.stop(consumer)
-            gate.depths.close()
+            gate.stop()
 
     return LaneGateStep
