@@ -32,6 +32,7 @@ from gateway_support import AUTH, GATEWAY_ENV, app_client
 from worker_support import paused
 
 from rerankq import BrokerUnavailable, JobFailed, JobHandle, JobStatus, JobTimeout, RerankClient
+from rerankq.cli.exporter import FleetCollector
 from rerankq.cli.redis_snapshot import read_snapshot
 from rerankq.core.broker import RabbitDepths
 from rerankq.core.constants import CLAIMANTS_KEY, WORKERS_KEY
@@ -391,6 +392,41 @@ async def test_300_concurrent_requests_never_queue_past_the_lanes_limit(
             assert all(client.job(job_id).result(timeout=60).model == model for job_id in accepted)
     finally:
         stop_worker(running)
+
+
+def test_status_the_exporter_and_a_bulk_run_work_on_either_broker(
+    broker: Broker, model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """With no worker up, three bulk jobs wait: `rerankq status --json` and the exporter's
+    `rerankq_queue_waiting` count them from the broker. Then a worker serves them and a
+    `rank_many` run of its own."""
+    model = f"tools-{uuid.uuid4().hex[:6]}"
+    stop_worker(worker(model_dirs, tmp_path / "namer.log", model, broker))  # the name is known from now on
+    with broker.client() as client:
+        waiting = [client.submit(f"q {i}", ["a", "b"], model=model, lane="bulk", cache=False) for i in range(3)]
+    status = subprocess.run(
+        [sys.executable, "-m", "rerankq", "status", "--json"],
+        env=os.environ | broker.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    lanes = {(lane["model"], lane["lane"]): lane["waiting"] for lane in json.loads(status.stdout)["lanes"]}
+    assert lanes[(model, "bulk")] == 3 and lanes[(model, "interactive")] == 0
+    collector = FleetCollector(broker.settings())
+    samples = {(s.name, tuple(s.labels.values())): s.value for family in collector.collect() for s in family.samples}
+    assert samples[("rerankq_queue_waiting", (model, "bulk"))] == 3 and samples[("rerankq_redis_up", ())] == 1
+    running = worker(model_dirs, tmp_path / "worker.log", model, broker)
+    try:
+        with broker.client() as client:
+            assert all(len(handle.result(timeout=60).results) == 2 for handle in waiting)
+            records = [{"id": i, "query": f"record {i}", "documents": ["x", "y", "z"]} for i in range(6)]
+            results = list(client.rank_many(records, model=model, max_in_flight=2))
+    finally:
+        stop_worker(running)
+    assert sorted(result.id for result in results) == list(range(6))
+    assert all(result.error is None and len(result.results or []) == 3 for result in results)
 
 
 # --- a burst of clients -----------------------------------------------------------------------------

@@ -67,15 +67,16 @@ def read_snapshot(
     """One snapshot: a presence read from Redis, the jobs waiting per lane from the broker (one
     pipelined LLEN per queue list on Redis; a passive declare per queue on RabbitMQ, ``rabbit``),
     the cache counters from the cache Redis (``cache``; default ``client``). Models are those of
-    the manifests and live workers; ``scan_queues`` adds the names workers served before and, on
-    Redis, every ``rerankq.<model>.<lane>`` queue found, so jobs sent to a name nobody serves show
+    the manifests, of live workers and that workers served before; on Redis ``scan_queues`` adds
+    every ``rerankq.<model>.<lane>`` queue found, so jobs sent to a name nobody ever served show
     up (a SCAN: ``rerankq status``, not the exporter's every scrape; plain AMQP cannot list a
     broker's queues)."""
     workers = read_live(client, settings.presence_interval_s)
     models = {*load_manifests(settings.models_dir), *(w.model for w in workers)}
-    if scan_queues:  # names workers served before (their jobs may wait for the next one), and on Redis every queue
-        models |= models_served_before(cast(list[bytes], client.hkeys(LANES_SEEN_KEY)))
-        models |= queued_models(client) if rabbit is None else set()
+    # names workers served before: their jobs may wait for the next one (an autoscaler at zero)
+    models |= models_served_before(cast(list[bytes], client.hkeys(LANES_SEEN_KEY)))
+    if scan_queues and rabbit is None:
+        models |= queued_models(client)
     pairs = [(model, lane) for model in sorted(models) for lane in LANES]
     queues = [queue_name(model, lane) for model, lane in pairs]
     waiting = rabbit.waiting(queues) if rabbit is not None else redis_waiting(client, queues)
