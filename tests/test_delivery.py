@@ -33,8 +33,7 @@ from worker_support import paused
 
 from rerankq import BrokerUnavailable, JobFailed, JobHandle, JobStatus, JobTimeout, RerankClient
 from rerankq.cli.exporter import FleetCollector
-from rerankq.cli.redis_snapshot import read_snapshot
-from rerankq.core.broker import RabbitDepths
+from rerankq.cli.redis_snapshot import read_snapshot_once
 from rerankq.core.constants import CLAIMANTS_KEY, WORKERS_KEY
 from rerankq.core.settings import Settings, get_settings
 from rerankq.testing.local_redis import RedisProcess
@@ -351,13 +350,7 @@ def test_interactive_jobs_come_before_a_bulk_backlog_and_the_broker_counts_both(
 
 def waiting_by_lane(broker: Broker, model: str) -> dict[str, int]:
     """What `rerankq status` and the exporter read: jobs waiting per lane, counted by the broker."""
-    settings = broker.settings()
-    rabbit = RabbitDepths(settings) if settings.on_rabbitmq else None
-    try:
-        lanes = read_snapshot(broker.store(), settings, scan_queues=True, rabbit=rabbit).lanes
-    finally:
-        if rabbit is not None:
-            rabbit.close()
+    lanes = read_snapshot_once(broker.settings(), scan_queues=True).lanes
     return {lane.lane: lane.waiting for lane in lanes if lane.model == model}
 
 

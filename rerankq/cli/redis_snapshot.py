@@ -26,6 +26,7 @@ from rerankq.core.constants import (
     queue_name,
 )
 from rerankq.core.live_workers import WorkerPresence, models_served_before, read_live, serving
+from rerankq.core.redis_clients import connect
 from rerankq.core.registry import load_manifests
 from rerankq.core.settings import Settings
 
@@ -94,6 +95,21 @@ def read_snapshot(
     stats = {k.decode(): int(v) for k, v in counters.items()}
     aliases = static_aliases(settings) | stored_aliases(client)
     return Snapshot(workers, lanes, stats.get("hits", 0), stats.get("misses", 0), aliases)
+
+
+def read_snapshot_once(settings: Settings, scan_queues: bool = False) -> Snapshot:
+    """One snapshot with clients of its own, closed afterwards (``rerankq status``; the exporter
+    keeps its clients between scrapes)."""
+    store = connect(settings.redis_url, settings.redis_sentinel_master, socket_timeout=5)
+    cache = connect(settings.effective_cache_url, settings.redis_sentinel_master, socket_timeout=5)
+    rabbit = RabbitDepths(settings) if settings.on_rabbitmq else None
+    try:
+        return read_snapshot(store, settings, cache, scan_queues=scan_queues, rabbit=rabbit)
+    finally:
+        if rabbit is not None:
+            rabbit.close()
+        store.close()
+        cache.close()
 
 
 def redis_waiting(client: redis.Redis, queues: list[str]) -> list[int]:

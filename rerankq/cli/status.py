@@ -9,23 +9,14 @@ from dataclasses import asdict
 from rich.console import Console
 from rich.table import Table
 
-from rerankq.cli.redis_snapshot import Snapshot, read_snapshot
-from rerankq.core.broker import RabbitDepths
+from rerankq.cli.redis_snapshot import Snapshot, read_snapshot_once
 from rerankq.core.contract import backend_of
 from rerankq.core.live_workers import WorkerPresence
-from rerankq.core.redis_clients import connect
 from rerankq.core.settings import Settings
 
 
 def print_status(settings: Settings, as_json: bool) -> None:
-    store = connect(settings.redis_url, settings.redis_sentinel_master, socket_timeout=5)
-    cache = connect(settings.effective_cache_url, settings.redis_sentinel_master, socket_timeout=5)
-    rabbit = RabbitDepths(settings) if settings.on_rabbitmq else None
-    try:
-        fleet = read_snapshot(store, settings, cache, scan_queues=True, rabbit=rabbit)
-    finally:
-        if rabbit is not None:
-            rabbit.close()
+    fleet = read_snapshot_once(settings, scan_queues=True)
     if as_json:
         print(json.dumps(_as_dict(fleet)))
         return

@@ -70,6 +70,7 @@ class RabbitDepths:
             settings.effective_broker_url, connect_timeout=2, heartbeat=0, transport_options=timeouts
         )
         self._lock = threading.Lock()
+        self._channel: Any = None
 
     def waiting(self, queues: Sequence[str]) -> list[int]:
         """Raises ``BrokerUnavailable`` when RabbitMQ cannot be asked."""
@@ -78,18 +79,22 @@ class RabbitDepths:
                 self._connection.ensure_connection(max_retries=1)
                 return [self._waiting(queue) for queue in queues]
             except (OSError, AMQPError, OperationalError) as e:
+                self._channel = None
                 self._connection.collect()  # the next call connects afresh
                 url = masked_url(self._connection.as_uri(include_password=True))
                 raise BrokerUnavailable("reading queue depths", str(e) or type(e).__name__, url, False) from e
 
     def _waiting(self, queue: str) -> int:
-        channel = self._connection.channel()
+        # one channel for every read (the gateway reads on each request); a new one only after
+        # the broker closed it
+        if self._channel is None:
+            self._channel = self._connection.channel()
         try:
-            return int(channel.queue_declare(queue=queue, passive=True).message_count)
-        except NotFound:  # the broker closed that channel; nobody declared the queue yet
+            return int(self._channel.queue_declare(queue=queue, passive=True).message_count)
+        except NotFound:  # the broker closed the channel; nobody declared the queue yet
+            self._channel = None
             return 0
-        finally:
-            channel.close()
 
     def close(self) -> None:
+        self._channel = None
         self._connection.release()

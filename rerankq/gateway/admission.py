@@ -75,7 +75,7 @@ class Admission:
         try:
             yield
         finally:
-            await self._redis.eval(RELEASE, 1, admitted_key(queue))  # type: ignore[misc]
+            await self._release(queue)
 
     async def _reserve_on_redis(self, queue: str, limit: int) -> int:
         keys = [*queue_keys(queue), admitted_key(queue)]
@@ -94,12 +94,15 @@ class Admission:
         try:
             depth = int(reserved) - 1 + (await self._rabbit_waiting([queue]))[0]
         except BaseException:
-            await self._redis.eval(RELEASE, 1, admitted_key(queue))  # type: ignore[misc]
+            await self._release(queue)
             raise
         if depth >= limit:
-            await self._redis.eval(RELEASE, 1, admitted_key(queue))  # type: ignore[misc]
+            await self._release(queue)
             return -1 - depth
         return depth
+
+    async def _release(self, queue: str) -> None:
+        await self._redis.eval(RELEASE, 1, admitted_key(queue))  # type: ignore[misc]
 
     async def _rabbit_waiting(self, queues: list[str]) -> list[int]:
         assert self._rabbit is not None
