@@ -57,6 +57,7 @@ class LaneGate:
         self.to_pause: frozenset[str] = frozenset()  # from the latest counts
         self.paused: set[str] = set()  # only these are resumed: a lane an operator cancelled stays so
         self._poll_now = threading.Event()
+        self._applying = False
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="rerankq-lane-gate", daemon=True)
 
@@ -85,10 +86,20 @@ class LaneGate:
             self.apply(consumer)
 
     def apply(self, consumer: Any) -> None:
-        """On Celery's event loop (the only thread that may touch the consumer's channel)."""
+        """On Celery's event loop (the only thread that may touch the consumer's channel). Not
+        re-entered: a consumer's cancel waits for the broker's reply, and jobs arriving meanwhile
+        are dispatched from inside that wait; a second cancel there would wait for a reply the
+        first one takes, and the loop (heartbeats, acks) would stop. The next tick catches up."""
         tasks = consumer.task_consumer
-        if tasks is None:
+        if tasks is None or self._applying:
             return
+        self._applying = True
+        try:
+            self._apply(consumer, tasks)
+        finally:
+            self._applying = False
+
+    def _apply(self, consumer: Any, tasks: Any) -> None:
         paused = self.to_pause
         for queue in self.queues:
             if queue in paused and tasks.consuming_from(queue):
