@@ -90,3 +90,30 @@ def test_model_identity_changes_with_weights_and_max_length(model_dirs: dict[str
     assert identity != model_identity(retrained, load_backend(retrained, "cpu", 64), 0.75)
     assert identity != model_identity(manifest, load_backend(manifest, "cpu", 32), 0.75)
     assert identity != model_identity(manifest, backend, 0.5)  # the query's share changes scores too
+
+
+# Celery orders consumer steps with equal requirements by hash order: each seed is a worker start
+_STEP_ORDER = """
+from celery.worker.consumer.consumer import Consumer
+from rerankq.core.settings import Settings
+from rerankq.worker.app import create_worker_app
+from rerankq.worker.heartbeat import presence_step
+from rerankq.worker.lane_gate import lane_gate_step
+
+app = create_worker_app(Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//"), "m")
+app.steps["consumer"].add(lane_gate_step(None))
+app.steps["consumer"].add(presence_step(None))
+blueprint = Consumer.Blueprint(steps=app.steps["consumer"])
+blueprint.steps = blueprint.claim_steps()
+print(" ".join(step.__name__ for step in blueprint._finalize_steps(blueprint.steps)))
+"""
+
+
+@pytest.mark.parametrize("hash_seed", range(6))
+def test_a_worker_is_announced_only_once_it_answers_control_commands(hash_seed: int) -> None:
+    """The presence entry (what tests and operators use to find a worker to send ``cancel_consumer``
+    to) is written after Celery's remote-control step listens, whatever order Celery draws."""
+    env = {"PYTHONHASHSEED": str(hash_seed), "PATH": "/usr/bin:/bin"}
+    order = subprocess.run([sys.executable, "-c", _STEP_ORDER], capture_output=True, text=True, env=env, check=True)
+    steps = order.stdout.split()
+    assert steps.index("Control") < steps.index("Presence") < steps.index("Evloop"), steps

@@ -108,18 +108,26 @@ def presence_step(beacon: PresenceBeacon) -> type[bootsteps.StartStopStep]:
     fail-fast (``NoWorkers``) never counts on a worker that takes nothing."""
 
     class Presence(bootsteps.StartStopStep):  # type: ignore[misc]
-        requires = ("celery.worker.consumer.tasks:Tasks",)
+        # Announced on the event loop's first turn, after the remote-control step: Celery orders
+        # steps with equal requirements arbitrarily (hash order), and a control command sent to a
+        # worker that is announced before its control queue listens (on Redis: before the loop
+        # subscribes) is lost, never answered
+        requires = ("celery.worker.consumer.control:Control",)
+        entry: Any = None
 
         def start(self, consumer: Any) -> None:
-            beacon.serve()
+            self.entry = consumer.timer.call_after(0, beacon.serve)
 
         def stop(self, consumer: Any) -> None:
+            if self.entry is not None:
+                self.entry.cancel()
+                self.entry = None
             beacon.withdraw()
 
         def shutdown(self, consumer: Any) -> None:
-            beacon.withdraw()
+            self.stop(consumer)
 
         def terminate(self, consumer: Any) -> None:
-            beacon.withdraw()
+            self.stop(consumer)
 
     return Presence
