@@ -36,6 +36,19 @@ def test_plan_respects_token_budget_and_pair_cap() -> None:
         assert len(batch) == 1 or len(batch) * max(it.length for it in batch) <= 1000
 
 
+def test_the_budget_counts_each_row_as_its_widest_prefix_plus_its_longest_own_tokens() -> None:
+    """Pairs of LLM jobs with shared prompts: a row holds keys for the batch's longest prefix and its
+    longest own part, which can be more than the longest whole pair."""
+    pairs = [EncodedPair(({"input_ids": [0] * n},), n, prefix) for n, prefix in [(100, 90)] * 4 + [(100, 10)] * 4]
+    submission = _Submission(pairs, Future())
+    batches = plan_batches([_Item(submission, i) for i in range(len(pairs))], token_budget=1000, max_batch_pairs=16)
+    for batch in batches:
+        rows = [submission.pairs[item.position] for item in batch]
+        wide = max(p.prefix_length for p in rows) + max(p.own_length for p in rows)
+        assert len(batch) * wide <= 1000
+    assert len(batches) > 1  # 8 x 100 would fit; 8 x (90 + 90) does not
+
+
 def test_a_pair_longer_than_the_budget_runs_alone() -> None:
     batches = plan_batches(_items([5000, 10, 10]), token_budget=1000, max_batch_pairs=16)
     assert [[it.length for it in batch] for batch in batches] == [[5000], [10, 10]]

@@ -1,7 +1,8 @@
 """LLM rerankers (Qwen3-Reranker, bge-reranker-v2-gemma) on tiny random models built offline:
 scores equal an independent reference written from each model card's formula, one pair at a
-time with no padding, whatever batch a pair rides in; instructions reach the model and the cache
-keeps them apart; the template is never cut; tokenizers that cannot read the template are refused."""
+time with no padding, whatever batch a pair rides in, with the shared prompt prefix reused and
+without; instructions reach the model and the cache keeps them apart; the template is never cut;
+tokenizers that cannot read the template are refused."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ from rerankq.testing.llm_shapes import (
     train_bpe_tokenizer,
 )
 from rerankq.testing.processes import GatewayProcess, WorkerProcess, start_worker, stop_worker, wait_until_consuming
-from rerankq.worker.backends import Backend
+from rerankq.worker.backends import Backend, OomInjectingBackend
+from rerankq.worker.batcher import Batcher
+from rerankq.worker.llm_backend import YesNoRerankerBackend
 from rerankq.worker.loading import load_backend, resolve_model
 
 QWEN_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -105,50 +108,137 @@ def llm_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+REUSE = pytest.mark.parametrize("reuse", [True, False], ids=["prefix-reused", "whole-prompt"])
+
+
 @pytest.fixture(scope="module")
 def llm_workers(llm_folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real worker per kind, serving as tiny-qwen3 / tiny-gemma, its pairs batched across jobs."""
+    """Real workers per kind, their pairs batched across jobs: tiny-qwen3 / tiny-gemma reuse each
+    job's prompt prefix (the default), tiny-qwen3-whole / tiny-gemma-whole compute every pair's
+    whole prompt (RERANKQ_LLM_PREFIX_REUSE=false); ``served(workers, kind, reuse)`` names one."""
     logs, names = (
         tmp_path_factory.mktemp("llm-logs"),
         {"qwen3-reranker": "tiny-qwen3", "bge-gemma-reranker": "tiny-gemma"},
     )
+    served = names | {f"{kind}/whole": f"{name}-whole" for kind, name in names.items()}
     started: list[WorkerProcess] = [
-        start_worker(str(folder), logs / f"{kind}.log", "--kind", kind, "--name", names[kind], "--concurrency", "8")
-        for kind, folder in llm_folders.items()
+        start_worker(
+            str(llm_folders[kind.removesuffix("/whole")]),
+            logs / f"{name}.log",
+            *("--kind", kind.removesuffix("/whole"), "--name", name, "--concurrency", "8"),
+            env={"RERANKQ_LLM_PREFIX_REUSE": str(not kind.endswith("/whole")).lower()},
+        )
+        for kind, name in served.items()
     ]
     try:
         for worker in started:
             wait_until_consuming(worker)
-        yield names
+        yield served
     finally:
         for worker in started:
             stop_worker(worker)
 
 
-def in_process(folder: Path, kind: str, max_length: int | None = None) -> Backend:
-    return load_backend(resolve_model(str(folder), None, get_settings(), kind), "cpu", max_length)  # type: ignore[arg-type]
+def served(workers: dict[str, str], kind: str, reuse: bool) -> str:
+    return workers[kind if reuse else f"{kind}/whole"]
 
 
+def in_process(
+    folder: Path, kind: str, max_length: int | None = None, reuse: bool = True, prefix_tokens: int = 4096
+) -> YesNoRerankerBackend:
+    settings = get_settings().model_copy(update={"llm_prefix_reuse": reuse, "llm_prefix_cache_tokens": prefix_tokens})
+    backend = load_backend(resolve_model(str(folder), None, settings, kind), "cpu", max_length, settings=settings)  # type: ignore[arg-type]
+    assert isinstance(backend, YesNoRerankerBackend)
+    return backend
+
+
+@REUSE
 @pytest.mark.parametrize("kind", ["qwen3-reranker", "bge-gemma-reranker"])
-def test_one_mixed_batch_scores_as_the_model_card_does_pair_by_pair(llm_folders: dict[str, Path], kind: str) -> None:
-    backend, reference = in_process(llm_folders[kind], kind), CardReference(llm_folders[kind], kind)
+def test_one_mixed_batch_scores_as_the_model_card_does_pair_by_pair(
+    llm_folders: dict[str, Path], kind: str, reuse: bool
+) -> None:
+    backend, reference = in_process(llm_folders[kind], kind, reuse=reuse), CardReference(llm_folders[kind], kind)
     for instruction in (None, CUSTOM):
         pairs = backend.encode(QUERY, DOCUMENTS, backend.limits(), instruction)
         assert len({pair.length for pair in pairs}) == len(DOCUMENTS)  # every pair padded in this batch
+        assert all(pair.prefix_length > 0 for pair in pairs) == reuse
         got = [backend.normalize(raw) for raw in backend.forward(pairs)]
         want = [reference.score(QUERY, document, instruction) for document in DOCUMENTS]
         assert got == pytest.approx(want, abs=1e-4)
         assert max(want) - min(want) > 1e-4  # the comparison can tell documents apart
 
 
+def _scored(
+    backend: Backend, jobs: list[tuple[str, str | None]]
+) -> tuple[list[float], list[tuple[str, str | None, str]]]:
+    """One forward pass over every document of ``jobs`` (query, instruction): scores and what each pair was."""
+    pairs = [
+        pair for query, instruction in jobs for pair in backend.encode(query, DOCUMENTS, backend.limits(), instruction)
+    ]
+    asked = [(query, instruction, document) for query, instruction in jobs for document in DOCUMENTS]
+    return [backend.normalize(raw) for raw in backend.forward(pairs)], asked
+
+
+def test_jobs_with_one_prompt_share_its_prefix_and_a_batch_mixes_prefixes(llm_folders: dict[str, Path]) -> None:
+    """A batch holding two prompts of different lengths (laid in one padded cache) computes each
+    once; a later job with one of them computes none, only its documents' tokens."""
+    folder = llm_folders["qwen3-reranker"]
+    backend, reference = in_process(folder, "qwen3-reranker"), CardReference(folder, "qwen3-reranker")
+    assert backend.prefixes is not None
+    mixed, later = [(QUERY, None), ("rivers of europe and their cities", CUSTOM)], [(QUERY, None)]
+    for jobs, computed in ((mixed, 2), (later, 2)):
+        scores, asked = _scored(backend, jobs)
+        assert scores == pytest.approx([reference.score(q, d, i) for q, i, d in asked], abs=1e-4)
+        assert backend.prefixes.stats.prefixes_computed == computed
+    assert backend.prefixes.stats.prefixes_reused == 1
+    whole = sum(pair.length for pair in backend.encode(QUERY, DOCUMENTS, backend.limits()))
+    assert backend.prefixes.stats.new_tokens < 3 * whole / 2  # three jobs' documents cost less than 1.5 whole jobs
+
+
+def test_a_full_prefix_cache_drops_the_oldest_and_scores_stay_exact(llm_folders: dict[str, Path]) -> None:
+    folder = llm_folders["qwen3-reranker"]
+    probe = in_process(folder, "qwen3-reranker")
+    (first,) = probe.encode(QUERY, DOCUMENTS[:1], probe.limits())
+    backend = in_process(folder, "qwen3-reranker", prefix_tokens=first.prefix_length + 20)  # room for one
+    reference, queries = CardReference(folder, "qwen3-reranker"), [QUERY, "capital of italy", QUERY]
+    assert backend.prefixes is not None
+    for query in queries:
+        scores, asked = _scored(backend, [(query, None)])
+        assert scores == pytest.approx([reference.score(q, d, i) for q, i, d in asked], abs=1e-4)
+        assert backend.prefixes.tokens <= first.prefix_length + 20
+    assert (backend.prefixes.stats.prefixes_computed, backend.prefixes.stats.prefixes_reused) == (3, 0)
+
+
+def test_out_of_memory_splits_llm_batches_and_gives_the_cached_prefixes_back(llm_folders: dict[str, Path]) -> None:
+    """The batcher's out-of-memory rule holds for prefixed batches: halve and retry, the cached
+    prefixes dropped with the device's cache, and every score still the card's."""
+    folder = llm_folders["qwen3-reranker"]
+    inner, reference = in_process(folder, "qwen3-reranker"), CardReference(folder, "qwen3-reranker")
+    assert inner.prefixes is not None
+    pairs = inner.encode(QUERY, DOCUMENTS, inner.limits())
+    widest = max(p.prefix_length for p in pairs) + max(p.own_length for p in pairs)
+    batcher = Batcher(OomInjectingBackend(inner, batch_tokens=3 * widest, pair_tokens=None), 100_000, 32, 0)
+    batcher.start()
+    try:
+        alone = batcher.submit(pairs[:1]).result(timeout=60)  # fits: its prefix is computed and kept
+        whole = batcher.submit(pairs).result(timeout=60)  # 6 pairs do not: split, prefixes dropped
+    finally:
+        batcher.stop()
+    want = [reference.score(QUERY, document) for document in DOCUMENTS]
+    assert [inner.normalize(raw) for raw in alone.scores + whole.scores] == pytest.approx(want[:1] + want, abs=1e-4)
+    assert len(whole.batch_ids) > 1 and inner.prefixes.stats.prefixes_computed == 2  # computed again after the drop
+
+
 @pytest.mark.slow
+@REUSE
 @pytest.mark.parametrize("kind", ["qwen3-reranker", "bge-gemma-reranker"])
 def test_jobs_through_a_worker_equal_the_reference_in_any_batch(
-    llm_folders: dict[str, Path], llm_workers: dict[str, str], client: RerankClient, kind: str
+    llm_folders: dict[str, Path], llm_workers: dict[str, str], client: RerankClient, kind: str, reuse: bool
 ) -> None:
     """Six jobs at once, each document set rotated, with and without an instruction: the worker
-    packs their pairs into shared length-sorted batches; every score is the card's."""
-    reference, model = CardReference(llm_folders[kind], kind), llm_workers[kind]
+    packs their pairs into shared length-sorted batches (with prefix reuse: three jobs share each
+    prompt, and a batch mixes the two); every score is the card's."""
+    reference, model = CardReference(llm_folders[kind], kind), served(llm_workers, kind, reuse)
     jobs = [(DOCUMENTS[i:] + DOCUMENTS[:i], CUSTOM if i % 2 else None) for i in range(len(DOCUMENTS))]
     handles = [
         client.submit(QUERY, docs, model=model, instruction=instruction, cache=False) for docs, instruction in jobs
@@ -162,10 +252,11 @@ def test_jobs_through_a_worker_equal_the_reference_in_any_batch(
 
 
 @pytest.mark.slow
+@REUSE
 def test_the_instruction_changes_scores_and_the_cache_keeps_them_apart(
-    llm_workers: dict[str, str], client: RerankClient
+    llm_workers: dict[str, str], client: RerankClient, reuse: bool
 ) -> None:
-    model, documents = llm_workers["qwen3-reranker"], ["Paris is in France.", "Rome is in Italy."]
+    model, documents = served(llm_workers, "qwen3-reranker", reuse), ["Paris is in France.", "Rome is in Italy."]
     default = client.submit("capital of france", documents, model=model).result(timeout=60)
     custom = client.submit("capital of france", documents, model=model, instruction=CUSTOM).result(timeout=60)
     again = client.submit("capital of france", documents, model=model, instruction=CUSTOM).result(timeout=60)
@@ -175,14 +266,15 @@ def test_the_instruction_changes_scores_and_the_cache_keeps_them_apart(
 
 
 @pytest.mark.slow
+@REUSE
 def test_a_long_document_is_chunked_and_its_best_window_scores_as_the_card_says(
-    llm_folders: dict[str, Path], llm_workers: dict[str, str], client: RerankClient
+    llm_folders: dict[str, Path], llm_workers: dict[str, str], client: RerankClient, reuse: bool
 ) -> None:
     reference, long_document = CardReference(llm_folders["qwen3-reranker"], "qwen3-reranker"), DOCUMENTS[4] * 3
     (hit,) = client.rank(
         QUERY,
         [long_document],
-        model=llm_workers["qwen3-reranker"],
+        model=served(llm_workers, "qwen3-reranker", reuse),
         long_documents="chunk",
         chunk_tokens=64,
         cache=False,

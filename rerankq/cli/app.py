@@ -78,6 +78,7 @@ def worker(
         bool | None, setting_option("cross_job_batching", "--cross-job-batching/--no-cross-job-batching")
     ] = None,
     metrics_port: Annotated[int | None, setting_option("worker_metrics_port", "--metrics-port")] = None,
+    prefix_reuse: Annotated[bool | None, setting_option("llm_prefix_reuse", "--prefix-reuse/--no-prefix-reuse")] = None,
     check_ranking: CheckRanking = None,
     languages: Annotated[
         str | None, typer.Option(help="Comma-separated golden-set languages the model must rank (default: manifest's).")
@@ -97,6 +98,7 @@ def worker(
         max_length=max_length,
         torch_threads=torch_threads,
         cross_job_batching=cross_job_batching,
+        llm_prefix_reuse=prefix_reuse,
         worker_metrics_port=metrics_port,
         check_ranking=check_ranking,
         backend=backend,

@@ -151,6 +151,19 @@ class Settings(BaseSettings):
         description="Off: each job gets forward passes of its own, one job at a time (the common Celery recipe; "
         "for comparison only).",
     )
+    llm_prefix_reuse: bool = Field(
+        True,
+        description="LLM rerankers compute the prompt a job's pairs share (instruction, query) once per job and "
+        "score each document against its keys and values; off: every pair computes its whole prompt (for "
+        "comparison, or as an escape hatch). Scores are the same either way.",
+    )
+    llm_prefix_cache_tokens: int = Field(
+        4096,
+        ge=1,
+        description="Shared-prompt tokens an LLM reranker's worker keeps keys and values for (least recently "
+        "used dropped first): 2 x layers x kv-heads x head-dim numbers each, about 112 KiB a token for "
+        "Qwen3-Reranker-0.6B in bfloat16.",
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="Threads each worker computes with. Unset: torch's default (one per core)."
     )

@@ -23,10 +23,17 @@ Features = dict[str, list[int]]
 
 @dataclass(frozen=True, slots=True)
 class EncodedPair:
-    """One (query, document) pair, tokenized. ``length`` is what padding costs per pair."""
+    """One (query, document) pair, tokenized. ``length`` is what padding costs per pair; an LLM
+    reranker's first ``prefix_length`` tokens are its job's shared prompt, computed once for the job
+    (rerankq.worker.prompt_prefix), and only the rest is computed per pair."""
 
     features: tuple[Features, ...]
     length: int
+    prefix_length: int = 0
+
+    @property
+    def own_length(self) -> int:
+        return self.length - self.prefix_length
 
 
 class ScoringModel(Protocol):
@@ -208,6 +215,9 @@ class OomInjectingBackend(Backend):
 
     def normalize(self, raw: float) -> float:
         return self.inner.normalize(raw)
+
+    def free_memory(self) -> None:
+        self.inner.free_memory()
 
 
 def _unbatch(encoded: Any) -> list[Features]:

@@ -112,15 +112,20 @@ class _Item:
 
 def plan_batches(items: Sequence[_Item], token_budget: int, max_batch_pairs: int) -> list[list[_Item]]:
     """Longest first; a batch closes when one more pair would exceed the padded-token budget
-    (pairs x longest pair) or the pair cap. A pair longer than the budget runs alone."""
+    (pairs x the longest pair: its longest shared prefix plus its longest own tokens, which is what
+    each row attends to and holds keys and values for) or the pair cap. A pair longer than the
+    budget runs alone."""
     batches: list[list[_Item]] = []
     current: list[_Item] = []
+    prefix = own = 0
     for item in sorted(items, key=lambda it: it.length, reverse=True):
-        longest = current[0].length if current else item.length
-        if current and ((len(current) + 1) * longest > token_budget or len(current) >= max_batch_pairs):
+        pair = item.submission.pairs[item.position]
+        wider = max(prefix, pair.prefix_length) + max(own, pair.own_length)
+        if current and ((len(current) + 1) * wider > token_budget or len(current) >= max_batch_pairs):
             batches.append(current)
-            current = []
+            current, prefix, own = [], 0, 0
         current.append(item)
+        prefix, own = max(prefix, pair.prefix_length), max(own, pair.own_length)
     if current:
         batches.append(current)
     return batches

@@ -6,6 +6,8 @@ segments are tokenized one by one and joined, as the model cards do, and only th
 segment is ever cut. Pairs are right-padded in a batch and each is read at its own last real
 token, so a pair scores the same whatever batch it rides in. Only the two answer rows of the
 output layer are computed (the full vocabulary's logits would cost as much as a small model).
+With prefix reuse on (``RERANKQ_LLM_PREFIX_REUSE``), the prompt a job's pairs share is computed
+once per job (rerankq.worker.prompt_prefix).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from rerankq.core.registry import PromptTemplate
 from rerankq.errors import InvalidRequest
 from rerankq.worker.backends import Backend, EncodedPair, pad_features, sigmoid
+from rerankq.worker.prompt_prefix import PrefixCache, PrefixRunner, shared_prefix_length
 from rerankq.worker.text_windows import PairLimits, TextCutter
 
 MIN_TEXT_TOKENS = 16  # what a pair must keep for query and document beside the prompt
@@ -56,7 +59,16 @@ class YesNoRerankerBackend(Backend):
     """A causal LM scored by ``logit(yes) - logit(no)`` at the pair's last token (``logit(yes)``
     when the template has no "no"); ``normalize`` (sigmoid) gives the model card's probability."""
 
-    def __init__(self, model: Any, tokenizer: Any, template: PromptTemplate, kind: str, device: str, max_length: int):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        template: PromptTemplate,
+        kind: str,
+        device: str,
+        max_length: int,
+        prefixes: PrefixCache | None = None,
+    ):
         super().__init__(device, max_length)
         self.kind = kind
         self.model = model.eval()
@@ -68,6 +80,9 @@ class YesNoRerankerBackend(Backend):
         self.answer_rows = [yes] if no is None else [yes, no]  # the output layer's rows that are read
         self._cutters: dict[str | None, TextCutter] = {}
         self.cutter = self.cutter_for(None)
+        self.prefixes = prefixes
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked either way
+        self._runner = None if prefixes is None else PrefixRunner(self.model.get_decoder(), pad, prefixes)
 
     def cutter_for(self, instruction: str | None) -> TextCutter:
         """The cutter with the template's tokens (this instruction's) set aside in every pair; one
@@ -111,23 +126,37 @@ class YesNoRerankerBackend(Backend):
             if excess > 0:  # a safety net (the cutter left room): the document's end goes, never the
                 # template, nor the segment's own text before the document (instruction, query)
                 document_ids = document_ids[: max(len(fixed[at]), len(document_ids) - excess)]
-            ids = [i for part in [*fixed[:at], document_ids, *fixed[at + 1 :]] for i in part]
-            pairs.append(EncodedPair(features=({"input_ids": ids, "attention_mask": [1] * len(ids)},), length=len(ids)))
-        return pairs
+            pairs.append([i for part in [*fixed[:at], document_ids, *fixed[at + 1 :]] for i in part])
+        shared = 0 if self._runner is None else shared_prefix_length(pairs, [i for part in fixed for i in part])
+        return [EncodedPair(({"input_ids": ids, "attention_mask": [1] * len(ids)},), len(ids), shared) for ids in pairs]
 
     def _tokens(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[EncodedPair]) -> list[float]:
-        features = pad_features(self.tokenizer, [pair.features[0] for pair in batch], self.device)
-        mask = features["attention_mask"]
-        hidden = self.model.get_decoder()(input_ids=features["input_ids"], attention_mask=mask).last_hidden_state
-        last = hidden[torch.arange(len(batch), device=hidden.device), mask.sum(dim=1) - 1]
+        if self._runner is not None and any(pair.prefix_length for pair in batch):
+            ids = [pair.features[0]["input_ids"] for pair in batch]
+            last = self._runner.last_hidden(ids, [pair.prefix_length for pair in batch], self.device)
+        else:
+            last = self._last_hidden(batch)
         logits = self._answer_logits(last)
         raw = logits[:, 0] - logits[:, 1] if logits.shape[1] == 2 else logits[:, 0]
         values: list[float] = raw.float().tolist()
         return values
+
+    def _last_hidden(self, batch: Sequence[EncodedPair]) -> torch.Tensor:
+        """Whole pairs, right-padded: the last layer's hidden state at each pair's last token."""
+        features = pad_features(self.tokenizer, [pair.features[0] for pair in batch], self.device)
+        mask = features["attention_mask"]
+        hidden = self.model.get_decoder()(input_ids=features["input_ids"], attention_mask=mask).last_hidden_state
+        last: torch.Tensor = hidden[torch.arange(len(batch), device=hidden.device), mask.sum(dim=1) - 1]
+        return last
+
+    def free_memory(self) -> None:
+        if self.prefixes is not None:
+            self.prefixes.clear()
+        super().free_memory()
 
     def _answer_logits(self, last: torch.Tensor) -> torch.Tensor:
         """The output layer's rows of the answer tokens only, with any final soft-capping."""

@@ -145,7 +145,7 @@ def load_backend(
     source = source_path(manifest.source)
     length = min(max_length or manifest.max_length, manifest.model_max_length)
     try:
-        backend = _load(manifest, source, device, length)
+        backend = _load(manifest, source, device, length, settings or get_settings())
     except (OSError, ValueError, RuntimeError) as e:
         raise ModelLoadError(_explain_load_failure(manifest, e)) from e
     dtype = getattr(torch, manifest.dtype_for(device))
@@ -219,9 +219,9 @@ def model_folder(manifest: ModelManifest) -> Path | None:
         return None
 
 
-def _load(manifest: ModelManifest, source: str, device: str, max_length: int) -> Backend:
+def _load(manifest: ModelManifest, source: str, device: str, max_length: int, settings: Settings) -> Backend:
     if manifest.template is not None:
-        return _load_llm(manifest, source, device, max_length)
+        return _load_llm(manifest, source, device, max_length, settings)
     if manifest.kind == "bi-encoder":
         bi_encoder = SentenceTransformer(source, device=device, revision=manifest.revision)
         bi_encoder.max_seq_length = max_length
@@ -235,17 +235,19 @@ def _load(manifest: ModelManifest, source: str, device: str, max_length: int) ->
     return CrossEncoderBackend(cross_encoder, device, max_length)
 
 
-def _load_llm(manifest: ModelManifest, source: str, device: str, max_length: int) -> Backend:
+def _load_llm(manifest: ModelManifest, source: str, device: str, max_length: int, settings: Settings) -> Backend:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rerankq.worker.llm_backend import TemplateTokenError, YesNoRerankerBackend
+    from rerankq.worker.prompt_prefix import PrefixCache
 
     assert manifest.template is not None
     tokenizer = AutoTokenizer.from_pretrained(source, revision=manifest.revision)
     dtype = getattr(torch, manifest.dtype_for(device))  # loaded as it will serve: an 8B model in fp32 is 32 GB
     model = AutoModelForCausalLM.from_pretrained(source, revision=manifest.revision, dtype=dtype).to(device)
     try:
-        return YesNoRerankerBackend(model, tokenizer, manifest.template, manifest.kind, device, max_length)
+        prefixes = PrefixCache(settings.llm_prefix_cache_tokens) if settings.llm_prefix_reuse else None
+        return YesNoRerankerBackend(model, tokenizer, manifest.template, manifest.kind, device, max_length, prefixes)
     except TemplateTokenError as e:
         raise ModelLoadError(f"cannot serve {manifest.source} as a {manifest.kind}: {e}") from e
 

@@ -93,6 +93,8 @@ def load_runtime(options: WorkerOptions, settings: Settings) -> Runtime:
         observer=metrics.BatchMetrics(manifest.name, device, backend.served_by),
     )
     batcher.start()
+    if prefixes := getattr(backend, "prefixes", None):
+        log.info("shared prompt prefixes reused, up to %d tokens kept", prefixes.max_tokens)
     log.info(
         "model %s loaded: %s@%s (%s) on %s with %s in %.2fs, max_length %d, %d threads, cross-job batching %s",
         manifest.name,
@@ -216,4 +218,6 @@ def log_batcher_totals(runtime: Runtime) -> None:
     """At shutdown: what the batcher did over the worker's life (the benchmarks read this line)."""
     stats = runtime.batcher.stats
     totals = {"event": "batcher_totals", "model": runtime.model_name, **asdict(stats)}
+    if prefixes := getattr(runtime.backend, "prefixes", None):  # an LLM reranker reusing prompts
+        totals |= {"prefix": asdict(prefixes.stats)}
     log.info(json.dumps(totals | {"padding_ratio": round(stats.padding_ratio, 4)}))
