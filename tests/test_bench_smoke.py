@@ -49,3 +49,22 @@ def test_every_scenario_produces_its_fields(tmp_path: Path) -> None:
 
     written = (tmp_path / "docs" / "BENCHMARKS.md").read_text()
     assert "shape tiny-bert" in written and "| throughput |" in written and "| scale |" in written
+
+
+PREFIX_FIELDS = {"reuse_pairs_per_s", "whole_pairs_per_s", "ratio", "tokens_per_pair_reuse", "tokens_per_pair_whole"}
+
+
+def test_the_prefix_scenario_compares_reuse_with_whole_prompts(tmp_path: Path) -> None:
+    """`rerankq bench prefix` on the tiny Qwen3 reranker: both sides for 16- and 1-document jobs;
+    16-document jobs compute fewer tokens a pair with reuse, 1-document jobs as many; scores equal."""
+    env = {k: v for k, v in os.environ.items() if k != "RERANKQ_REDIS_URL"} | {"RERANKQ_SHAPES_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "rerankq", "bench", "prefix", "--shape", "tiny-qwen3-reranker", "--jobs", "1"]
+    run = subprocess.run([*command, "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+
+    lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    records = {r["docs_per_job"]: r for r in lines if r["scenario"] == "prefix"}
+    assert set(records) == {1, 16} and all(r.keys() >= PREFIX_FIELDS for r in records.values())
+    assert records[16]["tokens_per_pair_reuse"] < records[16]["tokens_per_pair_whole"]
+    assert records[1]["tokens_per_pair_reuse"] == records[1]["tokens_per_pair_whole"]
+    assert all(r["max_abs_score_diff"] < 1e-4 for r in records.values())

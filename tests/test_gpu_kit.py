@@ -91,6 +91,8 @@ def test_the_kit_builds_small_and_its_dry_run_reports_every_section(tmp_path: Pa
         record = report["vs_seed_recipe"][f"clients_{clients}"]
         assert {"seed_pairs_per_s", "rerankq_pairs_per_s", "ratio", "seed_ms_p99", "rerankq_ms_p99"} <= record.keys()
     for words in ("words_20", "words_60"):  # the LLM reranker, its prompt in every pair
-        assert {"forward_pairs_per_s", "forward_mfu", "pipeline_pairs_per_s", "ratio"} <= report["llm"][words].keys()
+        llm = report["llm"][words]
+        assert {"forward_pairs_per_s", "forward_mfu", "pipeline_pairs_per_s", "ratio"} <= llm.keys()
+        assert llm["whole_prompt_batcher_pairs_per_s"] > 0 and llm["prefix_reuse_ratio"] > 0  # reuse on and off
     markdown = (tmp_path / "out" / "gpu-report.md").read_text()
     assert "## Targets" in markdown and "vs_seed_recipe" in markdown

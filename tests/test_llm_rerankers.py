@@ -191,21 +191,22 @@ def test_jobs_with_one_prompt_share_its_prefix_and_a_batch_mixes_prefixes(llm_fo
         assert scores == pytest.approx([reference.score(q, d, i) for q, i, d in asked], abs=1e-4)
         assert backend.prefixes.stats.prefixes_computed == computed
     assert backend.prefixes.stats.prefixes_reused == 1
+    assert backend.encode(QUERY, DOCUMENTS[:1], backend.limits())[0].prefix_length == 0  # nothing to share
     whole = sum(pair.length for pair in backend.encode(QUERY, DOCUMENTS, backend.limits()))
-    assert backend.prefixes.stats.new_tokens < 3 * whole / 2  # three jobs' documents cost less than 1.5 whole jobs
+    assert backend.prefixes.stats.pair_tokens < 3 * whole / 2  # three jobs' documents cost less than 1.5 whole jobs
 
 
 def test_a_full_prefix_cache_drops_the_oldest_and_scores_stay_exact(llm_folders: dict[str, Path]) -> None:
     folder = llm_folders["qwen3-reranker"]
     probe = in_process(folder, "qwen3-reranker")
-    (first,) = probe.encode(QUERY, DOCUMENTS[:1], probe.limits())
+    first, _ = probe.encode(QUERY, DOCUMENTS[:2], probe.limits())
     backend = in_process(folder, "qwen3-reranker", prefix_tokens=first.prefix_length + 20)  # room for one
     reference, queries = CardReference(folder, "qwen3-reranker"), [QUERY, "capital of italy", QUERY]
     assert backend.prefixes is not None
     for query in queries:
         scores, asked = _scored(backend, [(query, None)])
         assert scores == pytest.approx([reference.score(q, d, i) for q, i, d in asked], abs=1e-4)
-        assert backend.prefixes.tokens <= first.prefix_length + 20
+        assert 0 < backend.prefixes.tokens <= first.prefix_length + 20  # one kept, the older one dropped
     assert (backend.prefixes.stats.prefixes_computed, backend.prefixes.stats.prefixes_reused) == (3, 0)
 
 

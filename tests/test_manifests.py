@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from rerankq.cli.app import app
-from rerankq.core.registry import load_manifests
+from rerankq.core.registry import LLM_CPU_TOKEN_BUDGET, load_manifests
 from rerankq.core.settings import Settings, get_settings, use_settings
 from rerankq.errors import ModelLoadError
 from rerankq.worker.loading import load_backend, resolve_model
@@ -63,6 +63,16 @@ def test_the_worker_loads_in_the_manifest_dtype_and_budget(models_dir: Path) -> 
     assert all(torch.isfinite(torch.tensor(scores)))
     assert token_budget_for(manifest, "cpu", settings) == 4096
     assert token_budget_for(manifest, "cpu", Settings(token_budget=1000)) == 1000  # RERANKQ_TOKEN_BUDGET wins
+
+
+def test_llm_rerankers_batch_small_on_cpu_unless_their_manifest_says(tmp_path: Path) -> None:
+    shipped = resolve_model("qwen3-reranker-0.6b", None, get_settings())
+    folder = resolve_model(str(tmp_path), None, get_settings(), "bge-gemma-reranker")
+    assert shipped.token_budget_for("cpu") == folder.token_budget_for("cpu") == LLM_CPU_TOKEN_BUDGET
+    assert shipped.token_budget_for("cuda") is None  # RERANKQ_TOKEN_BUDGET's default there
+    lines = ['name = "big-qwen"', 'source = "Qwen/Qwen3-Reranker-0.6B"', 'kind = "qwen3-reranker"']
+    (tmp_path / "big.toml").write_text("\n".join([*lines, "token_budget = { cpu = 8192 }", ""]))
+    assert load_manifests(tmp_path)["big-qwen"].token_budget_for("cpu") == 8192
 
 
 def test_bad_manifests_are_refused_with_the_file_named(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from rerankq.core.settings import BackendName, Settings
 from rerankq.worker.backends import Backend, CrossEncoderBackend, EncodedPair
 from rerankq.worker.batcher import Batcher, BatchStats
 from rerankq.worker.loading import load_backend, pick_device, resolve_model
+from rerankq.worker.main import token_budget_for
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class InProcessModel:
     ) -> None:
         manifest = resolve_model(spec, None, settings, kind)
         self.settings = settings
+        self.token_budget = token_budget_for(manifest, pick_device(device), settings)  # as a worker's
         self.backend: Backend = load_backend(manifest, pick_device(device), settings.max_length, served_by, settings)
         self.backend.warm_up()
 
@@ -54,7 +56,7 @@ class InProcessModel:
         """The batcher fed directly, no queue: jobs arrive ``window`` at a time, as a worker
         holding that many jobs sees them."""
         pairs_cap = self.settings.batch_pairs_for(self.backend.device)
-        batcher = Batcher(self.backend, self.settings.token_budget, pairs_cap, max_wait_ms=60_000)
+        batcher = Batcher(self.backend, self.token_budget, pairs_cap, max_wait_ms=60_000)
         batcher.start()
         started = time.perf_counter()
         try:

@@ -143,7 +143,7 @@ def _raw_and_pipeline(kit: Kit, model: InProcessModel, setup: WorkerSetup, workl
 
 def _raw_side(kit: Kit, model: InProcessModel, shape: ModelShape, jobs: list[Job]) -> Section:
     pairs = _encode(model.backend, jobs)[: kit.sizes.forward_pairs]
-    budget, pairs_cap = model.settings.token_budget, model.settings.batch_pairs_for(kit.device)
+    budget, pairs_cap = model.token_budget, model.settings.batch_pairs_for(kit.device)
     seconds = _forward_seconds(model.backend, pairs, budget, pairs_cap)
     wide = _forward_seconds(model.backend, pairs, 4 * budget, 4 * pairs_cap)
     batched = model.batched(jobs, window=32)
@@ -176,7 +176,7 @@ def _cut(pairs: list[EncodedPair], token_budget: int, pairs_cap: int) -> list[li
 def _variants(kit: Kit, model: InProcessModel, tokens: int, variants: list[tuple[str, str]]) -> Section:
     jobs = make_jobs(max(1, kit.sizes.forward_pairs // 16), 16, uniform(tokens - 24, tokens - 14), seed=7)
     pairs = _encode(model.backend, jobs)
-    budget, pairs_cap = model.settings.token_budget, model.settings.batch_pairs_for(kit.device)
+    budget, pairs_cap = model.token_budget, model.settings.batch_pairs_for(kit.device)
     rates: Section = {}
     for attention, dtype in variants:
         with _variant(kit, attention, dtype) as backend:
@@ -389,7 +389,23 @@ def llm(kit: Kit) -> Section:
     section: Section = {"dtype": str(model.backend.model.dtype).removeprefix("torch.")}  # type: ignore[attr-defined]
     workloads = {f"words_{words}": _llm_jobs(kit, words) for words in kit.sizes.llm_words}
     setup = replace(kit.setup(kit.llm_model, "kit-llm", "llm"), kind=LLM_KIND)
-    return section | _raw_and_pipeline(kit, model, setup, workloads)
+    section |= _raw_and_pipeline(kit, model, setup, workloads)
+    return section | _whole_prompt(kit, workloads, section)
+
+
+def _whole_prompt(kit: Kit, workloads: dict[str, list[Job]], section: Section) -> Section:
+    """The batcher again with every pair computing its whole prompt (RERANKQ_LLM_PREFIX_REUSE=false;
+    the figures above reuse each job's prompt prefix): the reuse's gain in bf16."""
+    settings = get_settings().model_copy(update={"llm_prefix_reuse": False})
+    whole = InProcessModel(str(kit.llm_model), kit.device, settings, LLM_KIND)
+    out: Section = {}
+    for key, jobs in workloads.items():
+        pairs_per_s = whole.batched(jobs, window=32).timed.pairs_per_s
+        out[key] = section[key] | {
+            "whole_prompt_batcher_pairs_per_s": pairs_per_s,
+            "prefix_reuse_ratio": section[key]["batcher_pairs_per_s"] / pairs_per_s,
+        }
+    return out
 
 
 LLM_KIND: ModelKind = "qwen3-reranker"

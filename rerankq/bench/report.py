@@ -52,6 +52,11 @@ TARGETS: dict[str, tuple[str, str, Check]] = {
             else r["ratio"] >= 1.5 and (r["model"].startswith("shape") or r["spearman"] >= 0.99)
         ),
     ),
+    "prefix": (
+        "ratio",
+        ">= 1.7x the whole prompt's pairs/s for 16-document jobs, >= 1x for 1-document jobs (Qwen3-Reranker-0.6B, CPU)",
+        lambda r: r["ratio"] >= (1.7 if r["docs_per_job"] >= 16 else 1.0),
+    ),
     "seed": (
         "ratio",
         "rerankq's gateway ahead of the seed recipe at 8 and 32 clients",

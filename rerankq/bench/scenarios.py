@@ -11,8 +11,10 @@ from typing import Any
 
 from rerankq.bench.inprocess import BatchedRun, InProcessModel
 from rerankq.bench.pipeline import WorkerSetup, serving
-from rerankq.bench.workload import log_normal, make_jobs, total_pairs, uniform
-from rerankq.core.settings import BackendName
+from rerankq.bench.workload import Job, log_normal, make_jobs, total_pairs, uniform
+from rerankq.core.settings import BackendName, get_settings
+from rerankq.worker.loading import resolve_model
+from rerankq.worker.prompt_prefix import PrefixStats
 
 Record = dict[str, Any]
 PASSAGES = uniform(32, 128)  # words per document in throughput, naive, scale and backends
@@ -240,6 +242,54 @@ def backends(ctx: BenchContext) -> Iterator[Record]:
         }
 
 
+PREFIX_DOCS = (16, 1)  # a job of first-stage candidates, and the worst case: nothing to share
+
+
+def prefix(ctx: BenchContext) -> Iterator[Record]:
+    """LLM rerankers: the prompt prefix a job's pairs share, computed once per job (the default)
+    vs every pair computing its whole prompt, same jobs through the same batcher, in alternating
+    rounds (best round each): pairs/s, tokens computed per pair (padding excluded), and the largest
+    raw-score difference. Jobs of 16 documents of 32-128 words and of 1 document. LLM rerankers only."""
+    settings = get_settings()
+    if resolve_model(ctx.setup.spec, None, settings, ctx.setup.kind).template is None:
+        return  # not an LLM reranker: no prompt to share
+    models = {
+        reuse: InProcessModel(
+            ctx.setup.spec, ctx.setup.device, settings.model_copy(update={"llm_prefix_reuse": reuse}), ctx.setup.kind
+        )
+        for reuse in (True, False)
+    }
+    for docs in PREFIX_DOCS:
+        jobs = make_jobs(ctx.job_count(4) * (1 if docs > 1 else 4), docs, PASSAGES, seed=docs)
+        rounds = [[_prefix_run(model, jobs, ctx.setup.concurrency) for model in models.values()] for _ in range(2)]
+        (on, on_tokens), (off, off_tokens) = rounds[0]
+        best_on, best_off = (max(r[side][0].timed.pairs_per_s for r in rounds) for side in (0, 1))
+        yield {
+            "docs_per_job": docs,
+            "pairs": on.timed.pairs,
+            "reuse_pairs_per_s": best_on,
+            "whole_pairs_per_s": best_off,
+            "ratio": best_on / best_off,
+            "tokens_per_pair_reuse": on_tokens,
+            "tokens_per_pair_whole": off_tokens,
+            "max_abs_score_diff": _largest_difference(on.scores, off.scores),
+        }
+
+
+def _prefix_run(model: InProcessModel, jobs: list[Job], window: int) -> tuple[BatchedRun, float]:
+    """One run and the tokens it computed per pair: prompt prefixes (each computed once) plus each
+    pair's own tokens with reuse, whole pairs without."""
+    prefixes = getattr(model.backend, "prefixes", None)
+    if prefixes is not None:
+        prefixes.clear()
+        prefixes.stats = PrefixStats()
+    run = model.batched(jobs, window=window)
+    pairs = total_pairs(jobs)
+    if prefixes is None:
+        return run, run.stats.real_tokens / pairs
+    return run, (prefixes.stats.prefix_tokens_computed + prefixes.stats.pair_tokens) / pairs
+
+
 def _largest_difference(a: list[list[float]], b: list[list[float]]) -> float:
     return max(abs(x - y) for got, want in zip(a, b, strict=True) for x, y in zip(got, want, strict=True))
 
@@ -262,6 +312,7 @@ SCENARIOS: dict[str, Callable[[BenchContext], Iterator[Record]]] = {
     "seed": seed,
     "backends": backends,
     "brokers": brokers,
+    "prefix": prefix,
 }
 NOT_IN_ALL = {"brokers"}  # needs a RabbitMQ, which `all` (and its smoke test) does not
 

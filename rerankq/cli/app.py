@@ -176,9 +176,9 @@ def bench(
     scenario: Annotated[
         str,
         typer.Argument(
-            help="throughput, naive, mixed, cache, latency, scale, priority, startup, seed, backends, brokers "
-            "(Redis vs RabbitMQ; needs the local RabbitMQ), or all (every one but brokers; writes "
-            "docs/BENCHMARKS.md)."
+            help="throughput, naive, mixed, cache, latency, scale, priority, startup, seed, backends, prefix "
+            "(LLM rerankers: shared prompt reused or not), brokers (Redis vs RabbitMQ; needs the local "
+            "RabbitMQ), or all (every one but brokers; writes docs/BENCHMARKS.md)."
         ),
     ],
     model: ModelName = None,

@@ -106,20 +106,25 @@ class _Item:
     position: int
 
     @property
+    def pair(self) -> EncodedPair:
+        return self.submission.pairs[self.position]
+
+    @property
     def length(self) -> int:
-        return self.submission.pairs[self.position].length
+        return self.pair.length
 
 
 def plan_batches(items: Sequence[_Item], token_budget: int, max_batch_pairs: int) -> list[list[_Item]]:
-    """Longest first; a batch closes when one more pair would exceed the padded-token budget
-    (pairs x the longest pair: its longest shared prefix plus its longest own tokens, which is what
-    each row attends to and holds keys and values for) or the pair cap. A pair longer than the
-    budget runs alone."""
+    """Longest first (by the tokens each pair computes itself: an LLM pair's own part, after the
+    prompt prefix it shares); a batch closes when one more pair would exceed the padded-token
+    budget (pairs x the widest row: the longest shared prefix plus the longest own part, which is
+    what each row attends to and holds keys and values for) or the pair cap. A pair longer than
+    the budget runs alone."""
     batches: list[list[_Item]] = []
     current: list[_Item] = []
     prefix = own = 0
-    for item in sorted(items, key=lambda it: it.length, reverse=True):
-        pair = item.submission.pairs[item.position]
+    for item in sorted(items, key=lambda it: it.pair.own_length, reverse=True):
+        pair = item.pair
         wider = max(prefix, pair.prefix_length) + max(own, pair.own_length)
         if current and ((len(current) + 1) * wider > token_budget or len(current) >= max_batch_pairs):
             batches.append(current)

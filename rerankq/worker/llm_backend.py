@@ -127,7 +127,9 @@ class YesNoRerankerBackend(Backend):
                 # template, nor the segment's own text before the document (instruction, query)
                 document_ids = document_ids[: max(len(fixed[at]), len(document_ids) - excess)]
             pairs.append([i for part in [*fixed[:at], document_ids, *fixed[at + 1 :]] for i in part])
-        shared = 0 if self._runner is None else shared_prefix_length(pairs, [i for part in fixed for i in part])
+        # a prompt only one pair reads is not worth a pass of its own
+        reused = self._runner is not None and len(pairs) > 1
+        shared = shared_prefix_length(pairs, [i for part in fixed for i in part]) if reused else 0
         return [EncodedPair(({"input_ids": ids, "attention_mask": [1] * len(ids)},), len(ids), shared) for ids in pairs]
 
     def _tokens(self, text: str) -> list[int]:
@@ -140,6 +142,8 @@ class YesNoRerankerBackend(Backend):
             last = self._runner.last_hidden(ids, [pair.prefix_length for pair in batch], self.device)
         else:
             last = self._last_hidden(batch)
+            if self.prefixes is not None:
+                self.prefixes.stats.pair_tokens += sum(pair.length for pair in batch)
         logits = self._answer_logits(last)
         raw = logits[:, 0] - logits[:, 1] if logits.shape[1] == 2 else logits[:, 0]
         values: list[float] = raw.float().tolist()

@@ -56,7 +56,7 @@ class PrefixStats:
     prefixes_computed: int = 0
     prefix_tokens_computed: int = 0
     prefixes_reused: int = 0
-    new_tokens: int = 0  # the pairs' own tokens, padding excluded
+    pair_tokens: int = 0  # what the pairs computed besides the prefixes, padding excluded
 
 
 class PrefixCache:
@@ -116,7 +116,7 @@ class PrefixRunner:
         prefixes = [tuple(ids[:length]) for ids, length in zip(pairs, prefix_lengths, strict=True)]
         kv = {ids: self._prefix(ids, device) for ids in dict.fromkeys(prefixes) if ids}
         own = [list(ids[length:]) for ids, length in zip(pairs, prefix_lengths, strict=True)]
-        self.cache.stats.new_tokens += sum(map(len, own))
+        self.cache.stats.pair_tokens += sum(map(len, own))
         width, longest = max(prefix_lengths), max(map(len, own))
         input_ids = torch.tensor([ids + [self.pad_id] * (longest - len(ids)) for ids in own], device=device)
         own_mask = torch.tensor([[1] * len(ids) + [0] * (longest - len(ids)) for ids in own], device=device)
