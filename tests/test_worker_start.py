@@ -109,7 +109,7 @@ print(" ".join(step.__name__ for step in blueprint._finalize_steps(blueprint.ste
 """
 
 
-@pytest.mark.parametrize("hash_seed", range(6))
+@pytest.mark.parametrize("hash_seed", range(3))  # seed 1 put the two out of order on Celery 5.7
 def test_a_worker_is_announced_only_once_it_answers_control_commands(hash_seed: int) -> None:
     """The presence entry (what tests and operators use to find a worker to send ``cancel_consumer``
     to) is written after Celery's remote-control step listens, whatever order Celery draws."""
