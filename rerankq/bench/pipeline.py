@@ -74,6 +74,33 @@ class Pipeline:
         self.client.rank(job.query, job.documents, model=self.model, cache=self.cache, timeout=JOB_TIMEOUT_S)
         return (time.perf_counter() - started) * 1000
 
+    def stages_ms(self, job: Job) -> dict[str, float]:
+        """One job as ``rank()`` runs it (build, send, wait), its time cut at the clocks both sides
+        keep (wall clocks: one machine): ``sdk`` checks, routing and enqueue; ``queue`` until the
+        worker took it; ``tokenize``, ``batch_wait`` (until its first forward pass), ``forward``
+        (the passes it rode in), ``worker_other`` (the rest of the worker's time: cache look-ups,
+        hand-offs, ranking); ``result`` from the worker's answer to the client holding it (the
+        result stored and published, the client woken); ``e2e`` the whole."""
+        started = time.time()
+        built = self.client.build(job.query, job.documents, model=self.model, cache=self.cache)
+        self.client.send(built, require_worker=True)
+        sent = time.time()
+        stats = self.client.job(built.job_id).result(timeout=JOB_TIMEOUT_S).stats
+        done = time.time()
+        taken = built.enqueued_at + stats.queue_ms / 1000
+        finished = stats.finished_at or done
+        worked = (finished - taken) * 1000
+        return {
+            "e2e": (done - started) * 1000,
+            "sdk": (sent - started) * 1000,
+            "queue": (taken - sent) * 1000,
+            "tokenize": stats.tokenize_ms,
+            "batch_wait": stats.batch_wait_ms,
+            "forward": stats.forward_ms,
+            "worker_other": worked - stats.tokenize_ms - stats.batch_wait_ms - stats.forward_ms,
+            "result": (done - finished) * 1000,
+        }
+
     def paced_ms(self, jobs: Sequence[Job], pace_s: float) -> list[float]:
         """Jobs started one every ``pace_s`` (a steady rate, as web traffic comes), each timed."""
         latencies, started = [], time.perf_counter()

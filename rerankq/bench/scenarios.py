@@ -114,16 +114,19 @@ def cache(ctx: BenchContext) -> Iterator[Record]:
 
 
 def latency(ctx: BenchContext) -> Iterator[Record]:
-    """Single 1 x 20 jobs, one at a time, on an idle worker vs the model's own compute."""
+    """Single 1 x 20 jobs, one at a time, on an idle worker vs the model's own compute; where each
+    job's time went (``Pipeline.stages_ms``), as the median of each stage."""
     jobs = make_jobs(*ctx.samples(100, 20), PASSAGES)
     compute = [ctx.model.compute_ms(job) for job in jobs]
     with serving(ctx.setup) as pipeline:
-        e2e = [pipeline.e2e_ms(job) for job in jobs]
+        stages = [pipeline.stages_ms(job) for job in jobs]
+    e2e = [job["e2e"] for job in stages]
     yield {
         "compute_ms_p50": percentile(compute, 50),
         "e2e_ms_p50": percentile(e2e, 50),
         "e2e_ms_p99": percentile(e2e, 99),
         "overhead_ms_p50": percentile(e2e, 50) - percentile(compute, 50),
+        "stages_ms_p50": {name: round(percentile([job[name] for job in stages], 50), 3) for name in stages[0]},
     }
 
 

@@ -105,6 +105,11 @@ class JobStats(BaseModel):
     # forward passes that started after the job reached the batcher and before its first one:
     # the work it waited behind (an interactive job behind bulk work waits for at most one)
     waited_batches: int = 0
+    # infer_ms in parts (format 1.2): from reaching the batcher to its first forward pass, and the
+    # forward passes its pairs rode in; finished_at: when the worker had the answer (epoch seconds)
+    batch_wait_ms: float = 0.0
+    forward_ms: float = 0.0
+    finished_at: float | None = None
 
 
 class RerankResult(BaseModel):

@@ -36,6 +36,7 @@ from rerankq.producer.job_handles import JobHandle
 from rerankq.producer.job_status import JobStatus
 from rerankq.producer.rank_many import BulkRanker, BulkRecord, RecordResult
 from rerankq.producer.score_cache import ScoreCache
+from rerankq.producer.subscriptions import ThreadSubscriptions
 
 
 class RerankClient:
@@ -56,6 +57,7 @@ class RerankClient:
         self.aliases = AliasTable(self.app.backend.client, settings)
         self.workers = LiveWorkers(self.app.backend.client, settings.presence_interval_s)
         self.manifests = load_manifests(settings.models_dir)
+        self.subscriptions = ThreadSubscriptions(self.app.backend.client)  # waits reuse a connection
 
     def rank(
         self, query: str, documents: Sequence[str], *, timeout: float = 60.0, **options: Unpack[JobOptions]
@@ -77,7 +79,7 @@ class RerankClient:
 
     def job(self, job_id: str) -> JobHandle:
         """A handle for a job submitted earlier, by this or any other process."""
-        return JobHandle(self.app, job_id, self.settings)
+        return JobHandle(self.app, job_id, self.settings, self.subscriptions)
 
     def build(
         self, query: str, documents: Sequence[str], *, lane: Lane = DEFAULT_LANE, **options: Unpack[JobOptions]
@@ -113,13 +115,15 @@ class RerankClient:
         with broker_errors("sending a job", self.settings.redis_url):
             job = self.route(job)
             job_ledger.record_submitted(self.app.backend.client, job.job_id, job.model, job.lane, self.settings)
-            if (answer := self.dispatch(job, require_worker)) is not None:
+            if (answer := self._dispatch_routed(job, require_worker)) is not None:
                 self._store(answer)
 
     def dispatch(self, job: RerankJob, require_worker: bool = False) -> RerankResult | None:
         """Publish the job on its lane's queue, carrying the cached scores so the worker computes
         only the misses. Returns the answer instead when there is nothing left to compute."""
-        job = self.route(job)
+        return self._dispatch_routed(self.route(job), require_worker)
+
+    def _dispatch_routed(self, job: RerankJob, require_worker: bool) -> RerankResult | None:
         if job.instruction is not None:
             self._check_takes_instruction(job.model)
         if not job.documents:
@@ -210,6 +214,7 @@ class RerankClient:
         self.app.backend.store_result(result.job_id, result.model_dump(), states.SUCCESS)
 
     def close(self) -> None:
+        self.subscriptions.close()
         self.app.close()
         self.cache.close()
 

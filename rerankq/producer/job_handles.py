@@ -16,6 +16,7 @@ from rerankq.core.settings import Settings
 from rerankq.errors import JobCancelled, JobFailed, JobTimeout
 from rerankq.producer.job_ledger import JobRecord, no_worker_hint, not_found
 from rerankq.producer.job_status import JobStatus, Meta, status_of_meta
+from rerankq.producer.subscriptions import ThreadSubscriptions, for_channel
 
 POLL_S = 1.0  # the longest a waiter relies on pub/sub alone before reading the key again
 
@@ -77,15 +78,19 @@ class JobHandle:
     noticed. This handle subscribes, reads the result key, and reads it again at least every
     ``POLL_S`` while it waits, as the gateway's waiter and the bulk watcher do. Key naming and
     decoding stay Celery's (``backend.get_key_for_task`` / ``decode_result``). An id with neither
-    a result nor a ledger record raises ``JobNotFound`` at once.
+    a result nor a ledger record raises ``JobNotFound`` at once. The subscription is on this
+    thread's kept pub/sub connection (``rerankq.producer.subscriptions``).
     """
 
-    def __init__(self, app: Celery, job_id: str, settings: Settings) -> None:
+    def __init__(
+        self, app: Celery, job_id: str, settings: Settings, subscriptions: ThreadSubscriptions | None = None
+    ) -> None:
         self.id = job_id
         self._backend = app.backend
         self._redis = app.backend.client
         self._key = self._backend.get_key_for_task(job_id)
         self._settings = settings
+        self._subscriptions = subscriptions or ThreadSubscriptions(self._redis)
 
     def status(self) -> JobStatus:
         with broker_errors(f"reading job {self.id}", self._settings.redis_url):
@@ -101,18 +106,26 @@ class JobHandle:
         return settle(self._backend, self.id, timeout, meta, hint)
 
     def _wait(self, deadline: float) -> Meta | None:
-        meta = self._read_meta()
-        if is_ready(meta):  # finished already (or answered from the cache): no subscription
-            return meta
-        if meta is None:
-            self._record()  # JobNotFound for an id never submitted
-        with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-            pubsub.subscribe(self._key)  # subscribe first, then read: no lost wake-up
-            meta = self._read_meta()
+        with self._subscriptions.subscribed(self._key) as pubsub:  # subscribe first, then read: no lost wake-up
+            meta, record = self._read_meta_and_record()
+            if meta is None and record is None:
+                raise not_found(self.id, self._settings.result_ttl_s)
+            polled = time.monotonic()
             while not is_ready(meta) and (remaining := deadline - time.monotonic()) > 0:
-                message = pubsub.get_message(timeout=min(remaining, POLL_S))
-                meta = decode_meta(self._backend, message["data"]) if message else self._read_meta()
+                data = for_channel(pubsub.get_message(timeout=min(remaining, POLL_S)), self._key)
+                if data is not None:
+                    meta = decode_meta(self._backend, data)
+                elif time.monotonic() - polled >= POLL_S:  # the safety net: read the key again
+                    meta, polled = self._read_meta(), time.monotonic()
         return meta
+
+    def _read_meta_and_record(self) -> tuple[Meta | None, JobRecord | None]:
+        """The result and the ledger record, in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(self._key)
+        pipe.get(job_key(self.id))
+        raw_meta, raw_record = pipe.execute()
+        return decode_meta(self._backend, raw_meta), JobRecord.parse(raw_record)
 
     def _record(self) -> JobRecord:
         record = JobRecord.parse(self._redis.get(job_key(self.id)))

@@ -39,6 +39,8 @@ class ScoredJob:
     scores: list[float]
     batch_ids: list[str]
     waited_batches: int = 0  # forward passes started after this job arrived and before its first
+    waited_s: float = 0.0  # from submission to its first forward pass
+    forward_s: float = 0.0  # the forward passes its pairs rode in, each counted once
 
 
 class BatchObserver(Protocol):
@@ -94,6 +96,9 @@ class _Submission:
     scores: list[float] = field(init=False)
     remaining: int = field(init=False)
     batch_ids: list[str] = field(default_factory=list)
+    submitted_at: float = field(default_factory=time.perf_counter)
+    waited_s: float = 0.0
+    forward_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.scores = [0.0] * len(self.pairs)
@@ -331,11 +336,16 @@ class Batcher:
             log.exception("forward pass %s failed (%d pairs)", batch_id, len(batch))
             self._fail(batch, e)
             return
+        elapsed = time.perf_counter() - started
         lengths = [item.length for item in batch]
-        self.observer.batch(lengths, time.perf_counter() - started)
+        self.observer.batch(lengths, elapsed)
         if self.budget.recover():
             self.observer.budget(self.budget.current)
         self.stats.add(lengths)
+        for submission in {item.submission for item in batch}:
+            if not submission.batch_ids:  # its first forward pass
+                submission.waited_s = started - submission.submitted_at
+            submission.forward_s += elapsed
         self._route(batch, scores, batch_id, number)
 
     def _split_after_oom(self, batch: list[_Item]) -> None:
@@ -368,5 +378,12 @@ class Batcher:
             if batch_id not in submission.batch_ids:
                 submission.batch_ids.append(batch_id)
             if submission.remaining == 0 and not submission.future.done():
-                result = ScoredJob(submission.scores, submission.batch_ids, submission.waited_batches)
-                submission.future.set_result(result)
+                submission.future.set_result(
+                    ScoredJob(
+                        submission.scores,
+                        submission.batch_ids,
+                        submission.waited_batches,
+                        submission.waited_s,
+                        submission.forward_s,
+                    )
+                )

@@ -246,6 +246,7 @@ def finish(work: PreparedJob, runtime: Runtime, lane: str) -> RerankResult:
     stats.cache_hits = sum(1 for doc in job.documents if all(text in known for text in _texts_of(doc, work.windows)))
     results = ranked(job, scored, work.windows)
     top_score = results[0].score if results else None
+    stats.finished_at = time.time()
     log_job(job, lane, runtime, stats, top_score)
     metrics.observe_job(job.model, lane, len(job.documents), stats, top_score if job.normalize else None)
     return RerankResult(
@@ -327,6 +328,8 @@ def compute_scores(work: PreparedJob, runtime: Runtime) -> tuple[dict[str, float
         infer_ms=(time.time() - submitted) * 1000,
         batches=scored.batch_ids,
         waited_batches=scored.waited_batches,
+        batch_wait_ms=scored.waited_s * 1000,
+        forward_ms=scored.forward_s * 1000,
     )
     return dict(zip(work.missing, scores, strict=True)), stats
 
