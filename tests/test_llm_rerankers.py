@@ -113,14 +113,15 @@ REUSE = pytest.mark.parametrize("reuse", [True, False], ids=["prefix-reused", "w
 
 @pytest.fixture(scope="module")
 def llm_workers(llm_folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Real workers per kind, their pairs batched across jobs: tiny-qwen3 / tiny-gemma reuse each
-    job's prompt prefix (the default), tiny-qwen3-whole / tiny-gemma-whole compute every pair's
-    whole prompt (RERANKQ_LLM_PREFIX_REUSE=false); ``served(workers, kind, reuse)`` names one."""
+    """Real workers, their pairs batched across jobs: tiny-qwen3 / tiny-gemma reuse each job's
+    prompt prefix (the default), tiny-qwen3-whole computes every pair's whole prompt
+    (RERANKQ_LLM_PREFIX_REUSE=false; gemma's whole-prompt path is the same code, checked in-process);
+    ``served(workers, kind, reuse)`` names one."""
     logs, names = (
         tmp_path_factory.mktemp("llm-logs"),
         {"qwen3-reranker": "tiny-qwen3", "bge-gemma-reranker": "tiny-gemma"},
     )
-    served = names | {f"{kind}/whole": f"{name}-whole" for kind, name in names.items()}
+    served = names | {"qwen3-reranker/whole": "tiny-qwen3-whole"}
     started: list[WorkerProcess] = [
         start_worker(
             str(llm_folders[kind.removesuffix("/whole")]),
@@ -231,8 +232,9 @@ def test_out_of_memory_splits_llm_batches_and_gives_the_cached_prefixes_back(llm
 
 
 @pytest.mark.slow
-@REUSE
-@pytest.mark.parametrize("kind", ["qwen3-reranker", "bge-gemma-reranker"])
+@pytest.mark.parametrize(
+    ("kind", "reuse"), [("qwen3-reranker", True), ("qwen3-reranker", False), ("bge-gemma-reranker", True)]
+)
 def test_jobs_through_a_worker_equal_the_reference_in_any_batch(
     llm_folders: dict[str, Path], llm_workers: dict[str, str], client: RerankClient, kind: str, reuse: bool
 ) -> None:

@@ -29,6 +29,7 @@ from rerankq.worker.golden import load_golden
 from rerankq.worker.heartbeat import PresenceBeacon, presence_step
 from rerankq.worker.lane_gate import LaneGate, lane_gate_step
 from rerankq.worker.loading import load_checked, model_identity, pick_device, resolve_model
+from rerankq.worker.loop_acks import loop_acks_step
 from rerankq.worker.private_hooks import require_supported_libraries
 from rerankq.worker.recovery import Sweeper
 from rerankq.worker.redis_wait import wait_for_redis
@@ -190,6 +191,7 @@ def delivery_for(app: Celery, runtime: Runtime, worker: str, queues: list[str]) 
     and gives a dead worker's back itself; the worker only keeps its lanes in order."""
     if runtime.settings.on_rabbitmq:
         app.steps["consumer"].add(lane_gate_step(LaneGate(queues, RabbitDepths(runtime.settings))))
+        app.steps["consumer"].add(loop_acks_step())  # py-amqp: one thread per connection
         # Celery sets up native delayed delivery for quorum queues and warns that it cannot serve
         # ETA tasks through direct exchanges: rerankq sends none
         logging.getLogger("kombu.transport.native_delayed_delivery").setLevel(logging.ERROR)

@@ -38,6 +38,7 @@ from rerankq.core.contract import (
 from rerankq.errors import IncompatibleFormat, InvalidRequest, JobFailed, invalid_request
 from rerankq.worker import metrics
 from rerankq.worker.backends import EncodedPair
+from rerankq.worker.loop_acks import on_event_loop
 from rerankq.worker.oom import PairTooLarge
 from rerankq.worker.rejections import record_rejection
 from rerankq.worker.runtime import Runtime, current
@@ -65,6 +66,20 @@ class QuietRequest(Request):  # type: ignore[misc]
         if "result" in fields:
             fields["result"] = RESULTREPR
         super().send_event(type, **fields)
+
+    # Celery's own two, with the broker call made on the event loop (rerankq.worker.loop_acks)
+    acknowledged: bool
+
+    def acknowledge(self) -> None:
+        if not self.acknowledged:
+            self.acknowledged = True
+            on_event_loop(self.on_ack, log, self.connection_errors)
+
+    def reject(self, requeue: bool = False) -> None:
+        if not self.acknowledged:
+            self.acknowledged = True
+            on_event_loop(self.on_reject, log, self.connection_errors, requeue)
+            self.send_event("task-rejected", requeue=requeue)
 
 
 ARGSREPR = re.compile(r"^<[A-Za-z0-9._-]+: (\d+ documents|rerouted)>$")  # what rerankq producers send
