@@ -82,15 +82,13 @@ class JobHandle:
     thread's kept pub/sub connection (``rerankq.producer.subscriptions``).
     """
 
-    def __init__(
-        self, app: Celery, job_id: str, settings: Settings, subscriptions: ThreadSubscriptions | None = None
-    ) -> None:
+    def __init__(self, app: Celery, job_id: str, settings: Settings, subscriptions: ThreadSubscriptions) -> None:
         self.id = job_id
         self._backend = app.backend
         self._redis = app.backend.client
         self._key = self._backend.get_key_for_task(job_id)
         self._settings = settings
-        self._subscriptions = subscriptions or ThreadSubscriptions(self._redis)
+        self._subscriptions = subscriptions  # the client's: it closes them
 
     def status(self) -> JobStatus:
         with broker_errors(f"reading job {self.id}", self._settings.redis_url):
