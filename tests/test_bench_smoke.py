@@ -68,3 +68,26 @@ def test_the_prefix_scenario_compares_reuse_with_whole_prompts(tmp_path: Path) -
     assert records[16]["tokens_per_pair_reuse"] < records[16]["tokens_per_pair_whole"]
     assert records[1]["tokens_per_pair_reuse"] == records[1]["tokens_per_pair_whole"]
     assert all(r["max_abs_score_diff"] < 1e-4 for r in records.values())
+
+
+QUANTIZATION_FIELDS = {"variant", "pairs_per_s", "float32_pairs_per_s", "ratio", "close_top1", "close_top3"}
+
+
+def test_the_quantization_scenario_measures_every_variant_that_applies(tmp_path: Path) -> None:
+    """`rerankq bench quantization` on the tiny BERT (two layers: keeping the last two float32
+    would keep everything, so that variant is skipped): speed and close-candidate agreement each."""
+    env = {k: v for k, v in os.environ.items() if k != "RERANKQ_REDIS_URL"} | {
+        "RERANKQ_SHAPES_DIR": str(tmp_path / "shapes"),
+        "RERANKQ_ONNX_DIR": str(tmp_path / "onnx"),
+    }
+    command = [sys.executable, "-m", "rerankq", "bench", "quantization", "--shape", "tiny-bert", "--jobs", "2"]
+    run = subprocess.run([*command, "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+
+    records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    variants = {record["variant"] for record in records}
+    assert len(variants) == len(records) == 7 and "last two layers kept float32" not in variants
+    assert any(name.startswith("static") for name in variants)
+    for record in records:
+        assert record.keys() >= QUANTIZATION_FIELDS and record["close_items"] >= 200, record
+        assert 0 <= record["close_top1"] <= 1 and record["pairs_per_s"] > 0 and math.isfinite(record["ratio"])

@@ -126,7 +126,10 @@ def worker(logs: Path) -> Iterator[None]:
     from rerankq.testing.processes import start_worker, stop_worker, wait_until_consuming
 
     options = ("--concurrency", "2", "--check-ranking", "--backend", "onnx-int8")
-    process = start_worker(MODEL, logs / "worker.log", *options, env={"RERANKQ_ONNX_DIR": str(logs / "onnx")})
+    # int8 keeps the best of close candidates in ~87-90 % of jobs, short of the gate's default 97 %:
+    # this worker accepts that loss, as a user would who read the figures (docs/backends.md)
+    env = {"RERANKQ_ONNX_DIR": str(logs / "onnx"), "RERANKQ_INT8_MIN_CLOSE_TOP1": "0.8"}
+    process = start_worker(MODEL, logs / "worker.log", *options, env=env)
     try:
         step(
             "rerankq worker --model all-minilm-l6-v2 --backend onnx-int8 is ready",

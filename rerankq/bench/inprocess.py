@@ -3,6 +3,7 @@ against. Loaded by the worker's own loading code, so both sides run the same wei
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +52,12 @@ class InProcessModel:
         self.token_budget = token_budget_for(manifest, pick_device(device), settings)  # as a worker's
         self.backend: Backend = load_backend(manifest, pick_device(device), settings.max_length, served_by, settings)
         self.backend.warm_up()
+
+    def with_backend(self, backend: Backend) -> InProcessModel:
+        """The same model's settings and token budget around another backend (a quantization of it)."""
+        other = copy.copy(self)
+        other.backend = backend
+        return other
 
     def batched(self, jobs: Sequence[Job], window: int) -> BatchedRun:
         """The batcher fed directly, no queue: jobs arrive ``window`` at a time, as a worker

@@ -7,7 +7,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerankq.bench.inprocess import BatchedRun, InProcessModel
 from rerankq.bench.pipeline import WorkerSetup, serving
@@ -15,6 +15,9 @@ from rerankq.bench.workload import Job, log_normal, make_jobs, total_pairs, unif
 from rerankq.core.settings import BackendName, get_settings
 from rerankq.worker.loading import resolve_model
 from rerankq.worker.prompt_prefix import PrefixStats
+
+if TYPE_CHECKING:
+    from rerankq.worker.model_diff import CloseAgreement  # scipy: imported where agreement is measured
 
 Record = dict[str, Any]
 PASSAGES = uniform(32, 128)  # words per document in throughput, naive, scale and backends
@@ -217,7 +220,8 @@ def backends(ctx: BenchContext) -> Iterator[Record]:
     """torch float32 vs its ONNX Runtime exports (float32, int8), on CPU, through the same batcher:
     pairs/s side by side (timed in alternating rounds, best round each), and how far each agrees
     with torch: largest raw-score difference on the timed pairs, Spearman and best-passage
-    agreement on the golden set (meaningful text; the timed pairs are random words)."""
+    agreement on the golden set (meaningful text; the timed pairs are random words), and best
+    passage, best three and per-job Spearman on the 208 close-candidate jobs built from it."""
     from rerankq.worker.golden import load_golden
     from rerankq.worker.model_diff import diff_models
 
@@ -241,8 +245,36 @@ def backends(ctx: BenchContext) -> Iterator[Record]:
             "max_abs_diff": _largest_difference(runs["torch"][0].scores, runs[name][0].scores),
             "spearman": agreement.spearman,
             "top1": agreement.top1_agreement,
+            **_close_fields(agreement.close),
             "pairs": total_pairs(jobs),
         }
+
+
+def _close_fields(close: CloseAgreement | None) -> Record:
+    """Agreement on close candidates: what a user sees of int8 is whether the top of a job moves."""
+    assert close is not None  # diff_models measures them unless told not to
+    return {
+        "close_items": close.items,
+        "close_top1": close.top1,
+        "close_top3": close.top3,
+        "close_spearman_per_item": close.spearman_per_item,
+        "close_spearman": close.spearman,
+    }
+
+
+def quantization(ctx: BenchContext) -> Iterator[Record]:
+    """The known ways to keep a ranking through int8, on the model's float32 ONNX export: every
+    weight MatMul (int8 or uint8 weights), the last layers or the feed-forward down-projections
+    kept float32, feed-forward or attention MatMuls only, static calibrated on the golden texts.
+    Each: pairs/s against float32 ONNX through the same batcher (alternating rounds, best each),
+    best passage, best three and per-job Spearman on the close candidates, golden Spearman. CPU
+    only; not part of `all`."""
+    from rerankq.bench.quantization import quantization_tradeoffs  # onnx: only this scenario
+
+    if ctx.setup.device != "cpu":
+        return  # the ONNX backends run on CPU only
+    jobs = make_jobs(ctx.job_count(32), ctx.docs(8), PASSAGES, seed=7)
+    yield from quantization_tradeoffs(ctx.load_model("onnx"), jobs, ctx.setup.concurrency)
 
 
 PREFIX_DOCS = (16, 1)  # a job of first-stage candidates, and the worst case: nothing to share
@@ -316,8 +348,10 @@ SCENARIOS: dict[str, Callable[[BenchContext], Iterator[Record]]] = {
     "backends": backends,
     "brokers": brokers,
     "prefix": prefix,
+    "quantization": quantization,
 }
-NOT_IN_ALL = {"brokers"}  # needs a RabbitMQ, which `all` (and its smoke test) does not
+# brokers needs a RabbitMQ, which `all` (and its smoke test) does not; quantization is a study
+NOT_IN_ALL = {"brokers", "quantization"}
 
 
 def percentile(values: list[float], q: int) -> float:

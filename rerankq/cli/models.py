@@ -178,6 +178,8 @@ def _print_diff(a: str, b: str, report: object) -> None:
         f"ranked right: A {report.right_a}/{report.items}, B {report.right_b}/{report.items}; "
         f"same order in {report.same_order}/{report.items} items, same best passage in {report.same_top}/{report.items}"
     )
+    if report.close is not None:
+        console.print(f"close candidates ({report.close.items} jobs of near-duplicates): {report.close.summary()}")
     table = Table("item", "passage", "A", "B", "change", title="largest score changes (normalised scores)")
     for change in report.largest_changes:
         kind = "relevant" if change.relevant else "irrelevant"

@@ -199,6 +199,14 @@ class Settings(BaseSettings):
         description="The int8 gate: the share of golden items whose best passage int8 and float32 agree on, "
         "below which an `onnx-int8` worker refuses to start.",
     )
+    int8_min_close_top1: float = Field(
+        0.97,
+        ge=0,
+        le=1,
+        description="The int8 gate: the share of close-candidate jobs (near-duplicates of the golden passages, "
+        "scores close together, as first-stage retrieval returns them) whose best passage int8 and float32 "
+        "agree on, below which an `onnx-int8` worker refuses to start.",
+    )
 
     gpu_memory_fraction: float | None = Field(
         None,

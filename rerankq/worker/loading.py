@@ -24,7 +24,7 @@ from rerankq.worker.backends import Backend, BiEncoderBackend, CrossEncoderBacke
 from rerankq.worker.file_digest import sample_into
 from rerankq.worker.golden import GoldenItem, load_golden
 from rerankq.worker.hub import require_weights
-from rerankq.worker.int8_gate import check_int8
+from rerankq.worker.int8_gate import Int8Thresholds, check_int8
 from rerankq.worker.onnx_backend import onnx_backend, refuse_unservable
 from rerankq.worker.onnx_export import ExportFolder
 from rerankq.worker.validation import Report, check_files, check_scores
@@ -127,7 +127,7 @@ def load_checked(
     exported = as_onnx(backend, manifest, served_by, settings)
     if served_by == "onnx-int8":
         items = gate_items(manifest, golden)
-        report(check_int8(backend, exported, items, settings.int8_min_spearman, settings.int8_min_top1))
+        report(check_int8(backend, exported, items, int8_thresholds(settings)))
     return exported
 
 
@@ -160,6 +160,10 @@ def as_onnx(reference: Backend, manifest: ModelManifest, served_by: BackendName,
     """``reference`` (torch, float32, CPU) served by ONNX Runtime from its export in RERANKQ_ONNX_DIR."""
     folder = ExportFolder.for_weights(settings.onnx_dir, manifest.name, manifest.kind, weights_fingerprint(manifest))
     return onnx_backend(reference, manifest, served_by, folder, load_golden())
+
+
+def int8_thresholds(settings: Settings) -> Int8Thresholds:
+    return Int8Thresholds(settings.int8_min_spearman, settings.int8_min_top1, settings.int8_min_close_top1)
 
 
 def gate_items(manifest: ModelManifest, golden: Sequence[GoldenItem] | None) -> list[GoldenItem]:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from scipy.stats import kendalltau, spearmanr
 
 from rerankq.worker.backends import Backend
-from rerankq.worker.golden import GoldenItem, GoldenScores, score_golden
+from rerankq.worker.close_candidates import CloseItem, close_candidates
+from rerankq.worker.golden import GoldenItem, GoldenScores, score_golden, score_passages
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,34 @@ class PairChange:
         return self.score_b - self.score_a
 
 
+@dataclass(frozen=True)
+class CloseAgreement:
+    """How far two versions agree on close candidates (rerankq.worker.close_candidates): what a
+    user sees of a change is whether the top of a job moves."""
+
+    items: int
+    same_top1: int  # items whose best passage both versions agree on
+    same_top3: int  # items whose three best passages are the same three (in any order)
+    spearman_per_item: float  # mean over items of the two versions' rank correlation
+    spearman_per_item_min: float
+    spearman: float  # over every pair of every item
+
+    @property
+    def top1(self) -> float:
+        return self.same_top1 / self.items if self.items else 1.0
+
+    @property
+    def top3(self) -> float:
+        return self.same_top3 / self.items if self.items else 1.0
+
+    def summary(self) -> str:
+        return (
+            f"best passage agrees in {self.same_top1}/{self.items} ({self.top1:.1%}), top 3 in {self.top3:.1%}, "
+            f"Spearman per item {self.spearman_per_item:.3f} (lowest {self.spearman_per_item_min:.3f}), "
+            f"over all pairs {self.spearman:.4f}"
+        )
+
+
 @dataclass
 class DiffReport:
     pairs: int
@@ -43,6 +72,7 @@ class DiffReport:
     same_order: int  # items whose passages both versions put in the same order
     same_top: int  # items whose best passage both versions agree on
     largest_changes: list[PairChange] = field(default_factory=list)
+    close: CloseAgreement | None = None  # on the close candidates built from the same items
 
     @property
     def top1_agreement(self) -> float:
@@ -52,7 +82,8 @@ class DiffReport:
         return not math.isnan(self.spearman) and self.spearman >= bound
 
 
-def diff_models(a: Backend, b: Backend, items: Sequence[GoldenItem], top: int = 5) -> DiffReport:
+def diff_models(a: Backend, b: Backend, items: Sequence[GoldenItem], top: int = 5, close: bool = True) -> DiffReport:
+    """Both versions on ``items``; with ``close``, also on the close candidates built from them."""
     scored_a, scored_b = score_golden(a, items), score_golden(b, items)
     changes = [change for sa, sb in zip(scored_a, scored_b, strict=True) for change in _changes(sa, sb, a, b)]
     raw_a = [score for item in scored_a for score in item.all_scores()]
@@ -67,7 +98,28 @@ def diff_models(a: Backend, b: Backend, items: Sequence[GoldenItem], top: int = 
         same_order=sum(_order(sa) == _order(sb) for sa, sb in zip(scored_a, scored_b, strict=True)),
         same_top=sum(_order(sa)[0] == _order(sb)[0] for sa, sb in zip(scored_a, scored_b, strict=True)),
         largest_changes=sorted(changes, key=lambda change: -abs(change.delta))[:top],
+        close=close_agreement(a, b, close_candidates(items)) if close else None,
     )
+
+
+def close_agreement(a: Backend, b: Backend, items: Sequence[CloseItem]) -> CloseAgreement:
+    jobs = [(item.query, item.passages) for item in items]
+    rows_a, rows_b = score_passages(a, jobs), score_passages(b, jobs)
+    pairs = list(zip(rows_a, rows_b, strict=True))
+    per_item = [_statistic(spearmanr, x, y) for x, y in pairs]
+    defined = [value for value in per_item if not math.isnan(value)] or [math.nan]
+    return CloseAgreement(
+        items=len(items),
+        same_top1=sum(_best(x, 1) == _best(y, 1) for x, y in pairs),
+        same_top3=sum(_best(x, 3) == _best(y, 3) for x, y in pairs),
+        spearman_per_item=sum(defined) / len(defined),
+        spearman_per_item_min=min(defined),
+        spearman=_statistic(spearmanr, [s for row in rows_a for s in row], [s for row in rows_b for s in row]),
+    )
+
+
+def _best(scores: list[float], count: int) -> frozenset[int]:
+    return frozenset(sorted(range(len(scores)), key=lambda i: -scores[i])[:count])
 
 
 def _changes(sa: GoldenScores, sb: GoldenScores, a: Backend, b: Backend) -> list[PairChange]:

@@ -48,6 +48,7 @@ class OnnxModel:
             raise BrokenExport(f"{path.name} outputs {', '.join(outputs)}, not {output}")
         self.output = output
         self.tokenizer = tokenizer
+        self.path = path  # the file served (the quantization benchmark starts from the float32 one)
 
     def eval(self) -> Self:
         return self

@@ -4,7 +4,8 @@ One folder per weights fingerprint under ``RERANKQ_ONNX_DIR``::
 
     <onnx_dir>/<model name>-<fingerprint>/
         model.onnx          float32, exported with torch.onnx.export (dynamic batch and length)
-        model.int8.onnx     int8 weights (onnxruntime's dynamic quantization), made when first asked for
+        model.int8.onnx     8-bit weights (onnxruntime's dynamic quantization), made when first asked for:
+                            int8 on a CPU with VNNI, uint8 on one without (see quantize_int8)
         export.json         what made the files, and each file's size and sampled hash
         .lock               held while a worker checks or writes the folder
 
@@ -27,8 +28,9 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -39,9 +41,11 @@ from rerankq.worker.file_digest import file_digest
 log = logging.getLogger("rerankq.worker")
 
 # Bump when the export or quantization changes how files come out: older folders are rebuilt.
-RECIPE = 2  # 2: int8 quantizes MatMul weights only, as uint8 (exact U8U8 kernels on every x86 CPU)
+RECIPE = 3  # 3: MatMul weights only, int8 on CPUs with VNNI, uint8 elsewhere (exact sums on either)
 OPSET = 17
 FP32_FILE, INT8_FILE, META_FILE = "model.onnx", "model.int8.onnx", "export.json"
+Int8Weights = Literal["int8", "uint8"]
+_VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf files stop at 2 GiB; larger models keep weights beside
 
 
@@ -93,6 +97,8 @@ class ExportFolder:
             return f"{name} is missing"
         if recorded != file_digest(self.path / name):
             return f"{name} changed since it was written (size or content)"
+        if name == INT8_FILE and (weights := meta.get("int8_weights")) != (wanted := int8_weights_for_this_cpu()):
+            return f"quantized with {weights} weights; {wanted} weights sum exactly and fastest on this CPU"
         return None
 
     def record(self, source: str, names: list[str]) -> None:
@@ -100,7 +106,9 @@ class ExportFolder:
         leaves a folder that is rebuilt, never one that is trusted)."""
         meta = self._meta() or {}
         files = {**meta.get("files", {}), **{name: file_digest(self.path / name) for name in names}}
+        weights = int8_weights_for_this_cpu() if INT8_FILE in names else meta.get("int8_weights")
         meta = {"recipe": RECIPE, "opset": OPSET, "source": source, "torch": torch.__version__, "files": files}
+        meta["int8_weights"] = weights
         temporary = self.path / f"{META_FILE}.tmp"
         temporary.write_text(json.dumps(meta, indent=2), encoding="utf-8")
         temporary.replace(self.path / META_FILE)
@@ -141,27 +149,50 @@ def export_fp32(model: ScoringModel, sample: dict[str, torch.Tensor], output: st
 
 
 def quantize_int8(fp32: Path, target: Path) -> None:
-    """8-bit weights of the MatMuls, per channel; activations quantized on the fly.
+    """8-bit weights of the MatMuls, per channel; activations quantized on the fly (uint8).
 
-    uint8 weights, not int8: ONNX Runtime multiplies uint8 activations by int8 weights with
-    VPMADDUBSW on CPUs without VNNI (AVX2, AVX-512 without VNNI), whose int16 pair sums saturate,
-    so int8 scores there differ from those of a VNNI CPU (all-MiniLM-L6-v2's gate: Spearman 0.9765
-    on a Zen 2 against 0.9941 with exact sums). uint8 x uint8 sums exactly on every CPU, at the same
-    speed. MatMul only: the embedding tables (Gather) stay float32; quantizing them saves size, not
-    time, and costs accuracy."""
+    The weights' type follows the CPU, so that ONNX Runtime's products sum exactly and as fast as
+    the CPU allows. With VNNI (``vpdpbusd``: uint8 x int8 summed in 32 bits) int8 weights are
+    exact and fastest: all-MiniLM-L6-v2 ran 1.54x float32 ONNX with int8 weights and 0.97x with
+    uint8 on a Xeon with VNNI. Without it (AVX2 alone) ONNX Runtime multiplies uint8 by int8 with
+    VPMADDUBSW, whose int16 pair sums saturate (all-MiniLM-L6-v2's gate: Spearman 0.9765 on a Zen 2
+    against 0.9941 with exact sums); uint8 x uint8 sums exactly there, at the same speed. MatMul
+    only: the embedding tables (Gather) stay float32; quantizing them saves size, not time, and
+    costs accuracy. Leaving more in float32 was measured too (docs/backends.md): the attention
+    MatMuls alone keep the best passage more often but give up the speed."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    weights = int8_weights_for_this_cpu()
     started = time.perf_counter()
     with _quiet_preprocessing_advice():
         quantize_dynamic(
             fp32,
             target,
-            weight_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8 if weights == "int8" else QuantType.QUInt8,
             per_channel=True,
             op_types_to_quantize=["MatMul"],
             use_external_data_format=fp32.stat().st_size > _EXTERNAL_DATA_BYTES,
         )
-    log.info("quantized to int8 in %.1fs (%d MB)", time.perf_counter() - started, _megabytes(target))
+    log.info("quantized to %s weights in %.1fs (%d MB)", weights, time.perf_counter() - started, _megabytes(target))
+
+
+def int8_weights_for_this_cpu() -> Int8Weights:
+    """int8 where the CPU has VNNI (exact and fastest there), uint8 elsewhere (exact everywhere)."""
+    return "int8" if _VNNI_FLAGS & _cpu_flags() else "uint8"
+
+
+@cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux's /proc/cpuinfo; none elsewhere, which picks uint8: exact on
+    every CPU)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
 
 
 @contextmanager
