@@ -63,15 +63,28 @@ class TextCutter:
     def fit_query(self, query: str, limits: PairLimits) -> tuple[str, int]:
         """The query cut to its share of ``max_length`` (keeping its start), and how many tokens
         each document has beside it (at most ``max_tokens_per_doc``)."""
-        room = max(1, limits.max_length - self.specials)
         if not self.paired:
+            room = max(1, limits.max_length - self.specials)
             return query, min(room, limits.max_tokens_per_doc or room)
-        query_most = max(1, int(room * limits.query_share))
         query_offsets = self.offsets([query])[0]
+        query_most, budget = self._shares(len(query_offsets), limits)
         if len(query_offsets) > query_most:
             query = query[: query_offsets[query_most - 1][1]]
-        budget = max(1, room - min(len(query_offsets), query_most))
-        return query, min(budget, limits.max_tokens_per_doc or budget)
+        return query, budget
+
+    def fit_query_tokens(self, query: Any, limits: PairLimits) -> int:
+        """``fit_query`` (paired) on a query already tokenized (a ``tokenizers.Encoding``, cut in
+        place to its share): how many tokens each document has beside it."""
+        query_most, budget = self._shares(len(query.ids), limits)
+        query.truncate(query_most)
+        return budget
+
+    def _shares(self, query_tokens: int, limits: PairLimits) -> tuple[int, int]:
+        """How many tokens the query may keep, and how many each document then has beside it."""
+        room = max(1, limits.max_length - self.specials)
+        query_most = max(1, int(room * limits.query_share))
+        budget = max(1, room - min(query_tokens, query_most))
+        return query_most, min(budget, limits.max_tokens_per_doc or budget)
 
     def cut(self, documents: Sequence[str], budget: int, direction: str) -> list[str]:
         """Each document cut to ``budget`` tokens from the right (keep the start) or the left."""
