@@ -106,7 +106,7 @@ def test_int8_gate_refuses_int8_that_agrees_less_than_asked(
 
 
 def test_real_weights_int8_keeps_the_golden_ranking_but_is_refused_on_close_candidates(
-    onnx_settings: Settings,
+    onnx_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The real all-MiniLM-L6-v2's int8 ranks the golden set as float32 does, yet changes the best
     of several close passages in more than 3 % of jobs: the default gate refuses it on that
@@ -123,12 +123,18 @@ def test_real_weights_int8_keeps_the_golden_ranking_but_is_refused_on_close_cand
 
     details: dict[str, str] = {}
     accepted = onnx_settings.updated(int8_min_close_top1=kept / jobs)
-    served = load_checked(
-        manifest, "cpu", served_by="onnx-int8", settings=accepted, report=lambda p: details.update({p.check: p.detail})
-    )
+    with caplog.at_level(logging.INFO, logger="rerankq.worker"):
+        served = load_checked(
+            manifest,
+            "cpu",
+            served_by="onnx-int8",
+            settings=accepted,
+            report=lambda p: details.update({p.check: p.detail}),
+        )
     assert served.served_by == "onnx-int8"
     assert {"ranking", "int8 agreement"} <= details.keys()  # torch ranks the golden set right, int8 agrees
-    assert f"best passage agrees in {kept}/{jobs}" in details["int8 agreement"]  # measured the same again
+    assert f"best passage agrees in {kept}/{jobs}" in details["int8 agreement"]
+    assert "as measured at an earlier start" in caplog.text  # the first start's measure, not scored again
     assert (export_folder(onnx_settings) / INT8_FILE).is_file()
 
 
@@ -243,6 +249,29 @@ def test_int8_gate_refuses_int8_whose_best_passage_flips_on_close_candidates(
     assert "RERANKQ_INT8_MIN_CLOSE_TOP1" in message
     allowed = onnx_settings.updated(**golden_only, int8_min_close_top1=close.top1)
     assert int8_checked(manifest, allowed).served_by == "onnx-int8"
+
+
+def test_the_gate_measure_is_kept_per_item_set_and_lapses_with_the_int8_file(
+    model_dirs: dict[str, Path], onnx_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = resolve_model(str(model_dirs["tiny-bert"]), None, onnx_settings)
+    lowered = onnx_settings.updated(int8_min_spearman=-1.0, int8_min_top1=0.0, int8_min_close_top1=0.0)
+    first = int8_checked(manifest, lowered)
+    folder = ExportFolder(export_folder(onnx_settings))
+    (key,) = json.loads((folder.path / META_FILE).read_text())["int8_agreement"]
+
+    with caplog.at_level(logging.INFO, logger="rerankq.worker"):
+        int8_checked(manifest, lowered)  # the same items: read back
+        assert "as measured at an earlier start" in caplog.text
+        caplog.clear()
+        mine = GoldenItem(id="mine", query="what is a reranker", relevant="It orders passages.", irrelevant="Cats.")
+        load_checked(manifest, "cpu", golden=[mine], check_ranking=False, served_by="onnx-int8", settings=lowered)
+        assert "as measured at an earlier start" not in caplog.text  # with the user's items: measured
+    assert len(json.loads((folder.path / META_FILE).read_text())["int8_agreement"]) == 2
+
+    assert first.served_by == "onnx-int8" and folder.remembered(key) is not None
+    folder.record(json.loads((folder.path / META_FILE).read_text())["source"], [INT8_FILE])  # as a new int8 file is
+    assert folder.remembered(key) is None
 
 
 def test_models_check_runs_the_int8_gate(model_dirs: dict[str, Path], tmp_path: Path) -> None:

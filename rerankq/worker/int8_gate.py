@@ -7,21 +7,29 @@ the golden pairs (the shipped set in the model's languages, plus ``--golden``), 
 rank correlation and the share of items whose best passage agrees must reach
 ``RERANKQ_INT8_MIN_SPEARMAN`` and ``RERANKQ_INT8_MIN_TOP1``; and the close candidates built from
 them (rerankq.worker.close_candidates), where the share of jobs whose best passage agrees must
-reach ``RERANKQ_INT8_MIN_CLOSE_TOP1``. The worker refuses to start below any of them.
+reach ``RERANKQ_INT8_MIN_CLOSE_TOP1``. The worker refuses to start below any of them. What it
+measured is kept in the export's ``export.json``: a restart compares it with the thresholds again
+without scoring the pairs again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from rerankq.errors import ModelCheckFailed
 from rerankq.worker.backends import Backend
 from rerankq.worker.golden import GoldenItem
 from rerankq.worker.model_diff import CloseAgreement, DiffReport, diff_models
+from rerankq.worker.onnx_export import ExportFolder
 from rerankq.worker.validation import Passed
 
 CHECK = "int8 agreement"
+log = logging.getLogger("rerankq.worker")
+MEASURE = 1  # bump when what the gate measures changes (the close candidates, say): kept measures lapse
 
 
 @dataclass(frozen=True)
@@ -31,9 +39,12 @@ class Int8Thresholds:
     min_close_top1: float  # close-candidate jobs
 
 
-def check_int8(reference: Backend, int8: Backend, items: Sequence[GoldenItem], bounds: Int8Thresholds) -> Passed:
-    """Compare int8 with its float32 ``reference``; ``ModelCheckFailed`` says by how much it missed."""
-    report = diff_models(reference, int8, items, top=1)
+def check_int8(
+    reference: Backend, int8: Backend, items: Sequence[GoldenItem], bounds: Int8Thresholds, folder: ExportFolder
+) -> Passed:
+    """Compare int8 with its float32 ``reference``; ``ModelCheckFailed`` says by how much it missed.
+    The measure is kept in the export ``folder`` and reused while its int8 file stays the same."""
+    report = measure_int8(reference, int8, items, folder)
     assert report.close is not None  # diff_models measures close candidates unless told not to
     misses = _misses(report, bounds) + _close_misses(report.close, bounds)
     summary = f"{report.pairs} golden pairs in {report.items} items: {_agreement(report)}"
@@ -48,6 +59,20 @@ def check_int8(reference: Backend, int8: Backend, items: Sequence[GoldenItem], b
             "`rerankq models diff --candidate-backend onnx-int8` lists the pairs that moved",
         )
     return Passed(CHECK, summary)
+
+
+def measure_int8(reference: Backend, int8: Backend, items: Sequence[GoldenItem], folder: ExportFolder) -> DiffReport:
+    """The agreement of int8 with float32 on ``items`` and their close candidates: measured once
+    per int8 file and item set, then read from ``export.json``."""
+    key = hashlib.blake2b(json.dumps([item.model_dump() for item in items]).encode(), digest_size=8).hexdigest()
+    if (known := folder.remembered(key)) is not None:
+        log.info(
+            "int8 agreement on these %d golden items as measured at an earlier start (%s)", len(items), folder.path
+        )
+        return DiffReport.from_dict(known)
+    report = diff_models(reference, int8, items, top=1)
+    folder.remember(key, asdict(report))
+    return report
 
 
 def _misses(report: DiffReport, bounds: Int8Thresholds) -> list[str]:

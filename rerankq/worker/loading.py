@@ -127,7 +127,7 @@ def load_checked(
     exported = as_onnx(backend, manifest, served_by, settings)
     if served_by == "onnx-int8":
         items = gate_items(manifest, golden)
-        report(check_int8(backend, exported, items, int8_thresholds(settings)))
+        report(check_int8(backend, exported, items, int8_thresholds(settings), export_folder(manifest, settings)))
     return exported
 
 
@@ -158,8 +158,11 @@ def load_backend(
 
 def as_onnx(reference: Backend, manifest: ModelManifest, served_by: BackendName, settings: Settings) -> Backend:
     """``reference`` (torch, float32, CPU) served by ONNX Runtime from its export in RERANKQ_ONNX_DIR."""
-    folder = ExportFolder.for_weights(settings.onnx_dir, manifest.name, manifest.kind, weights_fingerprint(manifest))
-    return onnx_backend(reference, manifest, served_by, folder, load_golden())
+    return onnx_backend(reference, manifest, served_by, export_folder(manifest, settings), load_golden())
+
+
+def export_folder(manifest: ModelManifest, settings: Settings) -> ExportFolder:
+    return ExportFolder.for_weights(settings.onnx_dir, manifest.name, manifest.kind, weights_fingerprint(manifest))
 
 
 def int8_thresholds(settings: Settings) -> Int8Thresholds:

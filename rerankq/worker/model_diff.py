@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from scipy.stats import kendalltau, spearmanr
 
@@ -73,6 +74,13 @@ class DiffReport:
     same_top: int  # items whose best passage both versions agree on
     largest_changes: list[PairChange] = field(default_factory=list)
     close: CloseAgreement | None = None  # on the close candidates built from the same items
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> DiffReport:
+        """The report ``dataclasses.asdict`` wrote (kept in an export's ``export.json``)."""
+        changes = [PairChange(**change) for change in fields.get("largest_changes", [])]
+        close = CloseAgreement(**fields["close"]) if fields.get("close") else None
+        return cls(**(fields | {"largest_changes": changes, "close": close}))
 
     @property
     def top1_agreement(self) -> float:

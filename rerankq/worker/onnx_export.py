@@ -107,8 +107,23 @@ class ExportFolder:
         meta = self._meta() or {}
         files = {**meta.get("files", {}), **{name: file_digest(self.path / name) for name in names}}
         weights = int8_weights_for_this_cpu() if INT8_FILE in names else meta.get("int8_weights")
+        kept = {"int8_agreement": meta.get("int8_agreement", {})} if INT8_FILE not in names else {}
         meta = {"recipe": RECIPE, "opset": OPSET, "source": source, "torch": torch.__version__, "files": files}
-        meta["int8_weights"] = weights
+        self._write(meta | {"int8_weights": weights} | kept)  # a new int8 file forgets what was measured of the old
+
+    def remembered(self, key: str) -> dict[str, Any] | None:
+        """What the int8 gate measured of this folder's int8 file on the items ``key`` names."""
+        return ((self._meta() or {}).get("int8_agreement") or {}).get(key)
+
+    def remember(self, key: str, measured: dict[str, Any]) -> None:
+        """Keep the int8 gate's measure beside the files, so the next start compares it with the
+        thresholds instead of scoring a few thousand pairs twice again (minutes for a large
+        model on CPU). Measures of other item sets stay; the file's digest is checked at each start."""
+        meta = self._meta()
+        if meta is not None:
+            self._write(meta | {"int8_agreement": {**meta.get("int8_agreement", {}), key: measured}})
+
+    def _write(self, meta: dict[str, Any]) -> None:
         temporary = self.path / f"{META_FILE}.tmp"
         temporary.write_text(json.dumps(meta, indent=2), encoding="utf-8")
         temporary.replace(self.path / META_FILE)
