@@ -177,8 +177,9 @@ def bench(
         str,
         typer.Argument(
             help="throughput, naive, mixed, cache, latency, scale, priority, startup, seed, backends, prefix "
-            "(LLM rerankers: shared prompt reused or not), brokers (Redis vs RabbitMQ; needs the local "
-            "RabbitMQ), or all (every one but brokers; writes docs/BENCHMARKS.md)."
+            "(LLM rerankers: shared prompt reused or not), quantization (CPU: ways to keep a ranking through "
+            "int8), brokers (Redis vs RabbitMQ; needs the local RabbitMQ), or all (every one but brokers and "
+            "quantization; writes docs/BENCHMARKS.md)."
         ),
     ],
     model: ModelName = None,
