@@ -13,13 +13,11 @@ worker that starts the job later: the worker's STARTED and result are dropped.
 Because a late STARTED can never replace a final state, the STARTED state Celery stores before
 a job runs (a read of the current state, then the write) is stored off the job's way, by one
 background thread: the job starts without waiting for those round trips. Whichever of STARTED
-and the result lands first, the result stands; any other state the job stores (waiting for a
-CPU worker) waits for its STARTED write first, so STARTED never replaces it.
+and the result lands first, the result stands.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import logging
 import threading
@@ -58,16 +56,14 @@ log = logging.getLogger("rerankq.worker")
 # one thread, so a worker's STARTED writes keep their order; created on first use (nothing at import)
 _started_writer: ThreadPoolExecutor | None = None
 _starting = threading.Lock()
-_pending: dict[str, Future[Any]] = {}  # task id -> its STARTED write, while on its way
 
 
 class _FirstResultStands:
     def store_result(self, task_id: str, result: Any, state: str, *args: Any, **kwargs: Any) -> Any:
         if state == states.STARTED:  # Celery's read of the current state and the write, both off the job's way
             store = functools.partial(super().store_result, task_id, result, state, *args, **kwargs)  # type: ignore[misc]
-            _off_the_job_path(task_id, store)
+            _off_the_job_path(store)
             return result
-        _after_started(task_id)  # any other state of the job (waiting for a CPU worker, say) lands after it
         return super().store_result(task_id, result, state, *args, **kwargs)  # type: ignore[misc]
 
     def set(self, key: str, value: Any, expires: Any = None, **retry_policy: Any) -> Any:
@@ -80,22 +76,12 @@ class _FirstResultStands:
         self.client.eval(SET_UNLESS_FINAL, 1, key, value, seconds)  # type: ignore[attr-defined]
 
 
-def _off_the_job_path(task_id: str, store: Callable[[], Any]) -> None:
+def _off_the_job_path(write: Callable[[], Any]) -> None:
     global _started_writer
     with _starting:
         if _started_writer is None:
             _started_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankq-started")
-    pending = _started_writer.submit(store)
-    _pending[task_id] = pending
-    pending.add_done_callback(_log_failure)
-    pending.add_done_callback(lambda done: _pending.pop(task_id) if _pending.get(task_id) is done else None)
-
-
-def _after_started(task_id: str) -> None:
-    """Wait for the job's own STARTED write, if it is still on its way: a state stored after it
-    (a final one is safe anyway; WAITING_FOR_CPU is not final) must not be replaced by it."""
-    if (pending := _pending.get(task_id)) is not None:
-        concurrent.futures.wait([pending])
+    _started_writer.submit(write).add_done_callback(_log_failure)
 
 
 def _log_failure(done: Future[Any]) -> None:
