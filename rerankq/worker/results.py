@@ -9,23 +9,12 @@ overrides ``set``, the storage method of Celery's key/value backends, with the p
 Celery 5.7 (``expires`` came in 5.7; older ones never pass it).
 A cancel from a producer (which writes REVOKED through Celery's own backend) still wins over a
 worker that starts the job later: the worker's STARTED and result are dropped.
-
-Because a late STARTED can never replace a final state, the STARTED state Celery stores before
-a job runs (a read of the current state, then the write) is stored off the job's way, by one
-background thread: the job starts without waiting for those round trips. Whichever of STARTED
-and the result lands first, the result stands.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import threading
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from celery import states
 from celery.backends.redis import RedisBackend, SentinelBackend
 
 from rerankq.core.redis_clients import is_sentinel
@@ -52,20 +41,7 @@ return 1
 """
 
 
-log = logging.getLogger("rerankq.worker")
-# one thread, so a worker's STARTED writes keep their order; created on first use (nothing at import)
-_started_writer: ThreadPoolExecutor | None = None
-_starting = threading.Lock()
-
-
 class _FirstResultStands:
-    def store_result(self, task_id: str, result: Any, state: str, *args: Any, **kwargs: Any) -> Any:
-        if state == states.STARTED:  # Celery's read of the current state and the write, both off the job's way
-            store = functools.partial(super().store_result, task_id, result, state, *args, **kwargs)  # type: ignore[misc]
-            _off_the_job_path(store)
-            return result
-        return super().store_result(task_id, result, state, *args, **kwargs)  # type: ignore[misc]
-
     def set(self, key: str, value: Any, expires: Any = None, **retry_policy: Any) -> Any:
         # ensure: Celery's retries on a lost connection, as its own set does
         return self.ensure(self._set_unless_final, (key, value, expires), **retry_policy)  # type: ignore[attr-defined]
@@ -74,25 +50,6 @@ class _FirstResultStands:
         expires = self.expires if expires is None else expires  # type: ignore[attr-defined]
         seconds = int(expires.total_seconds() if hasattr(expires, "total_seconds") else expires or 0)
         self.client.eval(SET_UNLESS_FINAL, 1, key, value, seconds)  # type: ignore[attr-defined]
-
-
-def _off_the_job_path(write: Callable[[], Any]) -> None:
-    global _started_writer
-    with _starting:
-        if _started_writer is None:
-            _started_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankq-started")
-    _started_writer.submit(write).add_done_callback(_log_failure)
-
-
-def _log_failure(done: Future[Any]) -> None:
-    if (error := done.exception()) is not None:  # the job runs on; only its STARTED state is missing
-        log.warning("could not store a job's STARTED state: %s", error)
-
-
-def started_writes_done() -> None:
-    """Wait until every STARTED state handed to the background thread is written (tests)."""
-    if _started_writer is not None:
-        _started_writer.submit(lambda: None).result()
 
 
 class FirstResultBackend(_FirstResultStands, RedisBackend):  # type: ignore[misc]
