@@ -177,7 +177,8 @@ class Settings(BaseSettings):
     backend: BackendName = Field(
         "torch",
         description="What runs the forward passes: `torch`, or ONNX Runtime on CPU, `onnx` (float32) or `onnx-int8` "
-        "(int8 weights, about 2x faster on CPU, refused unless it ranks the golden set as float32 does). "
+        "(8-bit weights, faster where the CPU has VNNI, refused unless it ranks the golden set and close "
+        "candidates as float32 does). "
         "Cross-encoders and the bi-encoder; LLM rerankers run on torch.",
     )
     onnx_dir: Path = Field(
