@@ -64,7 +64,8 @@ def check_int8(
 def measure_int8(reference: Backend, int8: Backend, items: Sequence[GoldenItem], folder: ExportFolder) -> DiffReport:
     """The agreement of int8 with float32 on ``items`` and their close candidates: measured once
     per int8 file and item set, then read from ``export.json``."""
-    key = hashlib.blake2b(json.dumps([item.model_dump() for item in items]).encode(), digest_size=8).hexdigest()
+    measured = [MEASURE, [item.model_dump() for item in items]]
+    key = hashlib.blake2b(json.dumps(measured).encode(), digest_size=8).hexdigest()
     if (known := folder.remembered(key)) is not None:
         log.info(
             "int8 agreement on these %d golden items as measured at an earlier start (%s)", len(items), folder.path

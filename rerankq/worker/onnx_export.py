@@ -118,10 +118,12 @@ class ExportFolder:
     def remember(self, key: str, measured: dict[str, Any]) -> None:
         """Keep the int8 gate's measure beside the files, so the next start compares it with the
         thresholds instead of scoring a few thousand pairs twice again (minutes for a large
-        model on CPU). Measures of other item sets stay; the file's digest is checked at each start."""
-        meta = self._meta()
-        if meta is not None:
-            self._write(meta | {"int8_agreement": {**meta.get("int8_agreement", {}), key: measured}})
+        model on CPU). Measures of other item sets stay; the file's digest is checked at each start.
+        Under the folder's lock: workers starting together each read, add and rewrite ``export.json``."""
+        with self.locked():
+            meta = self._meta()
+            if meta is not None:
+                self._write(meta | {"int8_agreement": {**meta.get("int8_agreement", {}), key: measured}})
 
     def _write(self, meta: dict[str, Any]) -> None:
         temporary = self.path / f"{META_FILE}.tmp"
