@@ -7,7 +7,7 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated, Literal, cast
 
 import typer
 
@@ -25,6 +25,7 @@ from rerankq.cli.support import (
     ModelName,
     RedisUrl,
     apply_settings,
+    one_of,
     setting_option,
 )
 from rerankq.core.constants import LANES, Lane
@@ -152,6 +153,56 @@ def gateway(
     except UnsafeBind as e:
         typer.echo(f"rerankq gateway: {e}", err=True)
         raise typer.Exit(EXIT_USAGE) from e
+
+
+@app.command()
+def serve(
+    model: ModelName = None,
+    device: Annotated[str, typer.Option(help="auto, cuda or cpu (each worker).")] = "auto",
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes, each holding the model once.")] = 1,
+    backend: BackendOption = None,
+    host: Host = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="The gateway's port.")] = 8080,
+    exporter_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="The exporter's /metrics port (0: no exporter).")
+    ] = 9808,
+    insecure: Annotated[
+        bool, typer.Option(help="Allow a non-loopback address without API keys (something in front authenticates).")
+    ] = False,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            callback=one_of(("local", "auto")),
+            help="local: start a private redis-server; auto: the configured URL, else the default one if a "
+            "Redis answers there, else a private one. Unset: the configured or default URL must answer.",
+        ),
+    ] = None,
+    redis_url: RedisUrl = None,
+) -> None:
+    """Serve one model in one command: worker(s), the gateway and the exporter (and a private Redis
+    when asked), output prefixed by process; Ctrl-C or SIGTERM stops them all."""
+    import os
+
+    _setup_logging()
+    if redis == "local" and redis_url:
+        raise typer.BadParameter("pass --redis local or --redis-url, not both", param_hint="--redis")
+    settings = apply_settings(redis_url=redis_url, backend=backend)
+    with needs_extra("serve", "worker,gateway"):
+        import fastapi  # noqa: F401  (the gateway child needs it)
+        import torch  # noqa: F401  (the worker children need it)
+
+        from rerankq.cli.serve import ServeError, ServeOptions, run_serve
+
+    given = bool(redis_url) or "RERANKQ_REDIS_URL" in os.environ
+    chosen = cast(Literal["local", "auto"] | None, redis)
+    options = ServeOptions(
+        model or settings.default_model, device, workers, backend, host, port, exporter_port, insecure, chosen, given
+    )
+    try:
+        raise typer.Exit(run_serve(options, settings))
+    except ServeError as e:
+        typer.echo(f"rerankq serve: {e}", err=True)
+        raise typer.Exit(e.exit_code) from e
 
 
 @app.command()
