@@ -7,12 +7,14 @@ import logging
 import os
 import socket
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from celery import Celery, Task, signals
+from celery.exceptions import SecurityWarning
 
 from rerankq.core.broker import RabbitDepths
 from rerankq.core.constants import Lane, by_priority, queue_name, worker_id
@@ -160,6 +162,7 @@ def run_worker(options: WorkerOptions, settings: Settings) -> None:
         metrics.serve(port)
         log.info("metrics on http://0.0.0.0:%d/metrics", port)
     log.info("consuming %s with %d job threads", ",".join(queues), options.concurrency)
+    quiet_superuser_warning()
     try:
         app.worker_main(
             [
@@ -183,6 +186,16 @@ def run_worker(options: WorkerOptions, settings: Settings) -> None:
         metrics.process_exited()
     if stopped.code:  # Celery stopped on an error it could not recover from (logged above)
         raise SystemExit(stopped.code)
+
+
+def quiet_superuser_warning() -> None:
+    """Celery prints a ten-line SecurityWarning on every start as root. Its danger is pickle (a
+    message that runs code as root), which Celery refuses outright as root and rerankq never
+    accepts (JSON only); what remains is advice, given here once in one line. The images run as
+    the unprivileged user ``rerankq``."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        log.warning("running as root: run workers as an unprivileged user (the rerankq images do)")
+    warnings.filterwarnings("ignore", message="You're running the worker with superuser", category=SecurityWarning)
 
 
 def delivery_for(app: Celery, runtime: Runtime, worker: str, queues: list[str]) -> Sweeper | None:
