@@ -5,25 +5,38 @@ none do. At every such tick, a lane no live worker consumes is named (``note``).
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Protocol
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from rerankq.bulk.checkpoint import Checkpoint
+
+ETA_WINDOW_S = 60.0
+"""The ETA's rate is the records finished over this many recent seconds: results are written in
+input order, so one slow record stalls the count and the records behind it then land at once; a
+window that long absorbs the jump, and a count stalled longer than it shows no ETA at all."""
+# No ETA before this process has finished ETA_MIN_RECORDS records and run ETA_MIN_ELAPSED_S
+# seconds: a rate from one record (or from a second's worth) is noise, and its ETA only climbs.
+ETA_MIN_RECORDS = 5
+ETA_MIN_ELAPSED_S = 10.0
+SAMPLE_EVERY_S = 1.0  # the window's resolution: at most one sample a second, however fast records go
 
 
 class Tally:
     """The run's counters (its checkpoint's: resumed runs included), with rates and ETA over this
-    process's share of the run."""
+    process's share of the run. ``clock`` is injectable so tests can move time."""
 
-    def __init__(self, checkpoint: Checkpoint, total: int | None) -> None:
+    def __init__(self, checkpoint: Checkpoint, total: int | None, clock: Callable[[], float] = time.monotonic) -> None:
         self.checkpoint = checkpoint
         self.total = total
-        self.started = time.monotonic()
+        self.clock = clock
+        self.started = clock()
         self.records_at_start, self.pairs_at_start = checkpoint.records_done, checkpoint.pairs
+        self._samples: deque[tuple[float, int]] = deque([(self.started, self.records_at_start)])
 
     @property
     def records(self) -> int:  # final records (output or errors)
@@ -43,13 +56,36 @@ class Tally:
 
     @property
     def pairs_per_s(self) -> float:
-        return (self.pairs - self.pairs_at_start) / max(time.monotonic() - self.started, 1e-9)
+        return (self.pairs - self.pairs_at_start) / max(self.clock() - self.started, 1e-9)
+
+    def sample(self) -> None:
+        """Note how many records are final now; every display update calls this. Kept: the samples
+        of the last ETA_WINDOW_S seconds and the newest one before them, where the window starts."""
+        now, (last_at, last_records) = self.clock(), self._samples[-1]
+        if self.records != last_records and now - last_at >= SAMPLE_EVERY_S:
+            self._samples.append((now, self.records))
+        while len(self._samples) > 1 and self._samples[1][0] <= now - ETA_WINDOW_S:
+            self._samples.popleft()
 
     def eta_s(self) -> float | None:
-        done_here = self.records - self.records_at_start
-        if self.total is None or done_here == 0:
+        """Seconds left at the rate of the last ETA_WINDOW_S seconds; None while that means
+        nothing (too early, or no record finished within the window: the count is stalled)."""
+        now = self.clock()
+        if self.total is None or not self._eta_means_something(now):
             return None
-        return (self.total - self.records) * (time.monotonic() - self.started) / done_here
+        since, records_then = self._window_start(now)
+        finished = self.records - records_then
+        if finished <= 0:
+            return None
+        return (self.total - self.records) * (now - since) / finished
+
+    def _eta_means_something(self, now: float) -> bool:
+        done_here = self.records - self.records_at_start
+        return done_here >= ETA_MIN_RECORDS and now - self.started >= ETA_MIN_ELAPSED_S
+
+    def _window_start(self, now: float) -> tuple[float, int]:
+        """The newest sample at or before the window's start (the run's start if it is younger)."""
+        return next((s for s in reversed(self._samples) if s[0] <= now - ETA_WINDOW_S), self._samples[0])
 
     def summary(self) -> str:
         rate = f", {self.pairs_per_s:.0f} pairs/s" if self.pairs > self.pairs_at_start else ""
@@ -78,19 +114,19 @@ class Bar:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]:.0f} pairs/s"),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TextColumn("ETA {task.fields[eta]}"),
             TextColumn("cache hits {task.fields[hits]}  failed {task.fields[failed]}"),
             console=console,
         )
         self._task = self._progress.add_task(
-            "bulk", total=tally.total, completed=tally.records, rate=0, hits=0, failed=0
+            "bulk", total=tally.total, completed=tally.records, rate=0, hits=0, failed=0, eta=eta_text(tally)
         )
         self._progress.start()
 
     def update(self, tally: Tally) -> None:
-        rate, hits, failed = tally.pairs_per_s, tally.cache_hits, tally.failed
-        self._progress.update(self._task, completed=tally.records, rate=rate, hits=hits, failed=failed)
+        tally.sample()
+        rate, hits, failed, eta = tally.pairs_per_s, tally.cache_hits, tally.failed, eta_text(tally)
+        self._progress.update(self._task, completed=tally.records, rate=rate, hits=hits, failed=failed, eta=eta)
         if time.monotonic() - self._noted >= self._every_s:
             self._noted = time.monotonic()
             if note := self._note():
@@ -108,6 +144,7 @@ class LogLines:
         self._last = time.monotonic()
 
     def update(self, tally: Tally) -> None:
+        tally.sample()
         if time.monotonic() - self._last >= self._every_s:
             self._last = time.monotonic()
             note = self._note()
@@ -120,12 +157,17 @@ class LogLines:
 
 def log_line(tally: Tally) -> str:
     share = f" ({100 * tally.records / tally.total:.1f}%)" if tally.total else ""
-    eta = tally.eta_s()
     return (
         f"bulk: {tally.records}/{tally.total if tally.total is not None else '?'} records{share}, "
         f"{tally.pairs_per_s:.0f} pairs/s, {tally.cache_hits} cache hits, {tally.failed} failed, "
-        f"ETA {timedelta(seconds=round(eta)) if eta is not None else '?'}"
+        f"ETA {eta_text(tally)}"
     )
+
+
+def eta_text(tally: Tally) -> str:
+    """The ETA as both displays show it: H:MM:SS, or "?" while there is none."""
+    eta = tally.eta_s()
+    return str(timedelta(seconds=round(eta))) if eta is not None else "?"
 
 
 def display_for(console: Console, tally: Tally, note: Note, log_every_s: float) -> Display:
