@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, cast
 
 import redis
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -50,6 +52,8 @@ alias_app = App(
 )
 models_app.add_typer(alias_app, name="alias")
 console = Console(highlight=False, soft_wrap=True)
+PIPED_WIDTH = 10_000  # piped output (grep, a file, CI logs) is as wide as its cells: no table is cut
+NO_ALIASES = "no aliases (rerankq models alias set ALIAS VERSION)"
 
 Json = Annotated[bool, typer.Option("--json", help="One JSON object.")]
 Device = Annotated[str, typer.Option(help="auto, cuda or cpu: check on the device (and dtype) that will serve.")]
@@ -210,7 +214,7 @@ def list_models(as_json: Json = False, redis_url: RedisUrl = None) -> None:
     table = Table("version", "source", "revision", "kind", "workers", "aliases", title="model versions")
     for row in rows:
         table.add_row(*(str(value) if value is not None else "" for value in row.values()))
-    console.print(table)
+    _print_table(table, names=("version",))
     _print_aliases(aliases)
 
 
@@ -302,11 +306,28 @@ def alias_show(
 
 
 def _print_aliases(aliases: dict[str, AliasTarget]) -> None:
+    if not aliases:
+        console.print(NO_ALIASES)
+        return
     table = Table("alias", "routes to", "set at", "note", title="aliases")
     for name, target in sorted(aliases.items()):
         set_at = f"{target.set_at:.0f}" if target.set_at else "static"
         table.add_row(name, target.describe(), set_at, target.note)
-    console.print(table)
+    _print_table(table, names=("alias",))
+
+
+def _print_table(table: Table, names: Collection[str]) -> None:
+    """Print a table whose columns headed ``names`` hold one model version (or alias) a cell, which
+    is never cut: several versions share a long prefix (``bge-reranker-v2-…``), so a cut name is a
+    wrong name. Piped, every cell is whole. On a narrow terminal a names column keeps one line at
+    its longest name's width, and the other columns fold (break, at spaces first), never vanish."""
+    for column in table.columns:
+        if column.header in names:
+            column.no_wrap, column.min_width = True, max((cell_len(str(cell)) for cell in column.cells), default=1)
+        else:
+            column.overflow = "fold"
+    shown_on = console if console.is_terminal else Console(file=console.file, width=PIPED_WIDTH, highlight=False)
+    shown_on.print(table)
 
 
 def _note(value: AliasTarget | None) -> str:
