@@ -3,23 +3,36 @@ scored them, rollback reaching SDK and gateway without a restart, and versions n
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 import redis
+import redis.asyncio as aioredis
 from gateway_support import AUTH
 from typer.testing import CliRunner
 
 from rerankq import RerankClient
 from rerankq.cli.app import app
-from rerankq.core.aliases import AliasTarget, alias_history, delete_alias, rollback_alias, set_alias
+from rerankq.core.aliases import (
+    AliasTable,
+    AliasTarget,
+    AsyncAliasTable,
+    Route,
+    alias_history,
+    delete_alias,
+    rollback_alias,
+    set_alias,
+)
 from rerankq.core.constants import alias_history_key, model_identity_key
 from rerankq.core.contract import revision_of
 from rerankq.core.settings import get_settings
+from rerankq.testing.local_redis import RedisProcess
 from rerankq.testing.processes import GatewayProcess
 from rerankq.testing.waiting import wait_until
 
@@ -190,3 +203,66 @@ def test_alias_cli(broker: redis.Redis, fresh_alias: str, workers: dict) -> None
     assert [value.targets if value else None for value in alias_history(broker, fresh_alias)] == [None]
     listed = runner.invoke(app, ["models", "list"])
     assert fresh_alias in listed.output and "tiny-xlmr" in listed.output
+
+
+# --- a Redis that cannot be read ---------------------------------------------------------------
+
+STALE_WARNING = "using the last one read"
+
+
+def _logged_above_debug(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.levelno > logging.DEBUG]
+
+
+def test_a_table_never_read_warns_nothing_and_reads_on_the_next_call(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis down from the start: nothing was read, so there is no "last one" to use and no warning
+    saying so; the next call reads again (not after RERANKQ_ALIAS_REFRESH_S) and routes by it."""
+    server = RedisProcess(tmp_path)  # its free port: nobody listens there yet
+    table = AliasTable(redis.Redis.from_url(server.url), get_settings().model_copy(update={"alias_refresh_s": 3600}))
+    with caplog.at_level(logging.DEBUG, logger="rerankq.aliases"):
+        assert table.resolve("canary") == Route("canary")
+    assert _logged_above_debug(caplog) == []
+    server.start()
+    try:
+        set_alias(redis.Redis.from_url(server.url), "canary", {"tiny-bert": 100})
+        assert table.resolve("canary") == Route("tiny-bert", "canary")
+    finally:
+        server.stop()
+
+
+async def test_the_gateways_table_never_read_warns_nothing_and_reads_on_the_next_call(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisProcess(tmp_path)
+    client = aioredis.Redis.from_url(server.url)
+    table = AsyncAliasTable(client, get_settings().model_copy(update={"alias_refresh_s": 3600}))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="rerankq.aliases"):
+            assert await table.resolve("canary") == Route("canary")
+        assert _logged_above_debug(caplog) == []
+        server.start()
+        set_alias(redis.Redis.from_url(server.url), "canary", {"tiny-xlmr": 100})
+        assert await table.resolve("canary") == Route("tiny-xlmr", "canary")
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+def test_a_redis_failing_after_a_read_warns_and_routes_by_the_last_table(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The control of the two above: once a table was read, a failed re-read says so and the last
+    table keeps routing."""
+    server = RedisProcess(tmp_path)
+    server.start()
+    try:
+        set_alias(redis.Redis.from_url(server.url), "canary", {"tiny-bert": 100})
+        table = AliasTable(redis.Redis.from_url(server.url), get_settings().model_copy(update={"alias_refresh_s": 0}))
+        assert table.resolve("canary") == Route("tiny-bert", "canary")
+    finally:
+        server.stop()
+    with caplog.at_level(logging.DEBUG, logger="rerankq.aliases"):
+        assert table.resolve("canary") == Route("tiny-bert", "canary")
+    assert [message for message in _logged_above_debug(caplog) if STALE_WARNING in message]

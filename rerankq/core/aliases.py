@@ -17,7 +17,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -146,15 +147,30 @@ class _Memo:
         self.rng = rng or random.Random()
         self.static = static_aliases(settings)
         self.stored = StoredAliases({}, {})
-        self.read_at = float("-inf")
+        self.read_at = float("-inf")  # never read: every call tries until a read succeeds
 
     def due(self) -> bool:
         return time.monotonic() - self.read_at > self.settings.alias_refresh_s
 
-    def update(self, raw: Mapping[bytes, bytes] | None) -> None:
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Around one read of the Redis hash (``update``), blocking or awaited: the one home of
+        what a failed read means. After a good read, the last table keeps routing until the next
+        refresh, and a warning says so. Before any, there is no last table: nothing above debug is
+        logged, and the next call reads again instead of routing without the stored aliases for a
+        whole refresh interval."""
+        try:
+            yield
+        except redis.RedisError as e:
+            if self.read_at == float("-inf"):
+                log.debug("could not read the alias table yet (%s); trying again on the next call", e)
+                return
+            log.warning("could not re-read the alias table (%s); using the last one read", e)
+            self.read_at = time.monotonic()
+
+    def update(self, raw: Mapping[bytes, bytes]) -> None:
         self.read_at = time.monotonic()
-        if raw is not None:
-            self.stored = parse_stored(raw)
+        self.stored = parse_stored(raw)
 
     def merged(self) -> dict[str, AliasTarget]:
         return self.static | self.stored.table
@@ -175,7 +191,8 @@ class AliasTable:
 
     def table(self) -> dict[str, AliasTarget]:
         if self._memo.due():
-            self._memo.update(_guarded(lambda: cast(dict[bytes, bytes], self.redis.hgetall(ALIASES_KEY))))
+            with self._memo.reading():
+                self._memo.update(cast(dict[bytes, bytes], self.redis.hgetall(ALIASES_KEY)))
         return self._memo.merged()
 
     def resolve(self, requested: str | None) -> Route:
@@ -192,27 +209,13 @@ class AsyncAliasTable:
 
     async def table(self) -> dict[str, AliasTarget]:
         if self._memo.due():
-            try:
-                raw: dict[bytes, bytes] | None = await cast(
-                    Awaitable[dict[bytes, bytes]], self.redis.hgetall(ALIASES_KEY)
-                )
-            except redis.RedisError as e:
-                log.warning("could not re-read the alias table (%s); using the last one read", e)
-                raw = None
-            self._memo.update(raw)
+            with self._memo.reading():
+                self._memo.update(await cast(Awaitable[dict[bytes, bytes]], self.redis.hgetall(ALIASES_KEY)))
         return self._memo.merged()
 
     async def resolve(self, requested: str | None) -> Route:
         await self.table()
         return self._memo.route(requested)
-
-
-def _guarded(read: Any) -> Mapping[bytes, bytes] | None:
-    try:
-        return cast(Mapping[bytes, bytes], read())
-    except redis.RedisError as e:
-        log.warning("could not re-read the alias table (%s); using the last one read", e)
-        return None
 
 
 # Changing aliases (`rerankq models alias ...`). Each change is one Redis transaction over the
