@@ -80,6 +80,11 @@ def field_path(loc: Sequence[int | str]) -> str:
     return path.lstrip(".")
 
 
+def did_you_mean(suggestion: str | None) -> str:
+    """`` (did you mean 'top_n'?)``, to follow a refused name; empty without a suggestion."""
+    return f" (did you mean {suggestion!r}?)" if suggestion else ""
+
+
 def _short(value: Any) -> bool:
     return isinstance(value, int | float | bool | None) or (isinstance(value, str) and len(value) <= 80)
 
@@ -89,13 +94,18 @@ class RequestTooLarge(InvalidRequest):
 
 
 class UnknownModel(RerankError, LookupError):
-    def __init__(self, model: str, known: list[str]) -> None:
+    """No model answers to ``model``. ``known`` lists the names that do; ``suggestion`` is the one
+    most like it (a name in the wrong case, a typo), when one is: a hint, never used instead."""
+
+    def __init__(self, model: str, known: list[str], suggestion: str | None = None) -> None:
         self.model = model
         self.known = known
-        super().__init__(model, known)
+        self.suggestion = suggestion
+        super().__init__(model, known, suggestion)
 
     def __str__(self) -> str:
-        return f"unknown model {self.model!r}; known models: {', '.join(self.known) or 'none'}"
+        unknown = f"unknown model {self.model!r}{did_you_mean(self.suggestion)}"
+        return f"{unknown}; known models: {', '.join(self.known) or 'none'}"
 
 
 class NoWorkers(RerankError):

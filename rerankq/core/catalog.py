@@ -9,8 +9,9 @@ from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 
 from rerankq.core.aliases import AliasTarget, Route
+from rerankq.core.contract import close_match
 from rerankq.core.live_workers import WorkerPresence
-from rerankq.core.registry import ModelManifest
+from rerankq.core.registry import ModelManifest, manifest_for
 from rerankq.errors import UnknownModel
 
 
@@ -26,17 +27,24 @@ class Catalog:
     def known(self) -> list[str]:
         return sorted({*self.manifests, *(worker.model for worker in self.workers), *self.aliases})
 
+    def unknown(self, requested: str) -> UnknownModel:
+        """The refusal of a name nothing answers to: the known names, and the one of them (or of
+        the manifests' Hugging Face ids) most like it, case aside."""
+        hub_ids = [hub_id for manifest in self.manifests.values() for hub_id in manifest.hub_ids()]
+        known = self.known()
+        return UnknownModel(requested, known, close_match(requested, [*known, *hub_ids]))
+
 
 def resolve_version(route: Route, catalog: Catalog, default_model: str) -> Route:
-    """``route`` (the alias table already applied) to a version: a manifest's name, or its source
-    (a Hugging Face id names the manifest that loads it); the configured default model; or a
-    name a worker serves under now or served under before (its queue may wait for a worker a
-    fleet scaled to zero starts). Anything else is ``UnknownModel`` with the known names."""
-    for manifest in catalog.manifests.values():
-        if route.model in (manifest.name, manifest.source):
-            return Route(manifest.name, route.alias)
+    """``route`` (the alias table already applied) to a version: a manifest's name, source or
+    hub_id (a Hugging Face id names the manifest of those weights: rerankq.core.registry's
+    ``manifest_for``); the configured default model; or a name a worker serves under now or
+    served under before (its queue may wait for a worker a fleet scaled to zero starts). Anything
+    else is ``UnknownModel`` with the known names and the closest of them."""
+    if (manifest := manifest_for(catalog.manifests, route.model)) is not None:
+        return Route(manifest.name, route.alias)
     if route.alias is not None or route.model == default_model:
         return route  # an alias's targets and the default are versions by configuration
     if route.model in catalog.served_before or any(worker.model == route.model for worker in catalog.workers):
         return route
-    raise UnknownModel(route.model, catalog.known())
+    raise catalog.unknown(route.model)

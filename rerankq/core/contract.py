@@ -14,7 +14,7 @@ import re
 import time
 import unicodedata
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,7 +23,7 @@ from rerankq.core.constants import DEFAULT_LANE, MODEL_NAME_PATTERN, SCORE_KEY_P
 from rerankq.core.settings import Settings
 from rerankq.core.text_options import TextOptions, check_chunk_pairs
 from rerankq.core.wire_format import JOB_FORMAT, RESULT_FORMAT
-from rerankq.errors import InvalidRequest, RequestTooLarge
+from rerankq.errors import InvalidRequest, RequestTooLarge, did_you_mean
 
 
 class RerankJob(BaseModel):
@@ -237,25 +237,50 @@ def check_option_names(options: Mapping[str, Any]) -> None:
 
 
 def _did_you_mean(name: str) -> str:
-    close = difflib.get_close_matches(name, JobOptions.__annotations__, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(close_match(name, JobOptions.__annotations__))
+
+
+def close_match(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate most like ``name``, case aside (difflib's ratio of 0.6 or more), if any: a
+    hint for an error message, never a name to use instead of the one given."""
+    by_folded: dict[str, str] = {}
+    for candidate in candidates:
+        by_folded.setdefault(candidate.casefold(), candidate)
+    close = difflib.get_close_matches(name.casefold(), by_folded, n=1)
+    return by_folded[close[0]] if close else None
 
 
 def check_query(query: Any, settings: Settings) -> None:
-    if not isinstance(query, str) or not query.strip():
+    if not isinstance(query, str):
         raise InvalidRequest("query", "must be a non-empty string", f"got {_kind(query)}")
+    _check_visible("query", query)
     _check_text("query", query, settings.max_query_chars)
-    if not any(_visible(char) for char in query):
-        raise InvalidRequest("query", "must hold visible text", "got only whitespace, control or zero-width characters")
 
 
 def check_instruction(instruction: Any, settings: Settings) -> None:
     """None (the model's default) or visible text within the query's limit."""
     if instruction is None:
         return
-    if not isinstance(instruction, str) or not any(_visible(char) for char in instruction):
+    if not isinstance(instruction, str):
         raise InvalidRequest("instruction", "must be a string of visible text or None", f"got {instruction!r:.80}")
+    _check_visible("instruction", instruction)
     _check_text("instruction", instruction, settings.max_query_chars)
+
+
+def _check_visible(field: str, text: str) -> None:
+    if (problem := invisible_text(text)) is not None:
+        raise InvalidRequest(field, *problem)
+
+
+def invisible_text(text: str) -> tuple[str, str] | None:
+    """Why ``text`` breaks the visible-text rule, as an ``InvalidRequest``'s (limit, detail), or
+    None when it holds a visible character. The one home of the rule's words: the SDK's checks say
+    them, and so does the gateway where its schema's ``visible_text_pattern`` refuses a field."""
+    if not text.strip():
+        return "must be a non-empty string", "got only whitespace" if text else "got an empty string"
+    if not any(_visible(char) for char in text):
+        return "must hold visible text", "got only whitespace, control or zero-width characters"
+    return None
 
 
 def check_documents(documents: Any, settings: Settings) -> list[str]:

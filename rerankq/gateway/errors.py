@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from rerankq.core.contract import invisible_text, visible_text_pattern
 from rerankq.errors import (
     BrokerUnavailable,
     IncompatibleFormat,
@@ -34,6 +35,7 @@ from rerankq.errors import (
     QueueFull,
     RequestTooLarge,
     UnknownModel,
+    field_path,
     invalid_request,
 )
 from rerankq.gateway.responses import SafeJSONResponse
@@ -88,6 +90,11 @@ def _field(e: InvalidRequest) -> dict[str, Any]:
     return {"field": e.field, "limit": e.limit}
 
 
+def _unknown(e: UnknownModel) -> dict[str, Any]:
+    suggested = {"did_you_mean": e.suggestion} if e.suggestion else {}
+    return {"field": "model", "known_models": e.known, **suggested}
+
+
 def _redis_down(e: Exception) -> str:
     log.warning("redis unreachable: %s", e)
     return "the queue (Redis) is unreachable; retry shortly"
@@ -109,9 +116,7 @@ RULES: dict[type[Exception], Rule] = {
     RequestTooLarge: Rule(413, "too_large", "too many documents or characters", _field),
     PayloadTooLarge: Rule(413, "too_large", "the body is over RERANKQ_MAX_BODY_BYTES", lambda e: {"field": "body"}),
     Unauthorized: Rule(401, "unauthorized", "no or a wrong API key", headers={"WWW-Authenticate": "Bearer"}),
-    UnknownModel: Rule(
-        404, "unknown_model", "no model of that name", lambda e: {"field": "model", "known_models": e.known}
-    ),
+    UnknownModel: Rule(404, "unknown_model", "no model of that name", _unknown),
     JobNotFound: Rule(404, "not_found", "no job with that id", lambda e: {"job_id": e.job_id}),
     Conflict: Rule(409, "conflict", "the job's state forbids it (cancelling a finished job)"),
     JobCancelled: Rule(409, "cancelled", "the job was cancelled", lambda e: {"job_id": e.job_id}),
@@ -224,7 +229,14 @@ def _leaf_routes(routes: Any) -> Iterator[Any]:
 
 
 def _as_invalid(error: RequestValidationError) -> InvalidRequest:
-    return invalid_request(error.errors(), "body")
+    """The SDK's words where the schema's visible-text pattern refused a field (not pydantic's,
+    which quote the whole pattern); pydantic's field and message for anything else."""
+    errors = error.errors()
+    first = errors[0] if errors else {}
+    text, pattern = first.get("input"), first.get("ctx", {}).get("pattern")
+    if pattern == visible_text_pattern() and isinstance(text, str) and (problem := invisible_text(text)):
+        return InvalidRequest(field_path(first["loc"]), *problem)
+    return invalid_request(errors, "body")
 
 
 def _timeout_details(request: Request, error: JobTimeout) -> tuple[dict[str, Any], str]:
