@@ -109,16 +109,22 @@ class UnknownModel(RerankError, LookupError):
 
 
 class NoWorkers(RerankError):
-    def __init__(self, model: str, lane: str) -> None:
+    """No live worker consumes the lane. ``is_default``: the model is RERANKQ_DEFAULT_MODEL, where
+    requests that name no model go (TEI's ``/rerank`` never names one), so the setting is named too."""
+
+    def __init__(self, model: str, lane: str, is_default: bool = False) -> None:
         self.model = model
         self.lane = lane
-        super().__init__(model, lane)
+        self.is_default = is_default
+        super().__init__(model, lane, is_default)
 
     def __str__(self) -> str:
-        return (
-            f"no live worker consumes the {self.lane} lane of model {self.model!r}; "
-            f"start one with `rerankq worker --model {self.model}`"
-        )
+        start = f"start one with `rerankq worker --model {self.model}`"
+        if self.is_default:
+            default = "the default model (RERANKQ_DEFAULT_MODEL), where requests that name no model go"
+            start += ", or set RERANKQ_DEFAULT_MODEL to a model your workers serve"
+            return f"no live worker consumes the {self.lane} lane of model {self.model!r}, {default}; {start}"
+        return f"no live worker consumes the {self.lane} lane of model {self.model!r}; {start}"
 
 
 class QueueFull(RerankError):

@@ -302,6 +302,20 @@ async def test_no_worker_for_a_known_model_is_503_naming_it(jobs_created: Callab
     assert jobs_created() == before
 
 
+async def test_no_worker_for_the_default_model_names_the_setting(jobs_created: Callable[[], int]) -> None:
+    """A request that names no model (every TEI-shaped one) goes to RERANKQ_DEFAULT_MODEL: its 503
+    says so, since the fix is often that setting, not another worker."""
+    before = jobs_created()
+    async with app_client() as gateway:
+        unnamed = await gateway.post("/rerank", json={"query": QUERY, "texts": DOCS})
+        named = await gateway.post(
+            "/v1/rerank", json={"model": "qwen3-reranker-0.6b", "query": QUERY, "documents": DOCS}
+        )
+    assert "RERANKQ_DEFAULT_MODEL" in assert_error(unnamed, 503, "no_workers")["message"]
+    assert "RERANKQ_DEFAULT_MODEL" not in assert_error(named, 503, "no_workers")["message"]
+    assert jobs_created() == before
+
+
 async def test_a_job_the_worker_fails_is_502_with_its_reason(workers: dict, settings) -> None:
     """A gateway configured with a larger document limit than its workers: the worker's own
     re-check fails the job, and the client learns why."""

@@ -87,6 +87,16 @@ def test_rank_without_a_live_worker_raises_no_workers_before_enqueueing(client: 
     assert queue_length(client, UNSERVED) == before
 
 
+def test_no_worker_for_the_default_model_names_the_setting(client: RerankClient) -> None:
+    assert client.settings.default_model == UNSERVED
+    with pytest.raises(NoWorkers, match="RERANKQ_DEFAULT_MODEL") as unnamed:
+        client.rank(QUERY, DOCUMENTS, timeout=60)
+    assert unnamed.value.model == UNSERVED and unnamed.value.is_default
+    with pytest.raises(NoWorkers) as named:
+        client.rank(QUERY, DOCUMENTS, model="qwen3-reranker-0.6b", timeout=60)
+    assert "RERANKQ_DEFAULT_MODEL" not in str(named.value)
+
+
 def test_submit_without_a_worker_waits_and_its_timeout_says_why(client: RerankClient) -> None:
     """A fleet scaling from zero may start a worker for a queued job; if none comes, the timeout
     names the queue, since when no worker consumed it, and the command that starts one."""

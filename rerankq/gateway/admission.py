@@ -66,7 +66,7 @@ class Admission:
         (NoWorkers) or that would queue past the lane's limit (QueueFull)."""
         lane = DEFAULT_LANE
         if not serving(await self.workers(), model, lane):
-            raise NoWorkers(model, lane)
+            raise NoWorkers(model, lane, is_default=model == self._settings.default_model)
         queue, limit = queue_name(model, lane), self._settings.max_queue_depth
         reserve = self._reserve_on_rabbitmq if self._rabbit is not None else self._reserve_on_redis
         depth = await reserve(queue, limit)

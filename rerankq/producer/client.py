@@ -132,7 +132,7 @@ class RerankClient:
         if len(job.cached_scores) == len(job.documents):
             return answer_from_cache(job)
         if require_worker and not serving(self.workers.read(), job.model, job.lane):
-            raise NoWorkers(job.model, job.lane)
+            raise NoWorkers(job.model, job.lane, is_default=job.model == self.settings.default_model)
         with broker_errors("sending a job", self.settings.effective_broker_url):
             self.app.send_task(
                 TASK_RERANK,
