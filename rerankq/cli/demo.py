@@ -11,11 +11,18 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from rerankq.core.redis_clients import masked_url
 from rerankq.core.registry import ModelManifest, find_manifest
 from rerankq.core.settings import get_settings, use_settings
 from rerankq.errors import ModelLoadError
 from rerankq.producer.client import RerankClient
-from rerankq.testing.processes import redis_for_run, start_worker, stop_worker, wait_until_consuming
+from rerankq.testing.processes import (
+    given_redis,
+    redis_for_run,
+    start_worker,
+    stop_worker,
+    wait_until_consuming,
+)
 from rerankq.worker.hub import OFFLINE_MODEL, weights_reachable
 
 RUN_DIR = Path(".run")
@@ -53,7 +60,13 @@ def run_demo(model: str | None = None, redis_url: str | None = None) -> int:
         model = model if _weights_reachable(model) else _fall_back(model)
         with _worker(model) as served:
             _rank_samples(RerankClient(url), served)
-    console.print("[green]demo finished; worker and Redis stopped[/green]")
+    given = given_redis(redis_url)
+    stopped = (
+        f"worker stopped; Redis at {masked_url(given)} left running (not the demo's)"
+        if given
+        else "worker and Redis stopped"
+    )
+    console.print(f"[green]demo finished; {stopped}[/green]")
     return 0
 
 

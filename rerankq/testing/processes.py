@@ -161,11 +161,16 @@ def running_workers(
 @contextmanager
 def redis_for_run(url: str | None = None) -> Iterator[str]:
     """``url``, else RERANKQ_REDIS_URL when set, else a throwaway redis-server of our own."""
-    if url or "RERANKQ_REDIS_URL" in os.environ:
-        yield url or os.environ["RERANKQ_REDIS_URL"]
+    if given := given_redis(url):
+        yield given
         return
     try:
         with local_redis_server() as server:
             yield server.url
     except FileNotFoundError as e:
         raise SystemExit(str(e)) from e
+
+
+def given_redis(url: str | None = None) -> str | None:
+    """The Redis the user gave (``url``, else RERANKQ_REDIS_URL), which a run uses and leaves running."""
+    return url or os.environ.get("RERANKQ_REDIS_URL") or None
