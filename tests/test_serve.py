@@ -109,6 +109,9 @@ def test_serve_answers_a_cohere_request_and_a_stop_leaves_no_child(
         assert workers == {"worker-1", "worker-2"}  # --workers passes through, each output prefixed
         assert {"redis", "gateway", "exporter"} <= {line.split("|")[0].strip() for line in serve.output().splitlines()}
         assert len(children) >= 5  # redis, two workers, the gateway, the exporter
+        worker_output = "\n".join(serve.lines_of("worker-1"))
+        assert "superuser privileges" not in worker_output  # Celery's ten lines as root, replaced by one
+        assert ("running as root" in worker_output) == (os.geteuid() == 0)
 
         serve.process.send_signal(stop_signal)
         assert serve.process.wait(STOPPED_WITHIN_S) == 0, serve.output()[-3000:]
