@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from rerankq.cli.supervisor import Child, Supervisor
 from rerankq.core.live_workers import read_live
-from rerankq.core.redis_clients import connect, ping_redis
+from rerankq.core.redis_clients import connect, masked_url, ping_redis
 from rerankq.core.registry import find_manifest
 from rerankq.core.settings import Settings
 from rerankq.errors import BrokerUnavailable
@@ -94,7 +94,7 @@ def _redis_url(options: ServeOptions, settings: Settings, supervisor: Supervisor
     configured = "configured" if options.redis_url_given else "default"
     if options.redis == "local" or (options.redis == "auto" and not options.redis_url_given):
         if options.redis == "auto" and _answers(settings):
-            supervisor.say(f"Redis: {settings.redis_url} (the {configured} URL, answering)")
+            supervisor.say(f"Redis: {masked_url(settings.redis_url)} (the {configured} URL, answering)")
             return settings.redis_url
         return _private_redis(supervisor)
     try:
@@ -102,7 +102,7 @@ def _redis_url(options: ServeOptions, settings: Settings, supervisor: Supervisor
     except BrokerUnavailable as e:
         hint = "" if options.redis_url_given else "; or pass --redis local for a private redis-server"
         raise ServeError(f"{e}{hint}", 3) from e
-    supervisor.say(f"Redis: {settings.redis_url} (the {configured} URL)")
+    supervisor.say(f"Redis: {masked_url(settings.redis_url)} (the {configured} URL)")
     return settings.redis_url
 
 
