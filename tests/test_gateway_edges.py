@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -24,6 +25,7 @@ from rerankq.testing.processes import GatewayProcess
 
 pytestmark = pytest.mark.slow
 
+ROOT = Path(__file__).resolve().parent.parent
 QUERY = "what do cats eat"
 DOCS = ["Cats eat meat and fish.", "The stock market fell today."]
 ENDPOINT_BODIES = {
@@ -133,6 +135,16 @@ async def test_readiness_means_a_worker_for_each_ready_model_or_for_any(workers:
     async with app_client(ready_models=["tiny-bert", "bge-reranker-v2-m3"]) as gateway:
         response = await gateway.get("/readyz")
     assert response.status_code == 503 and response.json()["reason"] == "no live worker serves bge-reranker-v2-m3"
+
+
+async def test_the_gateway_page_says_what_readiness_answers(workers: dict) -> None:
+    """docs/gateway.md's /readyz row names the fields the endpoint answers with and the setting it
+    reads (it once promised a worker for RERANKQ_DEFAULT_MODEL, which the code never required)."""
+    async with app_client(default_model="bge-reranker-v2-m3") as gateway:
+        ready = (await gateway.get("/readyz")).json()
+    row = next(line for line in (ROOT / "docs" / "gateway.md").read_text().splitlines() if "`GET /readyz`" in line)
+    assert all(f'"{field}"' in row or f"`{field}`" in row for field in ready if field != "status"), row
+    assert "RERANKQ_READY_MODELS" in row and "RERANKQ_DEFAULT_MODEL" not in row
 
 
 # --- bad input ----------------------------------------------------------------------------------
