@@ -1,7 +1,7 @@
 """Checks of the installed wheel, run by wheel-smoke.sh with the fresh virtualenv's Python from a
 folder outside the checkout: what the wheel holds, the console script, the shipped manifests and
 golden set, one real job through a worker (on the int8 ONNX backend: the onnx extra, the export
-and its gate) and the SDK, one request through the gateway.
+and its gate) and the SDK, one request through the gateway, and the quickstart's `rerankq serve`.
 
 Usage: python wheel_smoke.py WHEEL CHECKOUT
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ def main(wheel: Path, checkout: Path) -> None:
         with worker(Path(logs)):
             step("one job through the SDK", check_sdk_job)
             step("one request through rerankq gateway", lambda: check_gateway(Path(logs)))
+        step("rerankq serve --redis local answers a request and stops on Ctrl-C", lambda: check_serve(Path(logs)))
 
 
 def step(name: str, check: Callable[[], None]) -> None:
@@ -100,15 +102,42 @@ def check_gateway(logs: Path) -> None:
 
     gateway = start_gateway(logs / "gateway.log", env={"RERANKQ_DEFAULT_MODEL": MODEL})
     try:
-        body = json.dumps({"query": QUERY, "documents": DOCUMENTS, "top_n": 1}).encode()
-        request = urllib.request.Request(
-            f"{gateway.url}/v1/rerank", body, {"Content-Type": "application/json"}, method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.load(response)
-        assert [result["index"] for result in answer["results"]] == [1], answer
+        check_rerank_request(gateway.url)
     finally:
         stop_process(gateway.process)
+
+
+def check_rerank_request(base_url: str) -> None:
+    """A Cohere-shaped request that names no model (the default, or the one serve serves)."""
+    body = json.dumps({"query": QUERY, "documents": DOCUMENTS, "top_n": 1}).encode()
+    request = urllib.request.Request(f"{base_url}/v1/rerank", body, {"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.load(response)
+    assert [result["index"] for result in answer["results"]] == [1], answer
+
+
+def check_serve(logs: Path) -> None:
+    """The quickstart's command: a private Redis, a worker and the gateway, stopped by one SIGINT."""
+    from rerankq.testing.local_redis import free_port
+    from rerankq.testing.waiting import wait_until
+
+    port, log = free_port(), logs / "serve.log"
+    command = [RERANKQ, "serve", "--model", MODEL, "--device", "cpu", "--redis", "local", "--port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen([*command, "--exporter-port", "0"], stdout=out, stderr=subprocess.STDOUT)
+
+    def said() -> str:
+        return log.read_text(errors="replace")
+
+    try:
+        wait_until(lambda: process.poll() is not None or "| ready: " in said(), 300, lambda: said()[-3000:])
+        assert process.poll() is None, said()[-3000:]
+        check_rerank_request(f"http://127.0.0.1:{port}")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(15) == 0, said()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 @contextmanager
