@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
 import signal
 import subprocess
 import sys
@@ -15,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pty_support import run_on_a_terminal
 from test_bulk_api import BATCH_TOLERANCE, depth
 from worker_support import paused
 
@@ -214,19 +213,7 @@ def test_parquet_in_and_out(tmp_path: Path, client: RerankClient, workers: dict[
 
 def test_a_terminal_gets_a_progress_bar(tmp_path: Path, workers: dict[str, WorkerProcess]) -> None:
     source, output = write_jsonl(tmp_path / "in.jsonl", make_records(10)), tmp_path / "out.jsonl"
-    leader, follower = pty.openpty()
-    process = subprocess.Popen(bulk_command(source, output), stdin=follower, stdout=follower, stderr=follower)
-    os.close(follower)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # the process closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    assert process.wait(timeout=60) == 0
-    screen = seen.decode(errors="replace")
+    code, screen = run_on_a_terminal(bulk_command(source, output))
+    assert code == 0
     assert "rerankq bulk" in screen and "10/10" in screen and "pairs/s" in screen
     assert "bulk: " not in screen  # the log lines are for pipes and files

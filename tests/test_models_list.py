@@ -4,7 +4,6 @@ piped or on an 80-column terminal, and no empty aliases table when there are no 
 from __future__ import annotations
 
 import os
-import pty
 import re
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from pty_support import run_on_a_terminal
 
 from rerankq.core.registry import load_manifests
 
@@ -49,22 +49,9 @@ def rerankq(*args: str, columns: str | None) -> list[str]:
 
 def on_a_terminal(*args: str, columns: str) -> list[str]:
     """The command's output lines, stdout a terminal ``columns`` wide (colours stripped)."""
-    leader, follower = pty.openpty()
-    command = [sys.executable, "-m", "rerankq", *args]
-    process = subprocess.Popen(command, stdout=follower, stderr=subprocess.PIPE, env=environment(columns))
-    os.close(follower)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # the process closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(leader)
-    assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
-    return ANSI.sub("", seen.decode()).splitlines()
+    code, seen = run_on_a_terminal([sys.executable, "-m", "rerankq", *args], environment(columns))
+    assert code == 0, seen[-2000:]
+    return ANSI.sub("", seen).splitlines()
 
 
 def first_cells(lines: list[str]) -> set[str]:
