@@ -150,7 +150,8 @@ def _metrics_folder() -> Iterator[str]:
 
 def _start_services(options: ServeOptions, settings: Settings, supervisor: Supervisor, metrics_dir: str) -> None:
     name = served_name(options.model, settings.models_dir)
-    env = {**os.environ, "RERANKQ_REDIS_URL": settings.redis_url}
+    # unbuffered: a child's lines reach serve's output as they are printed, not when a buffer fills
+    env = {**os.environ, "RERANKQ_REDIS_URL": settings.redis_url, "PYTHONUNBUFFERED": "1"}
     rerankq = [sys.executable, "-m", "rerankq"]
     worker = [*rerankq, "worker", "--model", options.model, "--device", options.device]
     worker += ["--backend", options.backend] if options.backend else []
