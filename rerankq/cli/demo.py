@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from rerankq.cli.serve import served_name
 from rerankq.core.redis_clients import masked_url
 from rerankq.core.registry import ModelManifest, find_manifest
 from rerankq.core.settings import get_settings, use_settings
@@ -98,14 +99,9 @@ def _worker(model: str) -> Iterator[str]:
         stop_worker(worker)
         raise SystemExit(str(e)) from e
     try:
-        yield _served_name(model)
+        yield served_name(model, get_settings().models_dir)
     finally:
         stop_worker(worker, timeout=30)
-
-
-def _served_name(model: str) -> str:
-    manifest = find_manifest(get_settings().models_dir, model)
-    return manifest.name if manifest else Path(model.rstrip("/")).name
 
 
 def _samples_for(model: str) -> list[tuple[str, list[str]]]:

@@ -18,8 +18,7 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -73,30 +72,30 @@ def run_serve(options: ServeOptions, settings: Settings) -> int:
     supervisor = Supervisor()
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    try:
-        with _metrics_folder() as metrics_dir:
-            settings = settings.updated(redis_url=_redis_url(options, settings, supervisor))
-            _start_services(options, settings, supervisor, metrics_dir)
+    with tempfile.TemporaryDirectory(prefix="rerankq-serve-") as scratch:  # the private Redis's, the metrics'
+        try:
+            settings = settings.updated(redis_url=_redis_url(options, settings, supervisor, Path(scratch)))
+            _start_services(options, settings, supervisor, _metrics_folder(Path(scratch)))
             return _watch(options, settings, supervisor, stop)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
-        if supervisor.children:
-            supervisor.say("stopping every child")
-        supervisor.stop(last=("redis",))
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
+            if supervisor.children:
+                supervisor.say("stopping every child")
+            supervisor.stop(last=("redis",))
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _redis_url(options: ServeOptions, settings: Settings, supervisor: Supervisor) -> str:
+def _redis_url(options: ServeOptions, settings: Settings, supervisor: Supervisor, scratch: Path) -> str:
     """The Redis to use, said in one line; a private one started when asked."""
     configured = "configured" if options.redis_url_given else "default"
     if options.redis == "local" or (options.redis == "auto" and not options.redis_url_given):
         if options.redis == "auto" and _answers(settings):
             supervisor.say(f"Redis: {masked_url(settings.redis_url)} (the {configured} URL, answering)")
             return settings.redis_url
-        return _private_redis(supervisor)
+        return _private_redis(supervisor, scratch / "redis")
     try:
         ping_redis(settings, "starting serve")
     except BrokerUnavailable as e:
@@ -114,13 +113,13 @@ def _answers(settings: Settings) -> bool:
     return True
 
 
-def _private_redis(supervisor: Supervisor) -> str:
+def _private_redis(supervisor: Supervisor, folder: Path) -> str:
     binary = _which("redis-server")
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    folder = tempfile.mkdtemp(prefix="rerankq-serve-redis-")
+    folder.mkdir()
     argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--loglevel", "warning"]
-    supervisor.start("redis", [*argv, "--dir", folder], dict(os.environ))
+    supervisor.start("redis", [*argv, "--dir", str(folder)], dict(os.environ))
     supervisor.say(f"Redis: a private redis-server at {url}, stopped with serve (nothing kept on disk)")
     wait_for_redis(url)
     return url
@@ -137,15 +136,13 @@ def _which(binary: str) -> str:
     return path
 
 
-@contextmanager
-def _metrics_folder() -> Iterator[str]:
+def _metrics_folder(scratch: Path) -> str:
     """Workers and the exporter share a prometheus-client multiprocess folder (the exporter then
     serves this host's worker metrics), unless the user set one."""
     if given := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        yield given
-        return
-    with tempfile.TemporaryDirectory(prefix="rerankq-serve-metrics-") as folder:
-        yield folder
+        return given
+    (scratch / "metrics").mkdir()
+    return str(scratch / "metrics")
 
 
 def _start_services(options: ServeOptions, settings: Settings, supervisor: Supervisor, metrics_dir: str) -> None:
