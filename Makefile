@@ -2,7 +2,7 @@
 export HF_HUB_OFFLINE ?= 0
 VENV := .venv/bin
 
-.PHONY: setup setup-demo setup-lowest demo test test-fast test-faults test-lowest wheel-smoke bench bench-backends gpu-kit lint audit lock clean
+.PHONY: setup setup-demo setup-lowest demo test test-fast test-faults test-lowest wheel-smoke release bench bench-backends gpu-kit lint audit lock clean
 
 # everything for development: tests, linters, every extra (editable install)
 setup:
@@ -46,6 +46,12 @@ test-lowest: setup-lowest
 # the wheel as users get it: built, installed into a fresh virtualenv, run from outside the checkout
 wheel-smoke:
 	ops/scripts/wheel-smoke.sh
+
+# dist/: the sdist and the wheel built from this checkout (earlier ones removed), checked as PyPI renders them
+release: setup
+	rm -f dist/rerankq-*.tar.gz dist/rerankq-*.whl
+	$(VENV)/python -m build --outdir dist .
+	$(VENV)/twine check --strict dist/rerankq-*
 
 # the full benchmark suite on this machine; writes docs/BENCHMARKS.md (ARGS e.g. --shape tiny-bert --jobs 300)
 bench: setup

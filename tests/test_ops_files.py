@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -240,7 +241,12 @@ def test_dockerfiles_install_the_built_wheel_with_known_extras() -> None:
     """Images install the wheel the way users do (an editable install hides a wheel that lacks a
     subpackage or a manifest), with extras that exist."""
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-    wanted = {"Dockerfile.gateway": {"gateway", "flower"}, "Dockerfile.worker": {"worker", "onnx"}}
+    wanted = {
+        "Dockerfile.gateway": {"gateway", "flower"},
+        "Dockerfile.worker": {"worker", "onnx"},
+        "Dockerfile.serve": {"worker", "gateway", "onnx"},
+    }
+    assert {path.name for path in (ROOT / "ops" / "docker").glob("Dockerfile.*")} == set(wanted)
     for dockerfile in (ROOT / "ops" / "docker").glob("Dockerfile.*"):
         text = dockerfile.read_text()
         assert "pip install -e" not in text and "COPY rerankq ./rerankq" in text
@@ -248,6 +254,94 @@ def test_dockerfiles_install_the_built_wheel_with_known_extras() -> None:
         installed = re.findall(r'pip install "\$\(echo /dist/rerankq-\*\.whl\)\[([a-z,]+)\]"', text)
         assert len(installed) == 1, f"{dockerfile.name} does not install the built wheel"
         assert set(installed[0].split(",")) == wanted[dockerfile.name] and wanted[dockerfile.name] <= extras
+
+
+RUNS_AS = 10001  # the images' user rerankq (uid and gid), as ops/k8s's securityContext names it
+DOCKERFILES = sorted(path.name for path in (ROOT / "ops" / "docker").glob("Dockerfile.*"))
+
+
+def final_stage(dockerfile: Path) -> list[tuple[str, str]]:
+    """The instructions of a Dockerfile's last stage (the image that runs), as (INSTRUCTION,
+    arguments) with continuation lines joined and comments left out."""
+    lines = [line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    instructions = [line.strip().split(None, 1) for line in joined.splitlines() if line.strip()]
+    last_from = max(index for index, (name, *_) in enumerate(instructions) if name.upper() == "FROM")
+    return [(name.upper(), rest[0] if rest else "") for name, *rest in instructions[last_from:]]
+
+
+def shell_commands(stage: list[tuple[str, str]]) -> list[list[str]]:
+    """The commands of a stage's RUN lines, split on `&&`, each as its words."""
+    return [shlex.split(part) for name, args in stage if name == "RUN" for part in args.split("&&") if part.strip()]
+
+
+def option(argv: list[str], *names: str) -> str:
+    (index,) = (index for index, word in enumerate(argv) if word in names)
+    return argv[index + 1]
+
+
+def created_user(stage: list[tuple[str, str]]) -> tuple[str, int, int]:
+    """The user a stage creates with groupadd and useradd: (name, uid, gid)."""
+    (useradd,) = (argv for argv in shell_commands(stage) if argv[0] in {"useradd", "adduser"})
+    (groupadd,) = (argv for argv in shell_commands(stage) if argv[0] in {"groupadd", "addgroup"})
+    gid = int(option(groupadd, "--gid", "-g"))
+    assert option(useradd, "--gid", "-g") in {str(gid), groupadd[-1]}, "the user's group is the one created"
+    return useradd[-1], int(option(useradd, "--uid", "-u")), gid
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_every_image_runs_as_a_user_it_creates_not_root(name: str) -> None:
+    """The last USER before ENTRYPOINT (and none after it) is a user the same Dockerfile creates:
+    rerankq, uid and gid 10001 (what ops/k8s's runAsUser says), given by number so Kubernetes'
+    runAsNonRoot can check it. Every folder its ENV points rerankq at exists in the image owned by
+    that user, so a named volume mounted there (docker-compose.yml) is writable by it too."""
+    stage = final_stage(ROOT / "ops" / "docker" / name)
+    names = [instruction for instruction, _ in stage]
+    assert "ENTRYPOINT" in names, name
+    entrypoint = names.index("ENTRYPOINT")
+    users = [args for instruction, args in stage[:entrypoint] if instruction == "USER"]
+    assert users and "USER" not in names[entrypoint:], f"{name}: no USER before ENTRYPOINT, or one after it"
+    login, uid, gid = created_user(stage[: names.index("USER")])
+    assert (login, uid, gid) == ("rerankq", RUNS_AS, RUNS_AS), name
+    assert users[-1] in {str(uid), f"{uid}:{gid}"}, f"{name}: USER {users[-1]} is not the user it creates"
+
+    env = " ".join(args for instruction, args in stage if instruction == "ENV")
+    folders = set(re.findall(r"\b(?:HF_HOME|RERANKQ_\w+_DIR)=(\S+)", env))
+    assert "/models" in folders, name
+    owned = {path for argv in shell_commands(stage) if argv[0] == "chown" for path in argv[2:]}
+    owners = {argv[1] for argv in shell_commands(stage) if argv[0] == "chown"}
+    assert owners == {f"{login}:{login}"} and folders <= owned, f"{name}: {folders - owned} not owned by {login}"
+
+
+def test_the_all_in_one_image_serves_with_a_private_redis_when_none_is_configured() -> None:
+    """Dockerfile.serve's CMD is `rerankq serve`, listening beyond the container's loopback, with
+    `--redis auto` and the redis-server that needs installed. The run line its comment gives repeats
+    those options (arguments after the image name replace the CMD) and names a model; every option
+    of both is one serve accepts."""
+    text = (ROOT / "ops" / "docker" / "Dockerfile.serve").read_text()
+    stage = final_stage(ROOT / "ops" / "docker" / "Dockerfile.serve")
+    (cmd,) = (json.loads(args) for instruction, args in stage if instruction == "CMD")
+    (entrypoint,) = (json.loads(args) for instruction, args in stage if instruction == "ENTRYPOINT")
+    assert entrypoint == ["rerankq"] and cmd[0] == "serve", cmd
+    assert option(cmd, "--redis") == "auto" and option(cmd, "--host") == "0.0.0.0", cmd
+    assert any(argv[:2] == ["apt-get", "install"] and "redis-server" in argv for argv in shell_commands(stage))
+    exposed = {port for instruction, args in stage if instruction == "EXPOSE" for port in args.split()}
+    assert {"8080", "9808"} <= exposed
+
+    assert "docker build -f ops/docker/Dockerfile.serve -t rerankq-serve ." in text
+    run = re.search(r"#\s+(docker run .*? rerankq-serve \\\n#\s+serve [^\n]+)", text)
+    assert run, "no `docker run ... rerankq-serve serve ...` line"
+    argv = shlex.split(re.sub(r"\\\n#\s+", " ", run.group(1)))
+    given = argv[argv.index("rerankq-serve") + 1 :]
+    assert given[0] == "serve" and "--model" in given, given
+    assert all(option(given, name) == option(cmd, name) for name in ("--redis", "--host")), given
+    assert option(argv, "-p") == "8080:8080" and option(argv, "-e").startswith("RERANKQ_API_KEYS="), argv
+    done = subprocess.run(
+        [sys.executable, "-m", "rerankq", "serve", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    for word in (arg for arg in cmd[1:] + given[1:] if arg.startswith("--")):
+        assert word in done.stdout, f"rerankq serve has no {word}"
 
 
 @pytest.fixture(scope="module")
@@ -309,6 +403,9 @@ def test_kubernetes_manifests_hold_together() -> None:
         assert pod["terminationGracePeriodSeconds"] > limit  # warm shutdown finishes every running job
     gpu = deployments["rerankq-worker-gpu"]["spec"]["template"]["spec"]["containers"][0]
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
+    for name, deployment in deployments.items():  # the images' user, never root; volumes writable by it
+        context = deployment["spec"]["template"]["spec"]["securityContext"]
+        assert context == {"runAsNonRoot": True, "runAsUser": RUNS_AS, "runAsGroup": RUNS_AS, "fsGroup": RUNS_AS}, name
     scaled = [doc for doc in documents if doc["kind"] == "ScaledObject"]
     assert {doc["spec"]["scaleTargetRef"]["name"] for doc in scaled} == {"rerankq-worker-gpu", "rerankq-worker-cpu"}
     for doc in scaled:
