@@ -116,6 +116,18 @@ def test_the_layout_page_names_every_module() -> None:
     assert {name: modules for name, modules in listed.items() if modules} == on_disk  # manifests/: data only
 
 
+def test_the_readme_opens_with_what_rerankq_is_and_a_short_quickstart() -> None:
+    """The front door: its first screen (to the end of the quickstart) says what rerankq is and
+    serves a model with one command in ten lines at most; internals and layout live in docs/."""
+    readme = (ROOT / "README.md").read_text()
+    quickstart = blocks(ROOT / "README.md")[0]
+    first_screen = readme[: readme.index(quickstart.code) + len(quickstart.code)].splitlines()
+    assert len(first_screen) <= 25 and len(quickstart.code.splitlines()) <= 10
+    assert "rerankq serve --model" in quickstart.code and "curl" in quickstart.code
+    assert "┌" not in readme and "▼" not in readme and "## Layout" not in readme  # no diagram, no layout
+    assert (ROOT / "docs" / "architecture.md").is_file() and (ROOT / "docs" / "contributing.md").is_file()
+
+
 def test_the_pages_are_found() -> None:
     assert len(PAGES) > 5 and PYTHON and DATA, "README.md and docs/*.md should hold examples"
 
