@@ -318,7 +318,7 @@ async def test_no_worker_for_the_default_model_names_the_setting(jobs_created: C
     """A request that names no model (every TEI-shaped one) goes to RERANKQ_DEFAULT_MODEL: its 503
     says so, since the fix is often that setting, not another worker."""
     before = jobs_created()
-    async with app_client() as gateway:
+    async with app_client(default_model="bge-reranker-v2-m3") as gateway:  # a known model no test worker serves
         unnamed = await gateway.post("/rerank", json={"query": QUERY, "texts": DOCS})
         named = await gateway.post(
             "/v1/rerank", json={"model": "qwen3-reranker-0.6b", "query": QUERY, "documents": DOCS}

@@ -32,7 +32,7 @@ from rerankq.core.redis_clients import connect, masked_url, ping_redis
 from rerankq.core.registry import find_manifest
 from rerankq.core.settings import Settings
 from rerankq.errors import BrokerUnavailable
-from rerankq.testing.local_redis import free_port, wait_for_redis
+from rerankq.testing.local_redis import free_port, private_server_command, wait_for_redis
 
 RedisChoice = Literal["local", "auto"]
 POLL_S = 0.25
@@ -118,8 +118,7 @@ def _private_redis(supervisor: Supervisor, folder: Path) -> str:
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     folder.mkdir()
-    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--loglevel", "warning"]
-    supervisor.start("redis", [*argv, "--dir", str(folder)], dict(os.environ))
+    supervisor.start("redis", private_server_command(binary, port, folder), dict(os.environ))
     supervisor.say(f"Redis: a private redis-server at {url}, stopped with serve (nothing kept on disk)")
     wait_for_redis(url)
     return url

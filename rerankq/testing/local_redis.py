@@ -21,6 +21,23 @@ class LocalRedis:
     process: subprocess.Popen[bytes]
 
 
+def private_server_command(binary: str, port: int, folder: Path) -> list[str]:
+    """A redis-server of one's own: loopback only, nothing saved to disk, warnings only."""
+    return [
+        binary,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--dir",
+        str(folder),
+        "--loglevel",
+        "warning",
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
