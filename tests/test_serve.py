@@ -39,11 +39,20 @@ class Serve:
 
 
 def start_serve(log_path: Path, *args: str, env: dict[str, str] | None = None) -> Serve:
+    """Started as a shell's background job is (``rerankq serve &``): SIGINT ignored on entry, which
+    Python then leaves ignored unless serve handles it itself."""
     port = free_port()
     command = [sys.executable, "-m", "rerankq", "serve", "--device", "cpu", "--port", str(port), *args]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        environment = {**os.environ, **(env or {})}
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=environment, preexec_fn=_as_a_background_job
+        )
     return Serve(process, log_path, port)
+
+
+def _as_a_background_job() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextmanager

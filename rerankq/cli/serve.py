@@ -35,6 +35,7 @@ from rerankq.errors import BrokerUnavailable
 from rerankq.testing.local_redis import free_port, private_server_command, wait_for_redis
 
 RedisChoice = Literal["local", "auto"]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_S = 0.25
 EXIT_CHILD_FAILED = 1
 
@@ -71,21 +72,20 @@ def served_name(model: str, models_dir: Path | None) -> str:
 def run_serve(options: ServeOptions, settings: Settings) -> int:
     supervisor = Supervisor()
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    # Ctrl-C and SIGTERM both ask for a stop, handled here even where the shell that started serve
+    # ignores SIGINT (a background job inherits SIG_IGN): a second one does not cut the stop short
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in STOP_SIGNALS}
     with tempfile.TemporaryDirectory(prefix="rerankq-serve-") as scratch:  # the private Redis's, the metrics'
         try:
             settings = settings.updated(redis_url=_redis_url(options, settings, supervisor, Path(scratch)))
             _start_services(options, settings, supervisor, _metrics_folder(Path(scratch)))
             return _watch(options, settings, supervisor, stop)
-        except KeyboardInterrupt:
-            return 0
         finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
             if supervisor.children:
                 supervisor.say("stopping every child")
             supervisor.stop(last=("redis",))
-            signal.signal(signal.SIGTERM, previous)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _redis_url(options: ServeOptions, settings: Settings, supervisor: Supervisor, scratch: Path) -> str:
