@@ -24,6 +24,7 @@ import pytest
 from rerankq.cli import settings_doc
 from rerankq.core.registry import ModelManifest
 from rerankq.core.settings import Settings
+from rerankq.gateway.keys import KeysFile
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -134,9 +135,11 @@ def test_the_pages_are_found() -> None:
 
 @pytest.mark.parametrize("block", DATA, ids=lambda block: block.name)
 def test_data_blocks_parse(block: Block) -> None:
-    """A JSON block is one document or JSON Lines; a TOML block is a model manifest."""
+    """A JSON block is one document or JSON Lines; a TOML block is a model manifest, or a keys
+    file where it lists ``[[keys]]``."""
     if block.language == "toml":
-        ModelManifest.model_validate(tomllib.loads(block.code))
+        parsed = tomllib.loads(block.code)
+        (KeysFile if "keys" in parsed else ModelManifest).model_validate(parsed)
         return
     try:
         json.loads(block.code)

@@ -146,11 +146,12 @@ def gateway(
     _setup_logging()
     apply_settings(redis_url=redis_url)
     with needs_extra("gateway", "gateway"):
+        from rerankq.gateway.keys import KeysFileError
         from rerankq.gateway.server import UnsafeBind, serve
 
     try:
         serve(host, port, insecure, workers)
-    except UnsafeBind as e:
+    except (UnsafeBind, KeysFileError) as e:
         typer.echo(f"rerankq gateway: {e}", err=True)
         raise typer.Exit(EXIT_USAGE) from e
 
@@ -359,6 +360,19 @@ def status(
     from rerankq.cli.status import print_status
 
     print_status(apply_settings(redis_url=redis_url), as_json)
+
+
+@app.command()
+def usage(
+    since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d (whole UTC hours).")] = "24h",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    redis_url: RedisUrl = None,
+) -> None:
+    """Per API key: requests, documents, document tokens, search units, jobs and 429s, as the
+    gateways counted them in Redis (names only, never keys)."""
+    from rerankq.cli.usage import print_usage
+
+    print_usage(apply_settings(redis_url=redis_url), since, as_json)
 
 
 bulk_app = App(

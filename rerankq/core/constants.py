@@ -40,6 +40,12 @@ CALLBACKS_KEY: Final = f"{KEY_PREFIX}:callbacks"  # hash: job id -> {url, attemp
 REJECTED_KEY: Final = f"{KEY_PREFIX}:rejected"  # list, newest first: messages workers refused, with why
 ALIASES_KEY: Final = f"{KEY_PREFIX}:aliases"  # hash: alias -> {"targets": {version: weight}, "set_at"}
 ALIAS_HISTORY_KEY_PREFIX: Final = f"{KEY_PREFIX}:aliases:history:"  # + "<alias>" -> list of earlier values
+# Named API keys (rerankq.gateway): per-key counters, owners, usage. Keys carry the key's name,
+# never the key.
+RATE_KEY_PREFIX: Final = f"{KEY_PREFIX}:rate:"  # + "<key name>:<what>:<minute>" -> count in that window
+JOB_OWNER_KEY_PREFIX: Final = f"{KEY_PREFIX}:job-owner:"  # + "<job id>" -> the name of the key that made it
+QUEUED_BY_KEY_PREFIX: Final = f"{KEY_PREFIX}:queued-by:"  # + "<key name>:<queue>" -> sorted set: job id by time
+USAGE_KEY_PREFIX: Final = f"{KEY_PREFIX}:usage:"  # + "<UTC hour, YYYYMMDDHH>" -> hash: "<key name>:<counter>" -> n
 # The alias a request without a model name goes to; without such an alias, RERANKQ_DEFAULT_MODEL.
 DEFAULT_ALIAS: Final = "default"
 
@@ -122,3 +128,19 @@ def claims_key(worker_id: str) -> str:
 
 def admitted_key(queue: str) -> str:
     return f"{ADMITTED_KEY_PREFIX}{queue}"
+
+
+def rate_key(key_name: str, what: str, window: int) -> str:
+    return f"{RATE_KEY_PREFIX}{key_name}:{what}:{window}"
+
+
+def job_owner_key(job_id: str) -> str:
+    return f"{JOB_OWNER_KEY_PREFIX}{job_id}"
+
+
+def queued_by_key(key_name: str, queue: str) -> str:
+    return f"{QUEUED_BY_KEY_PREFIX}{key_name}:{queue}"
+
+
+def usage_key(hour: str) -> str:
+    return f"{USAGE_KEY_PREFIX}{hour}"

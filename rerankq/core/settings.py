@@ -284,6 +284,23 @@ class Settings(BaseSettings):
         description="Gateway API keys, comma-separated, each a key or `sha256:<hex digest>` of one. Unset: no "
         "keys, and the gateway listens only on a loopback address unless started with `--insecure`.",
     )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A TOML file of named API keys: per key a name, the SHA-256 digest of the key (never the key), "
+        "scopes (`rerank`, `jobs`, `admin`) and limits. Read again on SIGHUP and when it changes; its keys work "
+        "beside those of `RERANKQ_API_KEYS`.",
+    )
+    key_queue_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="The share of one lane's queue (`RERANKQ_MAX_QUEUE_DEPTH`) the jobs of one key from the keys "
+        "file may fill while they wait, so that one key cannot starve the rest; a key's own `queued_jobs` "
+        "limit overrides it.",
+    )
+    usage_retention_days: int = Field(
+        35, ge=1, description="How long per-key usage counts (`rerankq usage`) stay in Redis, in days."
+    )
     model_aliases: dict[str, str | dict[str, int]] = Field(
         {},
         description='Static aliases, JSON: a name for one model version, `{"rerank-v3.5": "bge-reranker-v2-m3"}`, '

@@ -12,25 +12,30 @@ from rerankq import __version__
 from rerankq.core.redis_clients import connect_async
 from rerankq.core.settings import Settings, get_settings
 from rerankq.gateway import jobs_api, ops_api, rerank_api
-from rerankq.gateway.auth import ApiKeys, AuthGate, bearer
+from rerankq.gateway.auth import AuthGate, bearer
 from rerankq.gateway.body_limit import BodySizeLimit
 from rerankq.gateway.callbacks import CallbackDispatcher
 from rerankq.gateway.errors import error_responses, install_error_handlers
+from rerankq.gateway.keys import KeyRingHolder
 from rerankq.gateway.metrics import RequestMetrics
 from rerankq.gateway.openapi import install_openapi
 from rerankq.gateway.responses import SafeJSONResponse
 from rerankq.gateway.service import RerankService
+from rerankq.gateway.usage import UsageLedger
 from rerankq.producer.async_client import AsyncRerankClient
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
+    keys = KeyRingHolder(settings)  # a bad keys file stops the gateway here, before it listens
+    redis = connect_async(settings.redis_url, settings.redis_sentinel_master, health_check_interval=30)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = connect_async(settings.redis_url, settings.redis_sentinel_master, health_check_interval=30)
         service = RerankService(settings, AsyncRerankClient(settings=settings), redis)
         await service.start()
+        keys.start()
         app.state.service = service
         app.state.callbacks = _callbacks(settings, service, redis)
         try:
@@ -38,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if app.state.callbacks is not None:
                 await app.state.callbacks.stop()
+            await keys.stop()
             await service.stop()
             await redis.aclose()
 
@@ -53,7 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app, settings)
     # Outermost last: metrics see every answer; the API key is checked before the body is read.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AuthGate, keys=ApiKeys(settings.api_keys), open_paths=open_paths(settings))
+    usage = UsageLedger(redis, settings.usage_retention_days)
+    app.add_middleware(
+        AuthGate, keys=keys, open_paths=open_paths(settings), usage=usage, metrics_public=settings.public_metrics
+    )
     app.add_middleware(RequestMetrics)
     authenticated = [Security(bearer)]  # declares the scheme; AuthGate checks it
     app.include_router(ops_api.health)

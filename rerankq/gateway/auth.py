@@ -1,76 +1,115 @@
-"""Bearer API keys. Settings hold keys or their SHA-256 digests (``sha256:<hex>``); the gateway
-keeps only digests and compares the presented key's digest with each in constant time.
+"""Who is calling, what they may do, and one account of each request.
 
-The check is an ASGI middleware in front of everything else, so an unauthenticated request is
-answered 401 from its headers alone: its body is never read, parsed or validated (a route
-dependency would run only after FastAPI parsed the body, letting anyone make the gateway parse
-32 MiB)."""
+``AuthGate`` is an ASGI middleware in front of everything else, so an unauthenticated request is
+answered 401 from its headers alone, and a key without the endpoint's scope 403: its body is never
+read, parsed or validated (a route dependency would run only after FastAPI parsed the body, letting
+anyone make the gateway parse 32 MiB). An admitted request carries a ``Caller`` (its key and what
+it used) to the routes; when the answer is sent, the gate adds the key's rate-limit headers, counts
+the request against the key (``rerankq.gateway.usage``) and writes its audit line.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import time
+from dataclasses import dataclass, field
 
+from fastapi import Request
 from fastapi.security import HTTPBearer
-from pydantic import SecretStr
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rerankq.gateway.errors import Unauthorized, error_response
+from rerankq.gateway.errors import Forbidden, Unauthorized, error_response
+from rerankq.gateway.keys import ANONYMOUS_KEY, ApiKey, KeyRingHolder
+from rerankq.gateway.usage import RequestUsage, UsageLedger, audit
 
-DIGEST_PREFIX = "sha256:"
-
-
-def digest_of(configured: str) -> bytes:
-    if configured.startswith(DIGEST_PREFIX):
-        digest = bytes.fromhex(configured.removeprefix(DIGEST_PREFIX))
-        if len(digest) != hashlib.sha256().digest_size:
-            raise ValueError("an API key digest must be 64 hex digits after 'sha256:'")
-        return digest
-    return hashlib.sha256(configured.encode()).digest()
+# The scope each endpoint needs; any other path needs only a valid key (it answers 404 anyway).
+SCOPE_OF_PATH = {"/v1/rerank": "rerank", "/v2/rerank": "rerank", "/rerank": "rerank", "/v1/models": "admin"}
+JOBS_PATH = "/v1/jobs"
 
 
-class ApiKeys:
-    def __init__(self, keys: list[SecretStr]) -> None:
-        self._digests = [digest_of(key.get_secret_value()) for key in keys]
+def scope_for(path: str, metrics_public: bool) -> str | None:
+    if path == JOBS_PATH or path.startswith(JOBS_PATH + "/"):
+        return "jobs"
+    if path == "/metrics":
+        return None if metrics_public else "admin"
+    return SCOPE_OF_PATH.get(path)
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._digests)
 
-    def accepts(self, presented: str) -> bool:
-        digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
-        matched = False
-        for known in self._digests:  # no early exit: the time taken does not reveal which key matched
-            matched |= hmac.compare_digest(known, digest)
-        return matched
+@dataclass
+class Caller:
+    """The request's key, what it used, and the headers its limits add to the answer."""
 
-    def check(self, authorization: str | None) -> None:
-        if not self.enabled:
-            return
-        scheme, _, presented = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not self.accepts(presented.strip()):
-            raise Unauthorized()
+    key: ApiKey
+    usage: RequestUsage = field(default_factory=RequestUsage)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def caller_of(request: Request) -> Caller:
+    caller: Caller = request.scope["state"]["caller"]
+    return caller
 
 
 # Declares the scheme in the OpenAPI document; the check itself is AuthGate's.
-bearer = HTTPBearer(auto_error=False, description="An API key from RERANKQ_API_KEYS")
+bearer = HTTPBearer(auto_error=False, description="An API key (RERANKQ_API_KEYS or the keys file)")
 
 
 class AuthGate:
-    """401 before anything reads the body, for every path but the open ones."""
+    """401 or 403 before anything reads the body, for every path but the open ones."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeys, open_paths: frozenset[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: KeyRingHolder, open_paths: frozenset[str], usage: UsageLedger, metrics_public: bool
+    ) -> None:
         self.app = app
         self.keys = keys
         self.open_paths = open_paths
+        self.usage = usage
+        self.metrics_public = metrics_public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in self.open_paths and self.keys.enabled:
-            try:
-                self.keys.check(Headers(scope=scope).get("authorization"))
-            except Unauthorized as e:
-                headers = {"WWW-Authenticate": "Bearer"}
-                await error_response(401, "unauthorized", str(e), headers)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        try:
+            caller = Caller(self._identify(scope))
+        except (Unauthorized, Forbidden) as e:
+            await self._refuse(scope, receive, send, e)
+            return
+        scope.setdefault("state", {})["caller"] = caller
+        status = 500
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).update(caller.headers)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            await self.usage.record(caller.key.name, caller.usage, status)
+            audit(caller.key.name, scope, status, caller.usage, time.perf_counter() - started)
+
+    def _identify(self, scope: Scope) -> ApiKey:
+        ring = self.keys.ring
+        if not ring.enabled:
+            return ANONYMOUS_KEY
+        scheme, _, presented = (Headers(scope=scope).get("authorization") or "").partition(" ")
+        key = ring.identify(presented.strip()) if scheme.lower() == "bearer" else None
+        if key is None:
+            raise Unauthorized()
+        needed = scope_for(scope["path"], self.metrics_public)
+        if needed is not None and not key.may(needed):
+            raise Forbidden(key.name, needed)
+        return key
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: Unauthorized | Forbidden) -> None:
+        if isinstance(error, Unauthorized):
+            response = error_response(401, "unauthorized", str(error), {"WWW-Authenticate": "Bearer"})
+            name = "-"
+        else:
+            response = error_response(403, "forbidden", str(error), scope=error.scope)
+            name = error.key
+        await response(scope, receive, send)
+        audit(name, scope, response.status_code, RequestUsage(), 0.0)

@@ -38,6 +38,7 @@ from rerankq.errors import (
     field_path,
     invalid_request,
 )
+from rerankq.gateway.rate_limits import RateLimited
 from rerankq.gateway.responses import SafeJSONResponse
 from rerankq.gateway.service import GatewayBusy
 
@@ -51,6 +52,18 @@ POLL_AFTER_S = 1  # a timed-out job's status is worth asking for again this soon
 class Unauthorized(Exception):
     def __str__(self) -> str:
         return "missing or invalid API key: send `Authorization: Bearer <key>`"
+
+
+class Forbidden(Exception):
+    """The key is valid but lacks the scope the endpoint needs (HTTP 403)."""
+
+    def __init__(self, key: str, scope: str) -> None:
+        self.key = key
+        self.scope = scope
+        super().__init__(key, scope)
+
+    def __str__(self) -> str:
+        return f"key {self.key!r} lacks the {self.scope!r} scope this endpoint needs"
 
 
 class PayloadTooLarge(Exception):
@@ -84,6 +97,7 @@ class Rule:
     retry_after: Callable[[Any], int | None] = lambda _: None
     message: Callable[[Any], str] = str
     headers: Mapping[str, str] = field(default_factory=dict)
+    headers_of: Callable[[Any], Mapping[str, str]] = lambda _: {}  # headers that depend on the error
 
 
 def _field(e: InvalidRequest) -> dict[str, Any]:
@@ -116,12 +130,21 @@ RULES: dict[type[Exception], Rule] = {
     RequestTooLarge: Rule(413, "too_large", "too many documents or characters", _field),
     PayloadTooLarge: Rule(413, "too_large", "the body is over RERANKQ_MAX_BODY_BYTES", lambda e: {"field": "body"}),
     Unauthorized: Rule(401, "unauthorized", "no or a wrong API key", headers={"WWW-Authenticate": "Bearer"}),
+    Forbidden: Rule(403, "forbidden", "the key lacks the endpoint's scope (`rerank`, `jobs`, `admin`)"),
     UnknownModel: Rule(404, "unknown_model", "no model of that name", _unknown),
     JobNotFound: Rule(404, "not_found", "no job with that id", lambda e: {"job_id": e.job_id}),
     Conflict: Rule(409, "conflict", "the job's state forbids it (cancelling a finished job)"),
     JobCancelled: Rule(409, "cancelled", "the job was cancelled", lambda e: {"job_id": e.job_id}),
     QueueFull: Rule(
         429, "queue_full", "the lane's queue is at its limit", lambda e: {"queue": e.queue}, lambda e: e.retry_after_s
+    ),
+    RateLimited: Rule(
+        429,
+        "rate_limited",
+        "the key is at a per-minute limit or its share of the queue (X-RateLimit-* headers)",
+        lambda e: {"limit": e.limit_name},
+        lambda e: e.reset_s,
+        headers_of=lambda e: e.headers(),
     ),
     NoWorkers: Rule(
         503,
@@ -198,7 +221,7 @@ async def handle(request: Request, error: Exception) -> JSONResponse:
     if isinstance(error, RequestValidationError):
         error = _as_invalid(error)
     rule = rule_for(error)
-    status, error_type, headers = rule.status, rule.error_type, dict(rule.headers)
+    status, error_type, headers = rule.status, rule.error_type, {**rule.headers, **rule.headers_of(error)}
     details, message = rule.details(error), rule.message(error)
     if (retry_after := rule.retry_after(error)) is not None:
         headers["Retry-After"] = str(retry_after)

@@ -11,7 +11,7 @@ from rerankq.gateway.callback_targets import check_callback_url
 from rerankq.gateway.callbacks import CallbackDispatcher
 from rerankq.gateway.errors import Conflict
 from rerankq.gateway.request_limits import check_documents_request
-from rerankq.gateway.rerank_api import Service, cohere_response, document_texts
+from rerankq.gateway.rerank_api import CallerOf, Service, cohere_response, document_texts
 from rerankq.gateway.schemas import JobAccepted, JobRequest, JobState
 from rerankq.gateway.service import RerankService
 from rerankq.producer.job_status import JobStatus
@@ -35,6 +35,7 @@ async def create_job(
     request: Request,
     response: Response,
     service: Service,
+    caller: CallerOf,
     callbacks: Callbacks,
 ) -> JobAccepted:
     """Enqueue a Cohere-v1-shaped request; 202 with the job's id and where to poll it."""
@@ -44,9 +45,8 @@ async def create_job(
     if body.callback_url is not None:
         await check_callback_url(str(body.callback_url), service.settings.callback_allow_private)
     texts = document_texts(body.documents, body.rank_fields)
-    job = await service.submit(
-        body.query, texts, body.model, top_n=body.top_n, return_documents=body.return_documents, **body.text_options()
-    )
+    options = {"top_n": body.top_n, "return_documents": body.return_documents, **body.text_options()}
+    job = await service.submit(caller, body.query, texts, body.model, **options)
     if body.callback_url is not None and callbacks is not None:
         await callbacks.register(job.job_id, str(body.callback_url))
     status_url = str(request.url_for("get_job", job_id=job.job_id))
@@ -55,28 +55,31 @@ async def create_job(
 
 
 @router.get("/v1/jobs/{job_id}", name="get_job", response_model_exclude_none=True)
-async def get_job(job_id: JobId, service: Service) -> JobState:
-    return await job_state(service, job_id)
+async def get_job(job_id: JobId, service: Service, caller: CallerOf) -> JobState:
+    """The job's state; 404 for another key's job, as for one never submitted."""
+    return await job_state(service, job_id, await service.check_owner(caller, job_id))
 
 
 @router.delete("/v1/jobs/{job_id}", response_model_exclude_none=True)
-async def cancel_job(job_id: JobId, service: Service) -> JobState:
-    """Cancel a job no worker has started; 409 when it already started or finished."""
+async def cancel_job(job_id: JobId, service: Service, caller: CallerOf) -> JobState:
+    """Cancel a job no worker has started; 409 when it already started or finished; 404 for
+    another key's job."""
+    await service.check_owner(caller, job_id)
     status = await service.cancel(job_id)
     if status != JobStatus.CANCELLED:
         raise Conflict(f"job {job_id} is {status}: only a job still waiting in its queue can be cancelled")
     return JobState(id=job_id, status=status)
 
 
-async def job_state(service: RerankService, job_id: str) -> JobState:
+async def job_state(service: RerankService, job_id: str, billed_documents: int | None) -> JobState:
     view = await service.view(job_id)
-    result = cohere_response(view.result, "1", None) if view.result is not None else None
+    result = cohere_response(view.result, "1", None, billed_documents) if view.result is not None else None
     return JobState(id=job_id, status=view.status, model=view.model, result=result, error=view.error)
 
 
 async def finished_body(service: RerankService, job_id: str) -> bytes | None:
     """A finished job's state as JSON (what a callback carries), or None while it runs."""
-    state = await job_state(service, job_id)
+    state = await job_state(service, job_id, await service.owner_documents(job_id))
     if state.status in (JobStatus.PENDING, JobStatus.STARTED, JobStatus.WAITING_FOR_CPU):
         return None
     return state.model_dump_json(exclude_none=True).encode()

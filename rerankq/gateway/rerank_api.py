@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from rerankq.core.contract import RerankResult
 from rerankq.errors import InvalidRequest
+from rerankq.gateway.auth import Caller, caller_of
 from rerankq.gateway.request_limits import check_documents_request
 from rerankq.gateway.schemas import (
     CohereResponse,
@@ -23,6 +24,7 @@ from rerankq.gateway.schemas import (
     TeiRequest,
 )
 from rerankq.gateway.service import RerankService
+from rerankq.gateway.usage import search_units
 
 router = APIRouter()
 
@@ -33,24 +35,27 @@ def service_of(request: Request) -> RerankService:
 
 
 Service = Annotated[RerankService, Depends(service_of)]
+CallerOf = Annotated[Caller, Depends(caller_of)]
 
 
 @router.post("/v1/rerank", response_model_exclude_none=True)
-async def rerank_v1(body: CohereV1Request, service: Service, response: Response) -> CohereResponse:
+async def rerank_v1(body: CohereV1Request, service: Service, caller: CallerOf, response: Response) -> CohereResponse:
     """Cohere v1 and Jina."""
-    return await _cohere(body, service, response, api_version="1")
+    return await _cohere(body, service, caller, response, api_version="1")
 
 
 @router.post("/v2/rerank", response_model_exclude_none=True)
-async def rerank_v2(body: CohereV2Request, service: Service, response: Response) -> CohereResponse:
-    return await _cohere(body, service, response, api_version="2")
+async def rerank_v2(body: CohereV2Request, service: Service, caller: CallerOf, response: Response) -> CohereResponse:
+    return await _cohere(body, service, caller, response, api_version="2")
 
 
 @router.post("/rerank", response_model_exclude_none=True)
-async def rerank_tei(body: TeiRequest, service: Service, response: Response) -> list[TeiHit]:
-    """text-embeddings-inference: every text, highest score first."""
+async def rerank_tei(body: TeiRequest, service: Service, caller: CallerOf, response: Response) -> list[TeiHit]:
+    """text-embeddings-inference: every text, highest score first (search units and tokens in
+    headers: the body is a bare list)."""
     check_documents_request(body.texts, None, service.settings)
     result = await service.rank(
+        caller,
         body.query,
         body.texts,
         body.model,
@@ -59,6 +64,8 @@ async def rerank_tei(body: TeiRequest, service: Service, response: Response) -> 
         instruction=body.instruction,
     )
     name_served_version(response, result)
+    response.headers["X-Rerankq-Search-Units"] = str(search_units(len(body.texts)))
+    response.headers["X-Rerankq-Tokens"] = str(result.stats.tokens)
     return [
         TeiHit(index=hit.index, score=hit.score, text=body.texts[hit.index] if body.return_text else None)
         for hit in result.results
@@ -66,13 +73,18 @@ async def rerank_tei(body: TeiRequest, service: Service, response: Response) -> 
 
 
 async def _cohere(
-    body: CohereV1Request | CohereV2Request, service: RerankService, response: Response, api_version: str
+    body: CohereV1Request | CohereV2Request,
+    service: RerankService,
+    caller: Caller,
+    response: Response,
+    api_version: str,
 ) -> CohereResponse:
     check_documents_request(body.documents, body.rank_fields, service.settings)
     texts = document_texts(body.documents, body.rank_fields)
-    result = await service.rank(body.query, texts, body.model, top_n=body.top_n, **body.text_options())
+    result = await service.rank(caller, body.query, texts, body.model, top_n=body.top_n, **body.text_options())
     name_served_version(response, result)
-    return cohere_response(result, api_version, body.documents if body.return_documents else None)
+    echoed = body.documents if body.return_documents else None
+    return cohere_response(result, api_version, echoed, len(body.documents))
 
 
 def name_served_version(response: Response, result: RerankResult) -> None:
@@ -103,8 +115,12 @@ def _document_text(i: int, document: Document, rank_fields: list[str] | None) ->
     return "\n".join(f"{field}: {document[field]}" for field in fields)
 
 
-def cohere_response(result: RerankResult, api_version: str, documents: list[Document] | None) -> CohereResponse:
-    """``documents``: the request's originals to echo back; None to echo the job's own texts, if any."""
+def cohere_response(
+    result: RerankResult, api_version: str, documents: list[Document] | None, billed_documents: int | None
+) -> CohereResponse:
+    """``documents``: the request's originals to echo back; None to echo the job's own texts, if any.
+    ``billed_documents``: how many documents the request ranked (Cohere's search units count them);
+    None for a job no gateway took (sent with the SDK), which bills nothing."""
     hits = [
         RerankHit(
             index=hit.index,
@@ -115,7 +131,8 @@ def cohere_response(result: RerankResult, api_version: str, documents: list[Docu
         )
         for hit in result.results
     ]
-    meta: dict[str, Any] = {"api_version": {"version": api_version}, "billed_units": {"search_units": 1}}
+    units = {"search_units": search_units(billed_documents)} if billed_documents is not None else {}
+    meta: dict[str, Any] = {"api_version": {"version": api_version}, "billed_units": units}
     return CohereResponse(id=result.job_id, results=hits, meta=meta, usage={"total_tokens": result.stats.tokens})
 
 

@@ -12,6 +12,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from rerankq.core.listen import is_loopback
 from rerankq.core.redis_clients import ping_redis
 from rerankq.core.settings import get_settings
+from rerankq.gateway.keys import load_ring
 
 
 class UnsafeBind(Exception):
@@ -72,7 +73,7 @@ def check_bind(host: str, have_keys: bool, insecure: bool) -> None:
 
 def serve(host: str, port: int, insecure: bool, workers: int = 1) -> None:
     settings = get_settings()
-    check_bind(host, bool(settings.api_keys), insecure)
+    check_bind(host, load_ring(settings).enabled, insecure)  # a bad keys file: KeysFileError, one line
     # Redis down at start: one line from the CLI (BrokerUnavailable), not the app's start-up traceback
     ping_redis(settings, "starting the gateway")
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

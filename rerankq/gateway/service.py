@@ -9,23 +9,29 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
 from rerankq.core.aliases import AsyncAliasTable, Route
 from rerankq.core.catalog import Catalog, resolve_version
-from rerankq.core.constants import job_key
+from rerankq.core.constants import DEFAULT_LANE, job_key, job_owner_key, queue_name
 from rerankq.core.contract import RerankJob, RerankResult, read_result
 from rerankq.core.registry import load_manifests
 from rerankq.core.settings import Settings
 from rerankq.errors import JobFailed, JobTimeout, RerankError
 from rerankq.gateway.admission import Admission
+from rerankq.gateway.key_queue import KeyQueue
+from rerankq.gateway.rate_limits import Charge, RateLimiter, estimate_tokens
+from rerankq.gateway.usage import search_units
 from rerankq.gateway.waiter import ResultWaiter
 from rerankq.producer.async_client import AsyncRerankClient
 from rerankq.producer.job_handles import outcome_of_meta
 from rerankq.producer.job_ledger import not_found
 from rerankq.producer.job_status import JobStatus, status_of
+
+if TYPE_CHECKING:
+    from rerankq.gateway.auth import Caller
 
 
 class GatewayBusy(RerankError):
@@ -60,6 +66,8 @@ class RerankService:
         self.waiter = ResultWaiter(client.app, redis)
         self.manifests = load_manifests(settings.models_dir)
         self.aliases = AsyncAliasTable(redis, settings)
+        self.limiter = RateLimiter(redis)
+        self.key_queue = KeyQueue(redis, settings, _text(client.app.backend.task_keyprefix))
 
     async def start(self) -> None:
         await self.waiter.start()
@@ -80,22 +88,36 @@ class RerankService:
         route = await self.aliases.resolve(requested)
         return resolve_version(route, await self.catalog(), self.settings.default_model)
 
-    async def submit(self, query: Any, documents: Sequence[Any], model: str | None, **options: Any) -> RerankJob:
-        """Validate (InvalidRequest / RequestTooLarge), resolve, admit, enqueue. Input is checked
-        first, against the default model's name, so a bad body costs no Redis round trip."""
+    async def submit(
+        self, caller: Caller, query: Any, documents: Sequence[Any], model: str | None, **options: Any
+    ) -> RerankJob:
+        """Validate (InvalidRequest / RequestTooLarge), resolve, charge the key's limits
+        (RateLimited), admit (NoWorkers, QueueFull, the key's share of the queue), record the
+        job's owner, enqueue. Input is checked first, against the default model's name, so a bad
+        body costs no Redis round trip."""
         job = self.client.build(query, documents, model=self.settings.default_model, **options)
         route = await self.resolve_model(model)
         job = job.model_copy(update={"model": route.model, "alias": route.alias})
-        async with self.admission.admitted(job.model):
+        cost = Charge(len(job.documents), estimate_tokens(job, self.settings))
+        caller.headers.update(await self.limiter.charge(caller.key, cost))
+        caller.usage.documents, caller.usage.document_tokens = cost.documents, cost.tokens
+        caller.usage.search_units = search_units(cost.documents)
+        queue = queue_name(job.model, DEFAULT_LANE)
+        async with self.admission.admitted(job.model), self.key_queue.holding(caller.key, queue, job.job_id):
+            owner = json.dumps({"key": caller.key.name, "documents": cost.documents})
+            await self.redis.set(job_owner_key(job.job_id), owner, ex=self.settings.result_ttl_s)
             await self.client.send(job)
+        caller.usage.jobs, caller.usage.job_id = 1, job.job_id
         return job
 
-    async def rank(self, query: Any, documents: Sequence[Any], model: str | None, **options: Any) -> RerankResult:
+    async def rank(
+        self, caller: Caller, query: Any, documents: Sequence[Any], model: str | None, **options: Any
+    ) -> RerankResult:
         """Submit and wait (the synchronous endpoints). A gateway already holding its limit of
         waiting requests refuses before enqueueing anything (GatewayBusy)."""
         if self.waiter.waiting >= self.settings.max_waiting_requests:
             raise GatewayBusy(self.settings.max_waiting_requests, self.settings.retry_after_s)
-        job = await self.submit(query, documents, model, **options)
+        job = await self.submit(caller, query, documents, model, **options)
         return await self.wait(job.job_id)
 
     async def wait(self, job_id: str) -> RerankResult:
@@ -107,6 +129,27 @@ class RerankService:
             view = await self.view(job_id)
             raise JobTimeout(job_id, timeout, view.status) from e
         return outcome_of_meta(self.client.app.backend, job_id, meta)
+
+    async def check_owner(self, caller: Caller, job_id: str) -> int | None:
+        """The job's document count, if a gateway took it; JobNotFound, exactly as for an id never
+        submitted, unless the job is the caller's (an answer that differed would tell another key
+        the job exists). A job with no owner (sent with the SDK, not through a gateway) is visible
+        to keys with the admin scope only."""
+        owner = await self._owner(job_id)
+        if owner is None and caller.key.may("admin"):
+            return None
+        if owner is None or owner["key"] != caller.key.name:
+            raise not_found(job_id, self.settings.result_ttl_s)
+        return int(owner["documents"])
+
+    async def owner_documents(self, job_id: str) -> int | None:
+        """The document count a gateway recorded for the job (what it bills), if one took it."""
+        owner = await self._owner(job_id)
+        return int(owner["documents"]) if owner is not None else None
+
+    async def _owner(self, job_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(job_owner_key(job_id))
+        return json.loads(raw) if raw else None
 
     async def view(self, job_id: str) -> JobView:
         """Status and, when finished, result or error. JobNotFound for an id never submitted."""
@@ -134,3 +177,7 @@ class RerankService:
         except JobFailed as e:
             return e.reason
         return ""
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
