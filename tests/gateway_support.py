@@ -66,10 +66,12 @@ def wait_for_job(http: httpx.Client, job_id: str, timeout: float = 30) -> dict[s
         time.sleep(0.05)
 
 
-async def await_job(http: httpx.AsyncClient, job_id: str, timeout: float = 30) -> dict[str, Any]:
+async def await_job(
+    http: httpx.AsyncClient, job_id: str, timeout: float = 30, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        state: dict[str, Any] = (await http.get(f"/v1/jobs/{job_id}")).json()
+        state: dict[str, Any] = (await http.get(f"/v1/jobs/{job_id}", headers=headers)).json()
         if state["status"] in FINAL or time.monotonic() > deadline:
             return state
         await asyncio.sleep(0.05)

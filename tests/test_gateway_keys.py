@@ -4,7 +4,6 @@ gateway replicas through Redis, a keys file reloaded while requests are in fligh
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_support import PausedModel, app_client
+from gateway_support import PausedModel, app_client, await_job
 from prometheus_client import REGISTRY
 
 from rerankq.core.contract import new_job_id
@@ -93,7 +92,7 @@ async def test_another_keys_job_is_404_exactly_as_a_job_that_never_was(keys_file
         made = await gateway.post("/v1/jobs", json={"query": QUERY, "documents": DOCS}, headers=auth("app-a"))
         assert made.status_code == 202, made.text
         job_id = made.json()["id"]
-        wait_until_final = await _final_state(gateway, job_id, "app-a")
+        wait_until_final = await await_job(gateway, job_id, 60, auth("app-a"))
         assert wait_until_final["status"] == "succeeded"
         never = new_job_id()  # made now, like theirs, and never submitted
         for method in ("GET", "DELETE"):
@@ -104,15 +103,6 @@ async def test_another_keys_job_is_404_exactly_as_a_job_that_never_was(keys_file
             assert theirs.json()["message"].replace(job_id, never) == unknown.json()["message"]
         assert (await gateway.get(f"/v1/jobs/{job_id}", headers=auth("app-a"))).status_code == 200
         assert (await gateway.delete(f"/v1/jobs/{job_id}", headers=auth("app-a"))).status_code == 409  # finished
-
-
-async def _final_state(gateway: httpx.AsyncClient, job_id: str, key: str) -> dict:
-    deadline = time.monotonic() + 60
-    while True:
-        state = (await gateway.get(f"/v1/jobs/{job_id}", headers=auth(key))).json()
-        if state["status"] in {"succeeded", "failed", "cancelled"} or time.monotonic() > deadline:
-            return state
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize(("documents", "units"), [(1, 1), (100, 1), (101, 2)])
@@ -155,7 +145,7 @@ async def test_one_key_cannot_fill_the_queue_others_share(keys_file: Path, pause
         paused_model.resume()
         for answer in [*first, other]:
             job_id, key = answer.json()["id"], "app-b" if answer is other else "limited"
-            assert (await _final_state(gateway, job_id, key))["status"] == "succeeded"
+            assert (await await_job(gateway, job_id, 60, auth(key)))["status"] == "succeeded"
         # its jobs started: the key's place in the queue is free again
         assert (await gateway.post("/v1/jobs", json=body, headers=auth("limited"))).status_code == 202
 

@@ -92,25 +92,24 @@ def _redis_url(options: ServeOptions, settings: Settings, supervisor: Supervisor
     """The Redis to use, said in one line; a private one started when asked."""
     configured = "configured" if options.redis_url_given else "default"
     if options.redis == "local" or (options.redis == "auto" and not options.redis_url_given):
-        if options.redis == "auto" and _answers(settings):
+        if options.redis == "auto" and _unreachable(settings) is None:
             supervisor.say(f"Redis: {masked_url(settings.redis_url)} (the {configured} URL, answering)")
             return settings.redis_url
         return _private_redis(supervisor, scratch / "redis")
-    try:
-        ping_redis(settings, "starting serve")
-    except BrokerUnavailable as e:
+    if (unreachable := _unreachable(settings)) is not None:
         hint = "" if options.redis_url_given else "; or pass --redis local for a private redis-server"
-        raise ServeError(f"{e}{hint}", 3) from e
+        raise ServeError(f"{unreachable}{hint}", 3) from unreachable
     supervisor.say(f"Redis: {masked_url(settings.redis_url)} (the {configured} URL)")
     return settings.redis_url
 
 
-def _answers(settings: Settings) -> bool:
+def _unreachable(settings: Settings) -> BrokerUnavailable | None:
+    """Why the Redis at the settings' URL cannot be used, or None when it answers."""
     try:
         ping_redis(settings, "starting serve")
-    except BrokerUnavailable:
-        return False
-    return True
+    except BrokerUnavailable as e:
+        return e
+    return None
 
 
 def _private_redis(supervisor: Supervisor, folder: Path) -> str:

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO
 
 STOP_GRACE_S = 8.0  # from SIGTERM to SIGKILL: workers finish their batch, the gateway its requests
@@ -28,7 +28,6 @@ KILL_WAIT_S = 1.5  # of which the last part is for Redis, stopped after the rest
 class Child:
     name: str
     process: subprocess.Popen[bytes]
-    last_lines: list[str] = field(default_factory=list)  # kept to say why it died
 
     def exit_code(self) -> int | None:
         return self.process.poll()
@@ -92,7 +91,6 @@ class Supervisor:
         assert child.process.stdout is not None
         for raw in iter(child.process.stdout.readline, b""):
             line = raw.decode(errors="replace").rstrip()
-            child.last_lines = [*child.last_lines[-19:], line]
             self.say(line, child.name)
 
 

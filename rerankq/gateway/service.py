@@ -23,7 +23,6 @@ from rerankq.errors import JobFailed, JobTimeout, RerankError
 from rerankq.gateway.admission import Admission
 from rerankq.gateway.key_queue import KeyQueue
 from rerankq.gateway.rate_limits import Charge, RateLimiter, estimate_tokens
-from rerankq.gateway.usage import search_units
 from rerankq.gateway.waiter import ResultWaiter
 from rerankq.producer.async_client import AsyncRerankClient
 from rerankq.producer.job_handles import outcome_of_meta
@@ -100,14 +99,12 @@ class RerankService:
         job = job.model_copy(update={"model": route.model, "alias": route.alias})
         cost = Charge(len(job.documents), estimate_tokens(job, self.settings))
         caller.headers.update(await self.limiter.charge(caller.key, cost))
-        caller.usage.documents, caller.usage.document_tokens = cost.documents, cost.tokens
-        caller.usage.search_units = search_units(cost.documents)
         queue = queue_name(job.model, DEFAULT_LANE)
         async with self.admission.admitted(job.model), self.key_queue.holding(caller.key, queue, job.job_id):
             owner = json.dumps({"key": caller.key.name, "documents": cost.documents})
             await self.redis.set(job_owner_key(job.job_id), owner, ex=self.settings.result_ttl_s)
             await self.client.send(job)
-        caller.usage.jobs, caller.usage.job_id = 1, job.job_id
+        caller.usage.record_job(job.job_id, cost.documents, cost.tokens)
         return job
 
     async def rank(

@@ -55,6 +55,11 @@ class RequestUsage:
     jobs: int = 0
     job_id: str | None = None
 
+    def record_job(self, job_id: str, documents: int, document_tokens: int) -> None:
+        """What an enqueued job bills; a request refused before its job was sent bills nothing."""
+        self.job_id, self.jobs = job_id, 1
+        self.documents, self.document_tokens, self.search_units = documents, document_tokens, search_units(documents)
+
 
 class UsageLedger:
     def __init__(self, redis: aioredis.Redis, retention_days: int) -> None:
