@@ -31,6 +31,7 @@ from rerankq.bulk.formats import (
     read_records,
 )
 from rerankq.bulk.progress import Tally, display_for
+from rerankq.bulk.record_batches import traced_run
 from rerankq.core.constants import DEFAULT_ALIAS
 from rerankq.core.live_workers import serving
 from rerankq.producer.client import RerankClient
@@ -183,13 +184,15 @@ def stream(options: BulkOptions, client: RerankClient, checkpoint: Checkpoint, c
     sink = Sink(options, checkpoint)
     saved_at = time.monotonic()
     try:
-        with interrupts_deferred_inside() as atomic:
+        with interrupts_deferred_inside() as atomic, traced_run(checkpoint.model, options.input.name) as batches:
             for result in results:
                 with atomic():  # a record is written and counted together, or not at all
                     _record(checkpoint, result, origins.popleft(), sink)
+                    batches.record(result)
                     if time.monotonic() - saved_at >= CHECKPOINT_EVERY_S:
                         _save(sink, checkpoint, progress_path)
                         saved_at = time.monotonic()
+                        batches.cut()
                 display.update(tally)
     except KeyboardInterrupt:
         console.print(f"interrupted after {tally.records} records; run the same command again to resume")

@@ -413,11 +413,13 @@ def bulk_run(
 
     from rerankq.bulk.formats import BulkFileError
     from rerankq.bulk.run import BulkOptions, BulkUsageError, run_bulk
+    from rerankq.core.tracing_setup import start_tracing
     from rerankq.producer.client import RerankClient
 
     settings = apply_settings(redis_url=redis_url, bulk_max_in_flight=max_in_flight)
     options = BulkOptions(input, output, errors, model, top_n, restart, log_every)
     console = Console(stderr=True)
+    start_tracing("rerankq-bulk")  # from the OTEL_* variables (docs/operations.md)
     try:
         with RerankClient(settings=settings) as client:
             raise typer.Exit(run_bulk(options, client, console))

@@ -126,6 +126,7 @@ class RerankResult(BaseModel):
     results: list[RankedDocument]
     stats: JobStats = Field(default_factory=JobStats)
     rerouted_from: str | None = None  # the device that ran out of memory before ``device`` served it
+    traceparent: str | None = None  # the worker's span for the job, W3C trace context, when traced (format 1.3)
 
 
 def read_job(payload: Any) -> RerankJob:

@@ -79,5 +79,5 @@ def _parse(version: Any) -> tuple[int, int]:
 
 
 JOB_FORMAT = RecordFormat("job message", "1.1", "upgrade every worker before the producers and gateways")
-RESULT_FORMAT = RecordFormat("result", "1.2", "upgrade the producers and gateways before the workers")
+RESULT_FORMAT = RecordFormat("result", "1.3", "upgrade the producers and gateways before the workers")
 ALIAS_FORMAT = RecordFormat("alias record", "1.0", "upgrade the producers and gateways before `rerankq models alias`")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Security
@@ -11,18 +12,22 @@ from fastapi import FastAPI, Security
 from rerankq import __version__
 from rerankq.core.redis_clients import connect_async
 from rerankq.core.settings import Settings, get_settings
+from rerankq.core.tracing_setup import start_tracing
 from rerankq.gateway import jobs_api, ops_api, rerank_api
 from rerankq.gateway.auth import AuthGate, bearer
 from rerankq.gateway.body_limit import BodySizeLimit
 from rerankq.gateway.callbacks import CallbackDispatcher
 from rerankq.gateway.errors import error_responses, install_error_handlers
 from rerankq.gateway.keys import KeyRingHolder
-from rerankq.gateway.metrics import RequestMetrics
+from rerankq.gateway.metrics import UNCOUNTED_PATHS, RequestMetrics
 from rerankq.gateway.openapi import install_openapi
 from rerankq.gateway.responses import SafeJSONResponse
 from rerankq.gateway.service import RerankService
 from rerankq.gateway.usage import UsageLedger
 from rerankq.producer.async_client import AsyncRerankClient
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -64,12 +69,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         AuthGate, keys=keys, open_paths=open_paths(settings), usage=usage, metrics_public=settings.public_metrics
     )
     app.add_middleware(RequestMetrics)
+    if (tracer_provider := start_tracing("rerankq-gateway")) is not None:
+        trace_requests(app, tracer_provider)
     authenticated = [Security(bearer)]  # declares the scheme; AuthGate checks it
     app.include_router(ops_api.health)
     app.include_router(ops_api.metrics_router, dependencies=[] if settings.public_metrics else authenticated)
     for router in (ops_api.protected, rerank_api.router, jobs_api.router):
         app.include_router(router, dependencies=authenticated, responses=error_responses())
     return app
+
+
+def trace_requests(app: FastAPI, tracer_provider: TracerProvider) -> None:
+    """Each request's span, from the caller's W3C ``traceparent`` when it sent one (OpenTelemetry's
+    FastAPI instrumentation; probes and scrapes are left out, and so are its spans per ASGI message)."""
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    excluded = ",".join(f"^https?://[^/]+{path}$" for path in sorted(UNCOUNTED_PATHS))
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=tracer_provider, excluded_urls=excluded, exclude_spans=["receive", "send"]
+    )
 
 
 def open_paths(settings: Settings) -> frozenset[str]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
+from prometheus_client.exposition import choose_encoder
 from redis.exceptions import RedisError
 
 from rerankq.core.constants import LANES, queue_name
@@ -79,6 +80,8 @@ async def models(service: Service) -> dict[str, Any]:
     response_class=PlainTextResponse,
     responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Prometheus text format"}},
 )
-async def metrics() -> Response:
-    """Prometheus metrics (text exposition format)."""
-    return Response(generate_latest(multiprocess_registry() or REGISTRY), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: the text format, or OpenMetrics (with trace exemplars) when the scraper
+    asks for it, as Prometheus does."""
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(multiprocess_registry() or REGISTRY), media_type=content_type)

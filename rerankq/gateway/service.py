@@ -7,12 +7,14 @@ Refusals are domain errors (rerankq.errors); rerankq.gateway.errors maps them to
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
+from rerankq.core import tracing
 from rerankq.core.aliases import AsyncAliasTable, Route
 from rerankq.core.catalog import Catalog, resolve_version
 from rerankq.core.constants import DEFAULT_LANE, job_key, job_owner_key, queue_name
@@ -25,7 +27,7 @@ from rerankq.gateway.key_queue import KeyQueue
 from rerankq.gateway.rate_limits import Charge, RateLimiter, estimate_tokens
 from rerankq.gateway.waiter import ResultWaiter
 from rerankq.producer.async_client import AsyncRerankClient
-from rerankq.producer.job_handles import outcome_of_meta
+from rerankq.producer.job_handles import answered, outcome_of_meta
 from rerankq.producer.job_ledger import not_found
 from rerankq.producer.job_status import JobStatus, status_of
 
@@ -95,17 +97,30 @@ class RerankService:
         job's owner, enqueue. Input is checked first, against the default model's name, so a bad
         body costs no Redis round trip."""
         job = self.client.build(query, documents, model=self.settings.default_model, **options)
-        route = await self.resolve_model(model)
-        job = job.model_copy(update={"model": route.model, "alias": route.alias})
-        cost = Charge(len(job.documents), estimate_tokens(job, self.settings))
-        caller.headers.update(await self.limiter.charge(caller.key, cost))
-        queue = queue_name(job.model, DEFAULT_LANE)
-        async with self.admission.admitted(job.model), self.key_queue.holding(caller.key, queue, job.job_id):
+        async with AsyncExitStack() as admitted:
+            with tracing.span("rerankq.admission") as span:
+                job, cost = await self._admit(caller, job, model, admitted)
+                span.set_attributes(tracing.job_attributes(job))
+            tracing.annotate(tracing.job_attributes(job))  # the request's span (FastAPI's instrumentation)
             owner = json.dumps({"key": caller.key.name, "documents": cost.documents})
             await self.redis.set(job_owner_key(job.job_id), owner, ex=self.settings.result_ttl_s)
             await self.client.send(job)
         caller.usage.record_job(job.job_id, cost.documents, cost.tokens)
         return job
+
+    async def _admit(
+        self, caller: Caller, job: RerankJob, model: str | None, admitted: AsyncExitStack
+    ) -> tuple[RerankJob, Charge]:
+        """Route the job to its version, charge the key, take a place in the queue (given back
+        when ``admitted`` closes)."""
+        route = await self.resolve_model(model)
+        job = job.model_copy(update={"model": route.model, "alias": route.alias})
+        cost = Charge(len(job.documents), estimate_tokens(job, self.settings))
+        caller.headers.update(await self.limiter.charge(caller.key, cost))
+        await admitted.enter_async_context(self.admission.admitted(job.model))
+        queue = queue_name(job.model, DEFAULT_LANE)
+        await admitted.enter_async_context(self.key_queue.holding(caller.key, queue, job.job_id))
+        return job, cost
 
     async def rank(
         self, caller: Caller, query: Any, documents: Sequence[Any], model: str | None, **options: Any
@@ -115,17 +130,18 @@ class RerankService:
         if self.waiter.waiting >= self.settings.max_waiting_requests:
             raise GatewayBusy(self.settings.max_waiting_requests, self.settings.retry_after_s)
         job = await self.submit(caller, query, documents, model, **options)
-        return await self.wait(job.job_id)
+        return await self.wait(job.job_id, tracing.job_attributes(job))
 
-    async def wait(self, job_id: str) -> RerankResult:
+    async def wait(self, job_id: str, trace_attributes: Mapping[str, str | int] | None = None) -> RerankResult:
         """The job's result within the gateway timeout; JobTimeout (with the id) otherwise."""
         timeout = self.settings.gateway_timeout_s
-        try:
-            meta = await self.waiter.wait(job_id, timeout)
-        except TimeoutError as e:
-            view = await self.view(job_id)
-            raise JobTimeout(job_id, timeout, view.status) from e
-        return outcome_of_meta(self.client.app.backend, job_id, meta)
+        with tracing.span("rerankq.wait", trace_attributes or {"rerankq.job_id": job_id}):
+            try:
+                meta = await self.waiter.wait(job_id, timeout)
+            except TimeoutError as e:
+                view = await self.view(job_id)
+                raise JobTimeout(job_id, timeout, view.status) from e
+            return answered(outcome_of_meta(self.client.app.backend, job_id, meta))
 
     async def check_owner(self, caller: Caller, job_id: str) -> int | None:
         """The job's document count, if a gateway took it; JobNotFound, exactly as for an id never

@@ -8,6 +8,7 @@ from typing import Any
 from celery import states
 from typing_extensions import Unpack
 
+from rerankq.core import tracing
 from rerankq.core.aliases import AliasTable, Route
 from rerankq.core.broker import lane_queue
 from rerankq.core.catalog import Catalog, resolve_version
@@ -112,11 +113,13 @@ class RerankClient:
         Raises ``UnknownModel``; ``NoWorkers`` with ``require_worker`` when no live worker
         consumes the lane (a job the cache answers needs none); ``BrokerUnavailable`` when Redis
         cannot be reached (kombu retries briefly first)."""
-        with broker_errors("sending a job", self.settings.redis_url):
+        with broker_errors("sending a job", self.settings.redis_url), tracing.span("rerankq.submit") as span:
             job = self.route(job)
+            span.set_attributes(tracing.job_attributes(job))
             job_ledger.record_submitted(self.app.backend.client, job.job_id, job.model, job.lane, self.settings)
             if (answer := self._dispatch_routed(job, require_worker)) is not None:
                 self._store(answer)
+                span.set_attribute("rerankq.answered_from_cache", True)
 
     def dispatch(self, job: RerankJob, require_worker: bool = False) -> RerankResult | None:
         """Publish the job on its lane's queue, carrying the cached scores so the worker computes
@@ -134,16 +137,31 @@ class RerankClient:
         if require_worker and not serving(self.workers.read(), job.model, job.lane):
             raise NoWorkers(job.model, job.lane, is_default=job.model == self.settings.default_model)
         with broker_errors("sending a job", self.settings.effective_broker_url):
-            self.app.send_task(
-                TASK_RERANK,
-                args=[job.model_dump()],
-                task_id=job.job_id,
-                queue=lane_queue(queue_name(job.model, job.lane), self.settings),
-                # task events (Flower) show this instead of the arguments: no document text leaves
-                argsrepr=f"<{job.model}: {len(job.documents)} documents>",
-                kwargsrepr="{}",
-            )
+            self._publish(job)
         return None
+
+    def _publish(self, job: RerankJob) -> None:
+        """Put the job on its lane's queue with its trace context in the message headers: the
+        current span as its parent, or for a bulk job a link to it (``tracing.link_headers``)."""
+        if job.lane == "bulk":
+            links = tracing.link_headers()
+            with tracing.detached():
+                self._send_task(job, links)
+            return
+        with tracing.span("rerankq.enqueue", tracing.job_attributes(job)):
+            self._send_task(job, tracing.headers())
+
+    def _send_task(self, job: RerankJob, headers: dict[str, str]) -> None:
+        self.app.send_task(
+            TASK_RERANK,
+            args=[job.model_dump()],
+            task_id=job.job_id,
+            queue=lane_queue(queue_name(job.model, job.lane), self.settings),
+            # task events (Flower) show this instead of the arguments: no document text leaves
+            argsrepr=f"<{job.model}: {len(job.documents)} documents>",
+            kwargsrepr="{}",
+            headers=headers or None,
+        )
 
     def route(self, job: RerankJob) -> RerankJob:
         """The job addressed to the model version its model name stands for: an alias picks one
@@ -204,8 +222,10 @@ class RerankClient:
         identity = self.cache.identity(job.model)
         if identity is None:  # no worker has served this model yet: nothing can be cached
             return job
-        found = self.cache.lookup(job.model, identity, score_options(job), job.query, job.documents)
-        cached = {i: found[doc] for i, doc in enumerate(job.documents) if doc in found}
+        with tracing.span("rerankq.cache_lookup", tracing.job_attributes(job)) as span:
+            found = self.cache.lookup(job.model, identity, score_options(job), job.query, job.documents)
+            cached = {i: found[doc] for i, doc in enumerate(job.documents) if doc in found}
+            span.set_attribute("rerankq.cache_hits", len(cached))
         self.cache.count_hits(len(cached))
         return job.model_copy(update={"cache_identity": identity, "cached_scores": cached})
 

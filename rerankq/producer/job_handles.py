@@ -8,6 +8,7 @@ from typing import Any, TypeGuard
 import redis.asyncio as aioredis
 from celery import Celery, states
 
+from rerankq.core import tracing
 from rerankq.core.constants import job_key
 from rerankq.core.contract import RerankResult, read_result
 from rerankq.core.live_workers import last_consumed, last_consumed_async, read_live, read_live_async
@@ -62,6 +63,12 @@ def decode_meta(backend: Any, raw: bytes | None) -> Meta | None:
     return meta
 
 
+def answered(result: RerankResult) -> RerankResult:
+    """A result, once the current span (a wait) links to the worker's span that made it."""
+    tracing.link_current_to(result.traceparent)
+    return result
+
+
 def settle(backend: Any, job_id: str, timeout: float, meta: Meta | None, hint: str = "") -> RerankResult:
     """A waited-for job's result, its failure, or ``JobTimeout`` (with why it waits, when known)
     when its meta is not final."""
@@ -98,10 +105,11 @@ class JobHandle:
             return status_of_meta(meta)
 
     def result(self, timeout: float = 60.0) -> RerankResult:
-        with broker_errors(f"waiting for job {self.id}", self._settings.redis_url):
-            meta = self._wait(time.monotonic() + timeout)
-            hint = "" if is_ready(meta) or meta is not None else self._idle_hint()
-        return settle(self._backend, self.id, timeout, meta, hint)
+        with tracing.span("rerankq.wait", {"rerankq.job_id": self.id}):
+            with broker_errors(f"waiting for job {self.id}", self._settings.redis_url):
+                meta = self._wait(time.monotonic() + timeout)
+                hint = "" if is_ready(meta) or meta is not None else self._idle_hint()
+            return answered(settle(self._backend, self.id, timeout, meta, hint))
 
     def _wait(self, deadline: float) -> Meta | None:
         with self._subscriptions.subscribed(self._key) as pubsub:  # subscribe first, then read: no lost wake-up
@@ -162,10 +170,11 @@ class AsyncJobHandle:
             return status_of_meta(meta)
 
     async def result(self, timeout: float = 60.0) -> RerankResult:
-        with broker_errors(f"waiting for job {self.id}", self._settings.redis_url):
-            meta = await self._wait(time.monotonic() + timeout)
-            hint = "" if is_ready(meta) or meta is not None else await self._idle_hint()
-        return settle(self._backend, self.id, timeout, meta, hint)
+        with tracing.span("rerankq.wait", {"rerankq.job_id": self.id}):
+            with broker_errors(f"waiting for job {self.id}", self._settings.redis_url):
+                meta = await self._wait(time.monotonic() + timeout)
+                hint = "" if is_ready(meta) or meta is not None else await self._idle_hint()
+            return answered(settle(self._backend, self.id, timeout, meta, hint))
 
     async def _wait(self, deadline: float) -> Meta | None:
         async with self._redis.pubsub() as pubsub:

@@ -18,12 +18,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
+from rerankq.core import tracing
 from rerankq.worker.backends import Backend, EncodedPair
 from rerankq.worker.oom import AdaptiveBudget, PairTooLarge
 
@@ -91,6 +92,7 @@ class _Submission:
     pairs: Sequence[EncodedPair]
     future: Future[ScoredJob]
     priority: int = 0  # 0 most urgent (interactive work)
+    trace: tracing.JobTrace | None = None
     after_batch: int = 0  # the last forward pass started before this submission arrived
     waited_batches: int = 0
     scores: list[float] = field(init=False)
@@ -235,10 +237,13 @@ class Batcher:
                 self._preparing -= 1
                 self._cond.notify_all()
 
-    def submit(self, pairs: Sequence[EncodedPair], priority: int = 0) -> Future[ScoredJob]:
+    def submit(
+        self, pairs: Sequence[EncodedPair], priority: int = 0, trace: tracing.JobTrace | None = None
+    ) -> Future[ScoredJob]:
         """Queue one job's pairs; the future resolves when all of them are scored. Lower
-        ``priority`` runs first (0: interactive)."""
-        submission = _Submission(pairs, Future(), priority, self._last_batch)
+        ``priority`` runs first (0: interactive). ``trace``: the job's span, which the spans of
+        the forward passes serving it link to."""
+        submission = _Submission(pairs, Future(), priority, trace, self._last_batch)
         if not pairs:
             submission.future.set_result(ScoredJob([], []))
             return submission.future
@@ -322,15 +327,16 @@ class Batcher:
         longest = max(item.length for queue in self._pending.values() for item in queue)
         return count * longest < self.budget.current
 
-    def _run(self, batch: list[_Item]) -> None:
+    def _run(self, batch: list[_Item], oom_splits: int = 0) -> None:
         """The one place a forward pass happens."""
         number = self._last_batch = next(self._batch_seq)
         batch_id = f"{self._batch_prefix}:{number}"
         started = time.perf_counter()
         try:
-            scores = self.backend.forward([item.submission.pairs[item.position] for item in batch])
+            with self._forward_span(batch, batch_id, oom_splits):
+                scores = self.backend.forward([item.submission.pairs[item.position] for item in batch])
         except torch.OutOfMemoryError:
-            self._split_after_oom(batch)
+            self._split_after_oom(batch, oom_splits)
             return
         except Exception as e:  # a failed forward pass fails its jobs, never the batcher
             log.exception("forward pass %s failed (%d pairs)", batch_id, len(batch))
@@ -348,7 +354,25 @@ class Batcher:
             submission.forward_s += elapsed
         self._route(batch, scores, batch_id, number)
 
-    def _split_after_oom(self, batch: list[_Item]) -> None:
+    def _forward_span(self, batch: list[_Item], batch_id: str, oom_splits: int) -> AbstractContextManager[object]:
+        """One span per forward pass, linked to the span of every job it serves (none untraced)."""
+        served = dict.fromkeys(item.submission for item in batch)  # each job once, in batch order
+        jobs = [submission.trace for submission in served if submission.trace is not None]
+        if not jobs:
+            return nullcontext()
+        lengths = [item.length for item in batch]
+        attributes: tracing.Attributes = {
+            "rerankq.batch_id": batch_id,
+            "rerankq.pairs": len(batch),
+            "rerankq.tokens.real": sum(lengths),
+            "rerankq.tokens.padded": len(lengths) * max(lengths),
+            "rerankq.device": self.backend.device,
+            "rerankq.backend": self.backend.served_by,
+            "rerankq.oom_splits": oom_splits,  # halvings after out-of-memory that led to this batch
+        }
+        return tracing.shared_span("rerankq.forward", jobs, attributes)
+
+    def _split_after_oom(self, batch: list[_Item], oom_splits: int = 0) -> None:
         self.backend.free_memory()
         self.budget.shrink(len(batch), len(batch) * max(item.length for item in batch))
         self.observer.oom_split()
@@ -358,8 +382,8 @@ class Batcher:
             self._fail(batch, PairTooLarge(f"out of memory on {self.backend.device}: {reason}"))
             return
         half = len(batch) // 2
-        self._run(batch[:half])
-        self._run(batch[half:])
+        self._run(batch[:half], oom_splits + 1)
+        self._run(batch[half:], oom_splits + 1)
 
     @staticmethod
     def _fail(batch: list[_Item], error: Exception) -> None:

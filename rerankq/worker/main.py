@@ -22,6 +22,7 @@ from rerankq.core.contract import revision_of
 from rerankq.core.redis_clients import connect
 from rerankq.core.registry import ModelKind, ModelManifest
 from rerankq.core.settings import Settings
+from rerankq.core.tracing_setup import start_tracing
 from rerankq.producer.score_cache import ScoreCache
 from rerankq.worker import metrics, safe_transport
 from rerankq.worker.app import create_worker_app
@@ -142,6 +143,7 @@ def run_worker(options: WorkerOptions, settings: Settings) -> None:
     Refuses libraries it was not built for before the model loads (a model that cannot load fails
     at once, Redis or not), then waits for Redis before it says anything is ready."""
     require_supported_libraries()
+    start_tracing("rerankq-worker")  # from the OTEL_* variables; a bad exporter name fails here
     runtime = load_runtime(options, settings)
     wait_for_redis(settings)
     runtime.cache.publish_identity(runtime.model_name, runtime.identity)  # producers now know the weights

@@ -6,7 +6,8 @@ not overwrite the stored answer (its timings and device differ) nor, worse, put 
 back to STARTED. Celery stores every state with a plain SET; here a state is stored only while
 no final one (SUCCESS, FAILURE, REVOKED) is there, checked and written in one Lua script. It
 overrides ``set``, the storage method of Celery's key/value backends, with the parameters of
-Celery 5.7 (``expires`` came in 5.7; older ones never pass it).
+Celery 5.7 (``expires`` came in 5.7; older ones never pass it). A final state's store is a span
+(``rerankq.result_publish``) when the worker traces.
 A cancel from a producer (which writes REVOKED through Celery's own backend) still wins over a
 worker that starts the job later: the worker's STARTED and result are dropped.
 """
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import states
 from celery.backends.redis import RedisBackend, SentinelBackend
 
+from rerankq.core import tracing
 from rerankq.core.redis_clients import is_sentinel
 
 # KEYS: the result key. ARGV: value, seconds to live (0: none). Returns 1 when stored.
@@ -42,6 +45,13 @@ return 1
 
 
 class _FirstResultStands:
+    def store_result(self, task_id: str, result: Any, state: str, *args: Any, **kwargs: Any) -> Any:
+        """Celery's public store, with a span for a final state (the job's answer going out)."""
+        if state not in states.READY_STATES or not tracing.enabled():
+            return super().store_result(task_id, result, state, *args, **kwargs)  # type: ignore[misc]
+        with tracing.span("rerankq.result_publish", {"rerankq.job_id": task_id, "rerankq.state": state}):
+            return super().store_result(task_id, result, state, *args, **kwargs)  # type: ignore[misc]
+
     def set(self, key: str, value: Any, expires: Any = None, **retry_policy: Any) -> Any:
         # ensure: Celery's retries on a lost connection, as its own set does
         return self.ensure(self._set_unless_final, (key, value, expires), **retry_policy)  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ from celery.exceptions import Ignore
 from celery.worker.request import Request
 from pydantic import ValidationError
 
+from rerankq.core import tracing
 from rerankq.core.constants import (
     LANE_PRIORITY,
     STATE_REROUTED,
@@ -102,13 +103,16 @@ def run_job(task: Task, payload: dict[str, Any], runtime: Runtime, lane: str) ->
     redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
     with runtime.batcher.preparing():  # the batcher may wait for these pairs to join a batch
         job = parse_job(payload, runtime)
+        # the task's span (Celery's instrumentation opens it from the message's trace context)
+        tracing.annotate(tracing.job_attributes(job, lane) | {"rerankq.queue_wait_ms": queue_wait_ms(job)})
+        tracing.link_current_to(getattr(task.request, tracing.LINK_HEADER, None))  # a bulk job's record batch
         skip_if_cancelled(task, job, runtime)
         if redelivered:
             count_redelivery(job.job_id, runtime)
-        work = prepare(job, runtime, look_again=redelivered)
+        work = prepare(job, runtime, lane, look_again=redelivered)
     crash_if_asked(job, runtime)
     try:
-        result = finish(work, runtime, lane)
+        result = finish(work, runtime)
     except PairTooLarge as e:
         if "cpu" in runtime.lanes or job.rerouted_from is not None:
             raise JobFailed(job.job_id, f"{e}, and this is already the cpu fallback") from e
@@ -116,6 +120,10 @@ def run_job(task: Task, payload: dict[str, Any], runtime: Runtime, lane: str) ->
     if redelivered:
         runtime.redis.delete(deliveries_key(job.job_id))
     return result.model_dump()
+
+
+def queue_wait_ms(job: RerankJob) -> float:
+    return round(max(0.0, time.time() - job.enqueued_at) * 1000, 3)
 
 
 def crash_if_asked(job: RerankJob, runtime: Runtime) -> None:
@@ -208,6 +216,7 @@ class PreparedJob:
     What gets scored are texts: the documents, or (chunked) each document's windows."""
 
     job: RerankJob
+    lane: str
     started: float
     known: dict[str, float]  # scores by text, from the cache
     late_hits: int
@@ -216,20 +225,26 @@ class PreparedJob:
     tokenize_ms: float
     windows: dict[str, list[Span]] | None = None  # chunked: each distinct document's windows
 
+    @property
+    def trace_attributes(self) -> dict[str, str | int]:
+        return tracing.job_attributes(self.job, self.lane)
 
-def prepare(job: RerankJob, runtime: Runtime, look_again: bool = False) -> PreparedJob:
+
+def prepare(job: RerankJob, runtime: Runtime, lane: str, look_again: bool = False) -> PreparedJob:
     """Scores from the cache where present; the rest (each distinct text once) tokenized."""
     started = time.time()
     tokenize_started = time.perf_counter()
-    limits = job_limits(job, runtime)
-    cutter = runtime.backend.cutter_for(job.instruction)  # InvalidRequest: an instruction for an encoder
-    windows = document_windows(job, runtime, limits, cutter) if job.text.chunked else None
-    texts = list(dict.fromkeys(_texts(job, windows)))
-    known, late_hits = known_scores(job, runtime, texts, look_again)
-    missing = [text for text in texts if text not in known]
-    pairs = runtime.backend.encode(job.query, missing, limits, job.instruction) if missing else []
+    with tracing.span("rerankq.tokenize", tracing.job_attributes(job, lane)) as span:
+        limits = job_limits(job, runtime)
+        cutter = runtime.backend.cutter_for(job.instruction)  # InvalidRequest: an instruction for an encoder
+        windows = document_windows(job, runtime, limits, cutter) if job.text.chunked else None
+        texts = list(dict.fromkeys(_texts(job, windows)))
+        known, late_hits = known_scores(job, runtime, texts, look_again)
+        missing = [text for text in texts if text not in known]
+        pairs = runtime.backend.encode(job.query, missing, limits, job.instruction) if missing else []
+        span.set_attributes({"rerankq.pairs": len(pairs), "rerankq.cache_hits": len(known)})
     tokenize_ms = (time.perf_counter() - tokenize_started) * 1000
-    return PreparedJob(job, started, known, late_hits, missing, pairs, tokenize_ms, windows)
+    return PreparedJob(job, lane, started, known, late_hits, missing, pairs, tokenize_ms, windows)
 
 
 def job_limits(job: RerankJob, runtime: Runtime) -> PairLimits:
@@ -248,14 +263,15 @@ def _texts(job: RerankJob, windows: dict[str, list[Span]] | None) -> list[str]:
     return [text for doc in job.documents for text in _texts_of(doc, windows)]
 
 
-def finish(work: PreparedJob, runtime: Runtime, lane: str) -> RerankResult:
+def finish(work: PreparedJob, runtime: Runtime) -> RerankResult:
     """Score the misses in the shared batcher, store them in the cache, rank, log one line."""
-    job, known = work.job, work.known
+    job, known, lane = work.job, work.known, work.lane
     computed, stats = compute_scores(work, runtime)
     refuse_non_finite(job, computed)
     if job.cache and runtime.cache.enabled and (computed or work.late_hits):
         options = score_options(job)
-        runtime.cache.store(job.model, runtime.identity, options, job.query, computed, hits=work.late_hits)
+        with tracing.span("rerankq.cache_write", work.trace_attributes):
+            runtime.cache.store(job.model, runtime.identity, options, job.query, computed, hits=work.late_hits)
     scored = known | computed
     stats.queue_ms = max(0.0, (work.started - job.enqueued_at) * 1000)
     stats.cache_hits = sum(1 for doc in job.documents if all(text in known for text in _texts_of(doc, work.windows)))
@@ -274,6 +290,7 @@ def finish(work: PreparedJob, runtime: Runtime, lane: str) -> RerankResult:
         results=results,
         stats=stats,
         rerouted_from=job.rerouted_from,
+        traceparent=tracing.traceparent(),  # the task's span: a waiter links to it
     )
 
 
@@ -331,9 +348,14 @@ def compute_scores(work: PreparedJob, runtime: Runtime) -> tuple[dict[str, float
     """Score the tokenized pairs in the shared batcher; scores by document text."""
     if not work.pairs:
         return {}, JobStats()
-    submitted = time.time()
+    submitted, submitted_ns = time.time(), time.time_ns()
     priority = LANE_PRIORITY[work.job.lane]
-    scored = runtime.batcher.submit(work.pairs, priority).result(timeout=runtime.settings.job_time_limit_s)
+    # the forward passes (in the batcher's thread) link back to this job's span
+    future = runtime.batcher.submit(work.pairs, priority, tracing.job_trace(work.trace_attributes))
+    scored = future.result(timeout=runtime.settings.job_time_limit_s)
+    if tracing.enabled():  # the wait the batcher timed, as a span of its own
+        waited = work.trace_attributes | {"rerankq.waited_batches": scored.waited_batches}
+        tracing.record("rerankq.batch_wait", submitted_ns, submitted_ns + int(scored.waited_s * 1e9), waited)
     backend = runtime.backend
     scores = [backend.normalize(s) for s in scored.scores] if work.job.normalize else scored.scores
     stats = JobStats(
