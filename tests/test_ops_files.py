@@ -74,7 +74,7 @@ def test_the_compose_stack_validates_and_has_every_service(compose: dict[str, An
     # docker-compose 1.x's `config` lists services of every profile, 2.x only the active ones
     services = {name: service for name, service in compose["services"].items() if not service.get("profiles")}
     profiled = {name: service["profiles"] for name, service in compose["services"].items() if service.get("profiles")}
-    assert profiled in ({"rabbitmq": ["rabbitmq"]}, {})
+    assert profiled in ({"rabbitmq": ["rabbitmq"], "jaeger": ["tracing"]}, {})
     expected = {
         "redis",
         "redis-cache",
@@ -237,14 +237,38 @@ def test_the_compose_entrypoints_agree_on_rabbitmqs_user_and_rerankqs_broker_url
             assert done.returncode != 0 and not (bin_dir / "out").exists(), (name, content)
 
 
+def test_the_tracing_profile_adds_a_trace_backend_that_grafana_and_exemplars_lead_to(compose: dict[str, Any]) -> None:
+    """`--profile tracing`: Jaeger takes OTLP from every rerankq service (given the endpoint), Prometheus
+    keeps exemplars, and Grafana's Prometheus data source sends an exemplar's trace id to Jaeger."""
+    done = compose_config(SECRETS | {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318"}, profile="tracing")
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    jaeger = config["services"]["jaeger"]
+    assert jaeger["profiles"] == ["tracing"] and re.fullmatch(
+        r"jaegertracing/all-in-one:\d+\.\d+\.\d+", jaeger["image"]
+    )
+    assert jaeger["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    for name in ("gateway", "worker-cpu", "worker-gpu", "exporter"):
+        assert config["services"][name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318", name
+    for name in ("gateway", "worker-cpu"):  # unset: off (rerankq.core.tracing_setup reads empty as none)
+        assert compose["services"][name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] in ("", None), name
+    assert "--enable-feature=exemplar-storage" in config["services"]["prometheus"]["command"]
+    sources = yaml.safe_load((ROOT / "ops/grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"]
+    by_uid = {source["uid"]: source for source in sources}
+    assert by_uid["jaeger"]["type"] == "jaeger" and by_uid["jaeger"]["url"] == "http://jaeger:16686"
+    (destination,) = by_uid["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert destination == {"name": "trace_id", "datasourceUid": "jaeger"}  # the label rerankq's exemplars carry
+    assert_nothing_published_open(config)
+
+
 def test_dockerfiles_install_the_built_wheel_with_known_extras() -> None:
     """Images install the wheel the way users do (an editable install hides a wheel that lacks a
     subpackage or a manifest), with extras that exist."""
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
     wanted = {
-        "Dockerfile.gateway": {"gateway", "flower"},
-        "Dockerfile.worker": {"worker", "onnx"},
-        "Dockerfile.serve": {"worker", "gateway", "onnx"},
+        "Dockerfile.gateway": {"gateway", "flower", "otel"},
+        "Dockerfile.worker": {"worker", "onnx", "otel"},
+        "Dockerfile.serve": {"worker", "gateway", "onnx", "otel"},
     }
     assert {path.name for path in (ROOT / "ops" / "docker").glob("Dockerfile.*")} == set(wanted)
     for dockerfile in (ROOT / "ops" / "docker").glob("Dockerfile.*"):

@@ -211,8 +211,9 @@ def test_a_bulk_run_is_one_trace_of_record_batches_and_its_jobs_link_to_them(
     source = tmp_path / "in.jsonl"
     records = [{"id": i, "query": f"{MARKER} q{i}", "documents": [f"{MARKER} d{i}", "x"]} for i in range(5)]
     source.write_text("".join(json.dumps(record) + "\n" for record in records))
+    output = tmp_path / "out.jsonl"
     run = subprocess.run(
-        [sys.executable, "-m", "rerankq", "bulk", "run", str(source), "--output", str(tmp_path / "out.jsonl"), "--model", MODEL],
+        [sys.executable, "-m", "rerankq", "bulk", "run", str(source), "--output", str(output), "--model", MODEL],
         capture_output=True,
         text=True,
         timeout=120,
