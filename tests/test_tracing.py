@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -23,8 +24,9 @@ from gateway_support import AUTH, GATEWAY_ENV
 
 from rerankq.core.tracing_setup import exporter_names
 from rerankq.testing.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
-from rerankq.testing.processes import GatewayProcess, start_gateway, stop_process
+from rerankq.testing.processes import GatewayProcess, WorkerProcess, free_port, start_gateway, stop_process
 from rerankq.testing.processes import running_workers as start_workers
+from rerankq.testing.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +55,10 @@ def otel_env(receiver: OtlpReceiver, service: str) -> dict[str, str]:
 def traced_worker(receiver: OtlpReceiver, model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     logs = tmp_path_factory.mktemp("traced-worker")
     # a short batcher wait lets concurrent jobs share forward passes, as under load
-    env = otel_env(receiver, "test-worker") | {"RERANKQ_MAX_WAIT_MS": "200"}
+    env = otel_env(receiver, "test-worker") | {
+        "RERANKQ_MAX_WAIT_MS": "200",
+        "RERANKQ_WORKER_METRICS_PORT": str(free_port()),
+    }
     with start_workers(str(model_dirs["tiny-bert"]), logs, 1, "--name", MODEL, "--concurrency", "8", env=env) as found:
         yield found[0]
 
@@ -137,6 +142,39 @@ def test_one_request_is_one_trace_from_the_gateway_through_the_queue_into_the_ba
     assert run.attributes["rerankq.queue_wait_ms"] >= 0
     assert forward.attributes["rerankq.pairs"] == 3 and forward.attributes["rerankq.device"] == "cpu"
     assert forward.attributes["rerankq.tokens.padded"] >= forward.attributes["rerankq.tokens.real"] > 0
+
+
+OPENMETRICS = {"Accept": "application/openmetrics-text; version=1.0.0"}
+
+
+def exemplar_of(metrics_url: str, histogram: str, trace_id: str, headers: dict[str, str]) -> str:
+    """The bucket line of ``histogram`` that carries ``trace_id`` as its exemplar, once scraped."""
+    found: list[str] = []
+
+    def scraped() -> bool:
+        text = httpx.get(metrics_url, headers=headers | OPENMETRICS, timeout=10).text
+        found[:] = [line for line in text.splitlines() if line.startswith(f"{histogram}_bucket") and trace_id in line]
+        return bool(found)
+
+    wait_until(scraped, 30, lambda: f"no {histogram} bucket with trace {trace_id}")
+    return found[0]
+
+
+def test_latency_buckets_carry_the_trace_id_as_an_exemplar(
+    traced_gateway: GatewayProcess, traced_worker: WorkerProcess
+) -> None:
+    header, trace_id, _ = traceparent()
+    rerank(traced_gateway, header)
+    line = exemplar_of(f"{traced_gateway.url}/metrics", "rerankq_gateway_request_seconds", trace_id, AUTH)
+    assert f'# {{trace_id="{trace_id}"}}' in line and 'endpoint="/v1/rerank"' in line
+    worker_metrics = f"http://127.0.0.1:{traced_worker_port(traced_worker)}/metrics"
+    line = exemplar_of(worker_metrics, "rerankq_job_seconds", trace_id, {})
+    assert f'model="{MODEL}"' in line
+
+
+def traced_worker_port(worker: WorkerProcess) -> str:
+    (port,) = re.findall(r"metrics on http://0\.0\.0\.0:(\d+)/metrics", worker.log())
+    return port
 
 
 def test_each_forward_pass_links_every_job_it_served(receiver: OtlpReceiver, traced_gateway: GatewayProcess) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from prometheus_client import Counter, Gauge, Histogram, multiprocess, start_http_server
 
+from rerankq.core import tracing
 from rerankq.core.contract import JobStats
 from rerankq.core.prometheus_registry import multiprocess_registry
 
@@ -98,9 +99,12 @@ class BatchMetrics:
 
 
 def observe_job(model: str, lane: str, documents: int, stats: JobStats, top_score: float | None) -> None:
-    """A finished job: its waits, where its scores came from, its best score (normalized only)."""
-    QUEUE_WAIT.labels(model, lane).observe(stats.queue_ms / 1000)
-    JOB_SECONDS.labels(model, lane).observe((stats.queue_ms + stats.tokenize_ms + stats.infer_ms) / 1000)
+    """A finished job: its waits, where its scores came from, its best score (normalized only).
+    A traced job's trace id rides along as the exemplar of its latency buckets (not in
+    multiprocess mode: prometheus-client keeps none there)."""
+    exemplar = tracing.exemplar()
+    QUEUE_WAIT.labels(model, lane).observe(stats.queue_ms / 1000, exemplar)
+    JOB_SECONDS.labels(model, lane).observe((stats.queue_ms + stats.tokenize_ms + stats.infer_ms) / 1000, exemplar)
     JOBS.labels(model, lane, "succeeded").inc()
     CACHE.labels(model, "cache").inc(stats.cache_hits)
     CACHE.labels(model, "model").inc(documents - stats.cache_hits)
