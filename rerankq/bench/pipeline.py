@@ -7,7 +7,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,15 +149,18 @@ class Pipeline:
 
 
 @contextmanager
-def serving(setup: WorkerSetup, workers: int = 1, *worker_args: str) -> Iterator[Pipeline]:
-    """``workers`` worker processes for the set-up.s model, ready on entry, stopped on exit."""
+def serving(
+    setup: WorkerSetup, workers: int = 1, *worker_args: str, env: Mapping[str, str] | None = None
+) -> Iterator[Pipeline]:
+    """``workers`` worker processes for the set-up's model, ready on entry, stopped on exit
+    (``env``: added to their environment)."""
     log_dir = setup.run_dir / f"run-{next(_runs)}"
     args = ["--name", setup.model, "--concurrency", str(setup.concurrency), *worker_args]
     args += ["--kind", setup.kind] if setup.kind else []
     # benchmark shapes carry random weights: timing needs no golden-ranking check
-    env = {**setup.env, "RERANKQ_CHECK_RANKING": "false"}
+    environment = {**setup.env, "RERANKQ_CHECK_RANKING": "false", **(env or {})}
     with (
-        running_workers(setup.spec, log_dir, workers, *args, device=setup.device, env=env) as processes,
+        running_workers(setup.spec, log_dir, workers, *args, device=setup.device, env=environment) as processes,
         setup.client() as client,
     ):
         pipeline = Pipeline(client, setup.model, processes)

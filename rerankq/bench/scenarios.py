@@ -216,6 +216,14 @@ def brokers(ctx: BenchContext) -> Iterator[Record]:
     yield from broker_comparison(ctx.setup, ctx.job_count(60), ctx.docs(8), ctx.samples(20, 20))
 
 
+def tracing(ctx: BenchContext) -> Iterator[Record]:
+    """The latency scenario's jobs with tracing off and on (every span exported), alternating
+    rounds: what turning tracing on costs a job. Needs the otel extra; not part of `all`."""
+    from rerankq.bench.tracing_cost import tracing_comparison  # OpenTelemetry's SDK: only this scenario
+
+    yield from tracing_comparison(ctx.setup, ctx.samples(50, 20))
+
+
 def backends(ctx: BenchContext) -> Iterator[Record]:
     """torch float32 vs its ONNX Runtime exports (float32, int8), on CPU, through the same batcher:
     pairs/s side by side (timed in alternating rounds, best round each), and how far each agrees
@@ -349,9 +357,10 @@ SCENARIOS: dict[str, Callable[[BenchContext], Iterator[Record]]] = {
     "brokers": brokers,
     "prefix": prefix,
     "quantization": quantization,
+    "tracing": tracing,
 }
 # brokers needs a RabbitMQ, which `all` (and its smoke test) does not; quantization is a study
-NOT_IN_ALL = {"brokers", "quantization"}
+NOT_IN_ALL = {"brokers", "quantization", "tracing"}
 
 
 def percentile(values: list[float], q: int) -> float:

@@ -230,8 +230,9 @@ def bench(
         typer.Argument(
             help="throughput, naive, mixed, cache, latency, scale, priority, startup, seed, backends, prefix "
             "(LLM rerankers: shared prompt reused or not), quantization (CPU: ways to keep a ranking through "
-            "int8), brokers (Redis vs RabbitMQ; needs the local RabbitMQ), or all (every one but brokers and "
-            "quantization; writes docs/BENCHMARKS.md)."
+            "int8), brokers (Redis vs RabbitMQ; needs the local RabbitMQ), tracing (latency with traces off and "
+            "on; needs the otel extra), or all (every one but brokers, quantization and tracing; writes "
+            "docs/BENCHMARKS.md)."
         ),
     ],
     model: ModelName = None,

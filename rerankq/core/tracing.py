@@ -66,6 +66,19 @@ def _tracer() -> Tracer | None:
     return _State.tracer
 
 
+@contextmanager
+def recorded_by(tracer_provider: Any) -> Iterator[None]:
+    """This process's rerankq spans go to ``tracer_provider`` inside the block, whatever the
+    global one: the tracing benchmark times on and off in one process (OpenTelemetry lets the
+    global provider be set only once)."""
+    saved = _State.tracer
+    _State.tracer = tracer_provider.get_tracer(TRACER_NAME)
+    try:
+        yield
+    finally:
+        _State.tracer = saved
+
+
 def enabled() -> bool:
     return _tracer() is not None
 

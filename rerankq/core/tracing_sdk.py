@@ -36,9 +36,18 @@ def configure(service: str, exporters: Sequence[str], environ: Mapping[str, str]
     for exporter in classes:
         provider.add_span_processor(WithoutLoneRedisCommands(BatchSpanProcessor(exporter())))
     trace.set_tracer_provider(provider)
-    CeleryInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
-    RedisInstrumentor().instrument(tracer_provider=provider)
+    if instrumented("celery", environ):
+        CeleryInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
+    if instrumented("redis", environ):
+        RedisInstrumentor().instrument(tracer_provider=provider)
     return provider
+
+
+def instrumented(library: str, environ: Mapping[str, str]) -> bool:
+    """Unless ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` (OpenTelemetry's own variable, a comma-separated
+    list: ``redis``, ``celery``, ``fastapi``) turns that library's instrumentation off."""
+    disabled = environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "")
+    return library not in {name.strip() for name in disabled.split(",")}
 
 
 def resource(service: str, environ: Mapping[str, str]) -> Resource:

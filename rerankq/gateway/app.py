@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestMetrics)
     if (tracer_provider := start_tracing("rerankq-gateway")) is not None:
-        trace_requests(app, tracer_provider)
+        trace_requests(app, tracer_provider)  # FastAPI's instrumentation (rerankq.core.tracing_sdk.instrumented)
     authenticated = [Security(bearer)]  # declares the scheme; AuthGate checks it
     app.include_router(ops_api.health)
     app.include_router(ops_api.metrics_router, dependencies=[] if settings.public_metrics else authenticated)
@@ -84,6 +85,10 @@ def trace_requests(app: FastAPI, tracer_provider: TracerProvider) -> None:
     FastAPI instrumentation; probes and scrapes are left out, and so are its spans per ASGI message)."""
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+    from rerankq.core.tracing_sdk import instrumented
+
+    if not instrumented("fastapi", os.environ):
+        return
     excluded = ",".join(f"^https?://[^/]+{path}$" for path in sorted(UNCOUNTED_PATHS))
     FastAPIInstrumentor.instrument_app(
         app, tracer_provider=tracer_provider, excluded_urls=excluded, exclude_spans=["receive", "send"]
