@@ -37,6 +37,7 @@ TARGETS: dict[str, tuple[str, str, Check]] = {
         lambda r: r["warm_ms_p50"] <= 5 and r["speedup"] >= 50,
     ),
     "latency": ("overhead_ms_p50", "<= 3 ms (tiny model)", lambda r: r["overhead_ms_p50"] <= 3),
+    "tracing": ("ratio", "traces on (every span exported) add <= 15 % to a job's p50", lambda r: r["ratio"] <= 1.15),
     "scale": ("ratio", ">= 1.8x (2 cores)", lambda r: r["ratio"] >= 1.8),
     "priority": (
         "ratio",

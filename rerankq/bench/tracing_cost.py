@@ -18,7 +18,7 @@ from rerankq.bench.workload import Job, make_jobs
 from rerankq.core import tracing
 
 Record = dict[str, Any]
-ROUNDS = 2
+ROUNDS = 4
 
 
 def tracing_comparison(setup: WorkerSetup, samples: tuple[int, int]) -> Iterator[Record]:
