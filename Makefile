@@ -27,7 +27,7 @@ demo: setup-demo
 # two pytest processes, one test file each at a time: most tests wait on real workers and Redis;
 # files in collection order, so the longest start first (tests/conftest.py, LONGEST_FIRST)
 test: setup
-	HF_HUB_OFFLINE=1 $(VENV)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	HF_HUB_OFFLINE=1 $(VENV)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(VENV)/pytest -q -m "not slow"

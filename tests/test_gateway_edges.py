@@ -22,6 +22,7 @@ from rerankq.core.constants import JOB_KEY_PREFIX, queue_name
 from rerankq.gateway.server import UnsafeBind, check_bind
 from rerankq.testing.local_redis import free_port
 from rerankq.testing.processes import GatewayProcess
+from rerankq.testing.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -121,10 +122,13 @@ def test_models_lists_lanes_workers_and_aliases(http: httpx.Client) -> None:
 def test_metrics_count_requests_by_route_and_status(http: httpx.Client) -> None:
     http.post("/v1/rerank", json=ENDPOINT_BODIES["/v1/rerank"])
     http.get("/v1/jobs/no-such-job")
-    text = http.get("/metrics").text
-    assert 'rerankq_gateway_requests_total{endpoint="/v1/rerank",method="POST",status="200"}' in text
-    assert 'rerankq_gateway_requests_total{endpoint="/v1/jobs/{job_id}",method="GET",status="404"}' in text
-    assert "rerankq_gateway_request_seconds_bucket" in text
+    wanted = (
+        'rerankq_gateway_requests_total{endpoint="/v1/rerank",method="POST",status="200"}',
+        'rerankq_gateway_requests_total{endpoint="/v1/jobs/{job_id}",method="GET",status="404"}',
+        "rerankq_gateway_request_seconds_bucket",
+    )
+    # a request is counted once its answer has gone out: the next scrape may come first
+    wait_until(lambda: all(line in http.get("/metrics").text for line in wanted), 10)
 
 
 async def test_readiness_means_a_worker_for_each_ready_model_or_for_any(workers: dict) -> None:

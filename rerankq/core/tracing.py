@@ -4,7 +4,8 @@ Every process that touches a job calls these: the gateway, the SDK, the worker, 
 record only where a tracer provider is configured in the process: a rerankq process configures one
 from the standard ``OTEL_*`` variables (``rerankq.core.tracing_setup``); an app using the SDK
 records when the app configured OpenTelemetry itself. Otherwise (the ``otel`` extra not
-installed, or nothing configured) each call is one check and returns a shared no-op. Only
+installed, or nothing configured) each call is one check and returns a shared no-op; a
+process rerankq starts with tracing off settles that at start-up (``settle``). Only
 OpenTelemetry's API is read here (imported on first use; FastAPI imports it anyway); its SDK,
 exporters and instrumentations load only when tracing is on (``rerankq.core.tracing_sdk``).
 
@@ -45,20 +46,28 @@ _NOTHING: AbstractContextManager[Any] = nullcontext(NO_SPAN)
 
 
 class _State:
-    api_missing = False  # the opentelemetry package is not installed: never look again
+    off = False  # decided: nothing records in this process (no API installed, or tracing off)
     tracer: Tracer | None = None
+
+
+def settle() -> None:
+    """Tracing is off in a process rerankq starts (``tracing_setup.start_tracing``): unless the
+    process configured OpenTelemetry itself already, every call here returns at once from now on,
+    without looking at OpenTelemetry again."""
+    if _tracer() is None:
+        _State.off = True
 
 
 def _tracer() -> Tracer | None:
     """This process's rerankq tracer, or None while no tracer provider is configured here (the
-    global provider is still OpenTelemetry's placeholder). Checked per call, so an app that
-    configures OpenTelemetry after creating a client is traced from then on."""
-    if _State.tracer is not None or _State.api_missing:
+    global provider is still OpenTelemetry's placeholder). Checked per call in an app using the
+    SDK, so an app that configures OpenTelemetry after creating a client is traced from then on."""
+    if _State.tracer is not None or _State.off:
         return _State.tracer
     try:
         from opentelemetry import trace
     except ImportError:
-        _State.api_missing = True
+        _State.off = True
         return None
     provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider):

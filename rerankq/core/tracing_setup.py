@@ -20,6 +20,8 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from rerankq.core import tracing
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
@@ -46,11 +48,13 @@ def start_tracing(service: str, environ: Mapping[str, str] | None = None) -> Tra
     environ = os.environ if environ is None else environ
     names = exporter_names(environ)
     if not names:
+        tracing.settle()
         return None
     try:
         from rerankq.core import tracing_sdk
     except ImportError as e:
         log.warning("%s asks for traces, but %s: pip install 'rerankq[otel]'", ", ".join(names), e)
+        tracing.settle()
         return None
     provider = tracing_sdk.configure(service, names, environ)
     log.info("tracing on: %s spans of %s", ", ".join(names), provider.resource.attributes.get("service.name"))
