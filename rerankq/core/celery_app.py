@@ -48,7 +48,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     } | celery_broker_options(settings)
 
 
-def make_celery(settings: Settings, main: str = "rerankq") -> Celery:
-    app = Celery(main)
+def make_celery(settings: Settings, main: str = "rerankq", events: str | None = None) -> Celery:
+    """``events``: Celery's events class (``module:Class``), Celery's own when None."""
+    app = Celery(main, events=events)
     app.conf.update(celery_config(settings))
     return app

@@ -9,13 +9,15 @@ from rerankq.core.broker import lane_queue
 from rerankq.core.celery_app import make_celery
 from rerankq.core.constants import LANES, queue_name
 from rerankq.core.settings import Settings
+from rerankq.worker import task_events
 from rerankq.worker.results import backend_url
 from rerankq.worker.safe_transport import transport_for
 from rerankq.worker.tasks import register
 
 
 def create_worker_app(settings: Settings, model: str) -> Celery:
-    app = make_celery(settings, main="rerankq-worker")
+    # task events go out from the event loop only (rerankq.worker.task_events)
+    app = make_celery(settings, main="rerankq-worker", events=task_events.EVENTS)
     if settings.on_rabbitmq:
         # every lane of its model, declared as producers declare them (a job moved to the cpu
         # lane is sent by name); the worker consumes those --queues names
