@@ -44,8 +44,7 @@ def main(wheel: Path, checkout: Path) -> None:
         step("rerankq bulk run --help and bench --help", check_help)
         with worker(Path(logs), traced(traces)):
             step("one job through the SDK", check_sdk_job)
-            step("one request through rerankq gateway", lambda: check_gateway(Path(logs), traced(traces)))
-            step("the request's trace runs from the gateway into the worker", lambda: check_trace(traces))
+            step("requests through rerankq gateway, one traced", lambda: check_gateway(Path(logs), traces))
         step("rerankq serve --redis local answers a request and stops on Ctrl-C", lambda: check_serve(Path(logs)))
 
 
@@ -108,9 +107,15 @@ def traced(receiver: OtlpReceiver) -> dict[str, str]:
     return {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
 
 
-def check_trace(receiver: OtlpReceiver) -> None:
-    """The gateway's request span and the worker's forward pass, in one trace (the otel extra)."""
+def check_trace(base_url: str, receiver: OtlpReceiver) -> None:
+    """A request the cache cannot answer: its span at the gateway and the worker's forward pass
+    for it, in one trace (the otel extra)."""
     from rerankq.testing.waiting import wait_until
+
+    body = json.dumps({"query": f"{QUERY} ({time.time()})", "documents": DOCUMENTS}).encode()
+    request = urllib.request.Request(f"{base_url}/v1/rerank", body, {"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=60):
+        pass
 
     def one_trace() -> bool:
         by_trace: dict[str, set[tuple[str, str]]] = {}
@@ -122,12 +127,13 @@ def check_trace(receiver: OtlpReceiver) -> None:
     wait_until(one_trace, 30, lambda: f"spans: {sorted({(s.service, s.name) for s in receiver.spans})}")
 
 
-def check_gateway(logs: Path, env: dict[str, str]) -> None:
+def check_gateway(logs: Path, traces: OtlpReceiver) -> None:
     from rerankq.testing.processes import start_gateway, stop_process
 
-    gateway = start_gateway(logs / "gateway.log", env={"RERANKQ_DEFAULT_MODEL": MODEL, **env})
+    gateway = start_gateway(logs / "gateway.log", env={"RERANKQ_DEFAULT_MODEL": MODEL, **traced(traces)})
     try:
         check_rerank_request(gateway.url)
+        check_trace(gateway.url, traces)
     finally:
         stop_process(gateway.process)
 
