@@ -46,10 +46,8 @@ class RecordBatches:
 @contextmanager
 def traced_run(model: str, source_name: str) -> Iterator[RecordBatches]:
     """The run's span around the records, with the first batch open."""
-    with tracing.span(
-        "rerankq.bulk.run", {"rerankq.model": model, "rerankq.lane": "bulk", "rerankq.input": source_name}
-    ):
-        batches = RecordBatches(model)
+    batches = RecordBatches(model)
+    with tracing.span("rerankq.bulk.run", batches.attributes | {"rerankq.input": source_name}):
         batches.cut()
         try:
             yield batches

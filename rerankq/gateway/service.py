@@ -100,8 +100,9 @@ class RerankService:
         async with AsyncExitStack() as admitted:
             with tracing.span("rerankq.admission") as span:
                 job, cost = await self._admit(caller, job, model, admitted)
-                span.set_attributes(tracing.job_attributes(job))
-            tracing.annotate(tracing.job_attributes(job))  # the request's span (FastAPI's instrumentation)
+                attributes = tracing.job_attributes(job)
+                span.set_attributes(attributes)
+            tracing.annotate(attributes)  # the request's span (FastAPI's instrumentation)
             owner = json.dumps({"key": caller.key.name, "documents": cost.documents})
             await self.redis.set(job_owner_key(job.job_id), owner, ex=self.settings.result_ttl_s)
             await self.client.send(job)

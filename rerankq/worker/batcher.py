@@ -356,6 +356,8 @@ class Batcher:
 
     def _forward_span(self, batch: list[_Item], batch_id: str, oom_splits: int) -> AbstractContextManager[object]:
         """One span per forward pass, linked to the span of every job it serves (none untraced)."""
+        if not tracing.enabled():  # the hot path without tracing: no pass over the batch
+            return nullcontext()
         served = dict.fromkeys(item.submission for item in batch)  # each job once, in batch order
         jobs = [submission.trace for submission in served if submission.trace is not None]
         if not jobs:

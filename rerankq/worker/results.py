@@ -14,6 +14,7 @@ worker that starts the job later: the worker's STARTED and result are dropped.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from celery import states
@@ -47,9 +48,9 @@ return 1
 class _FirstResultStands:
     def store_result(self, task_id: str, result: Any, state: str, *args: Any, **kwargs: Any) -> Any:
         """Celery's public store, with a span for a final state (the job's answer going out)."""
-        if state not in states.READY_STATES or not tracing.enabled():
-            return super().store_result(task_id, result, state, *args, **kwargs)  # type: ignore[misc]
-        with tracing.span("rerankq.result_publish", {"rerankq.job_id": task_id, "rerankq.state": state}):
+        final = state in states.READY_STATES
+        attributes = {"rerankq.job_id": task_id, "rerankq.state": state}
+        with tracing.span("rerankq.result_publish", attributes) if final else nullcontext():
             return super().store_result(task_id, result, state, *args, **kwargs)  # type: ignore[misc]
 
     def set(self, key: str, value: Any, expires: Any = None, **retry_policy: Any) -> Any:
