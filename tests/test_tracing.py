@@ -21,7 +21,10 @@ import pytest
 pytest.importorskip("opentelemetry.sdk", reason="the otel extra")
 
 from gateway_support import AUTH, GATEWAY_ENV
+from worker_support import paused
 
+from rerankq import RerankClient
+from rerankq.core.constants import queue_name
 from rerankq.core.tracing_setup import exporter_names
 from rerankq.testing.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from rerankq.testing.processes import GatewayProcess, WorkerProcess, free_port, start_gateway, stop_process
@@ -181,10 +184,17 @@ def traced_worker_port(worker: WorkerProcess) -> str:
     return port
 
 
-def test_each_forward_pass_links_every_job_it_served(receiver: OtlpReceiver, traced_gateway: GatewayProcess) -> None:
+def test_each_forward_pass_links_every_job_it_served(
+    receiver: OtlpReceiver, traced_gateway: GatewayProcess, client: RerankClient
+) -> None:
     headers = [traceparent() for _ in range(8)]
+    queue = queue_name(MODEL, "interactive")
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda h: rerank(traced_gateway, h[0], documents=4), headers))
+        # the eight jobs wait in the queue, then the worker takes them together: they share passes
+        with paused(client, MODEL):
+            answers = pool.map(lambda h: rerank(traced_gateway, h[0], documents=4), headers)
+            wait_until(lambda: client.app.backend.client.llen(queue) == 8, 30)
+        list(answers)
     traces = {trace_id for _, trace_id, _ in headers}
     spans = receiver.wait_for(
         lambda spans: (
